@@ -1,0 +1,117 @@
+"""Calibration and evaluation text: a local data directory, the hub through `datasets`, or the
+project's own built-in text (assets/) for calibration offline.
+
+Local data directory layout (the shared evaluation data): `wikitext-2-raw.wiki.test.raw`,
+`ptb.valid.txt`, `ptb.test.txt`, ... Set it with `data_dir=` or the PRUNER_DATA_DIR variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUILTIN_CALIBRATION = ASSETS / "calibration.txt"
+DATA_DIR_ENV = "PRUNER_DATA_DIR"
+
+# name -> (local file, hub (path, config, split, text field))
+TEXT_CORPORA = {
+    "wikitext2": ("wikitext-2-raw.wiki.test.raw", ("wikitext", "wikitext-2-raw-v1", "test", "text")),
+    "ptb": ("ptb.valid.txt", ("ptb_text_only", "penn_treebank", "validation", "sentence")),
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset could not be found locally, on the hub or built in; the message says how."""
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The local data directory: the explicit one, else $PRUNER_DATA_DIR, else None."""
+    chosen = explicit or os.environ.get(DATA_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def _missing(name: str, local_file: str, hub: str, why: str) -> DataUnavailableError:
+    return DataUnavailableError(
+        f"dataset {name!r} is not available ({why}). Provide it one of three ways: "
+        f"--data-dir DIR (or ${DATA_DIR_ENV}) holding {local_file}; network access to the hub "
+        f"dataset {hub}; or a local file passed as the source.")
+
+
+def text_rows(name: str, data_dir_path: str | os.PathLike | None = None) -> list[str]:
+    """Rows of a perplexity corpus ("wikitext2" test, "ptb" validation), as `datasets` gives them.
+
+    WikiText-2 raw: each line of wiki.test.raw is one row (a whitespace-only line is the empty
+    row); PTB: the stripped lines of ptb.valid.txt (ptb_text_only's `sentence` field).
+    """
+    if name not in TEXT_CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; use one of {sorted(TEXT_CORPORA)}")
+    local_file, (path, config, split, field) = TEXT_CORPORA[name]
+    folder = data_dir(data_dir_path)
+    if folder is not None and (folder / local_file).is_file():
+        lines = (folder / local_file).read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines = lines[:-1]
+        if name == "wikitext2":
+            return [line + "\n" if line.strip() else "" for line in lines]
+        return [line.strip() for line in lines]
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(path, config, split=split)[field]
+    except Exception as err:  # offline, unknown dataset, missing dependency
+        where = f"{folder / local_file} not found" if folder else "no data dir given"
+        raise _missing(name, local_file, f"{path}/{config}", f"{where}; hub: {type(err).__name__}") from err
+    return list(rows)
+
+
+def read_text_source(source: str, data_dir_path=None) -> str:
+    """Text of a calibration source: "builtin", a corpus name, a .txt/.jsonl file or a hub id."""
+    if source in ("builtin", "default", None):
+        return BUILTIN_CALIBRATION.read_text(encoding="utf-8")
+    if source in TEXT_CORPORA:
+        return "\n\n".join(text_rows(source, data_dir_path))
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            docs = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    docs.append(row.get("text") or next(v for v in row.values() if isinstance(v, str)))
+            return "\n\n".join(docs)
+        return path.read_text(encoding="utf-8")
+    if source.startswith((".", "/", "~")):
+        raise DataUnavailableError(f"calibration file {source!r} does not exist")
+    try:  # a hub dataset with a "text" column, e.g. bookcorpus (LLM-Pruner's choice)
+        import datasets
+
+        stream = datasets.load_dataset(source, split="train", streaming=True)
+        docs = [row["text"] for _, row in zip(range(2000), stream)]
+    except Exception as err:
+        raise DataUnavailableError(
+            f"calibration source {source!r} is neither 'builtin', a corpus "
+            f"({', '.join(TEXT_CORPORA)}), a local .txt/.jsonl file, nor a reachable hub dataset "
+            f"with a 'text' column ({type(err).__name__}: {str(err)[:200]})") from err
+    return "\n\n".join(docs)
+
+
+def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = 10, seq_len: int = 64,
+                    seed: int = 0, data_dir_path=None) -> torch.Tensor:
+    """(num_samples, seq_len) token windows at seeded random offsets of the source text.
+
+    Like LLM-Pruner's get_examples: random windows of `seq_len` tokens, no special tokens.
+    """
+    if num_samples < 1 or seq_len < 2:
+        raise ValueError("calibration needs num_samples >= 1 and seq_len >= 2")
+    text = read_text_source(source, data_dir_path)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if ids.numel() < seq_len:
+        raise DataUnavailableError(
+            f"calibration source {source!r} has {ids.numel()} tokens, fewer than seq_len={seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len + 1, (num_samples,), generator=gen)
+    return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])

@@ -1,0 +1,263 @@
+"""Group importance: the paper's criteria on each member slice, then an aggregation over members.
+
+For a member slice W (one weight read along one dimension for one group), with g = dL/dW of the
+calibration loss (mean token NLL of all samples) and F = mean_n (dL_n/dW)^2 the Fisher diagonal
+from per-sample gradients (float32 whatever the model dtype):
+
+    random           uniform(0, 1) per group (seeded; the aggregation does not apply)
+    l1               sum |w|
+    l2               sum w^2                        (LLM-Pruner's MagnitudeImportance, p=2)
+    taylor-vector    | sum g*w |                    (first-order loss change of removing W)
+    taylor-element1  sum |g*w|
+    taylor-element2  sum |g*w| + 0.5 * sum F*w^2    (adds the second-order term)
+    taylor-mix       sum |g*w - 0.5*F*w^2|          (LLM-Pruner's param_mix)
+
+Aggregations over the members of a group, in execution order (q, k, v, o / gate, up, down):
+sum, mean, max, prod, first, last (the paper's "last-only": o_proj / down_proj).
+
+Memory: statistics are reduced to per-group vectors inside post-accumulate-grad hooks, and each
+gradient is dropped once used; only the scored weights require grad. Peak memory stays near the
+model's own size (taylor-mix alone keeps one float32 Fisher buffer per scored weight).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .groups import Family, Member, families as all_families, group_param_counts
+
+CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-element1", "taylor-element2",
+            "taylor-mix")
+AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
+GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
+COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
+
+
+@dataclass
+class ScoreConfig:
+    criterion: str = "taylor-element1"
+    aggregation: str = "sum"
+    kinds: tuple[str, ...] = ("attn", "mlp")
+    seed: int = 0
+    batch_size: int | None = None   # samples per forward; None = all at once (LLM-Pruner)
+
+    def validate(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; use one of {CRITERIA}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; use one of {AGGREGATIONS}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def reduce_to_groups(elementwise: torch.Tensor, member: Member, n_groups: int) -> torch.Tensor:
+    """Sum an elementwise statistic over each group's slice -> (n_groups,) float32."""
+    per_position = elementwise if elementwise.dim() == 1 else elementwise.sum(dim=1 - member.dim)
+    owner = member.owner.to(per_position.device)
+    valid = owner >= 0
+    out = torch.zeros(n_groups, dtype=torch.float32, device=per_position.device)
+    return out.index_add_(0, owner[valid], per_position[valid].float())
+
+
+def aggregate(member_scores: torch.Tensor, how: str) -> torch.Tensor:
+    """(n_members, n_groups) in execution order -> (n_groups,)."""
+    if how == "sum":
+        return member_scores.sum(0)
+    if how == "mean":
+        return member_scores.mean(0)
+    if how == "max":
+        return member_scores.max(0).values
+    if how == "prod":
+        return member_scores.prod(0)
+    if how == "first":
+        return member_scores[0]
+    if how == "last":
+        return member_scores[-1]
+    raise ValueError(f"unknown aggregation {how!r}; use one of {AGGREGATIONS}")
+
+
+# ----------------------------------------------------------------------------- backward passes
+
+def _members_by_param(fams: list[Family]) -> dict[str, list[tuple[int, int, Member]]]:
+    by_param = defaultdict(list)
+    for f, fam in enumerate(fams):
+        for m, member in enumerate(fam.members):
+            by_param[member.param].append((f, m, member))
+    return by_param
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over all positions, computed in at least float32."""
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]   # (B, L-1, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten())
+
+
+def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weights: list[float],
+                     on_grad: Callable[[str, torch.Tensor, torch.Tensor], None], accumulate: bool):
+    """Run forward+backward on each batch; `on_grad(name, weight, grad)` sees each scored weight's
+    gradient (after the last batch when `accumulate`, else after every batch) and the gradient is
+    dropped right after. Only weights in `names` require grad during the passes."""
+    params = dict(model.named_parameters())
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    state = {"act": False}
+    handles = []
+
+    def hook_for(name):
+        def hook(p):
+            if state["act"]:
+                on_grad(name, p.detach(), p.grad.detach())
+                p.grad = None
+        return hook
+
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name in names:
+            params[name].requires_grad_(True)
+            params[name].grad = None
+            handles.append(params[name].register_post_accumulate_grad_hook(hook_for(name)))
+        for i, (batch, weight) in enumerate(zip(batches, weights)):
+            state["act"] = (not accumulate) or i == len(batches) - 1
+            loss = causal_lm_loss(model, batch) * weight
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+            p.grad = None
+
+
+def _split(input_ids: torch.Tensor, batch_size: int | None) -> tuple[list, list]:
+    n = input_ids.shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    batches = list(torch.split(input_ids, size))
+    return batches, [b.shape[0] / n for b in batches]
+
+
+def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list[Family],
+                      seed: int = 0, batch_size: int | None = None) -> list[torch.Tensor]:
+    """Per family a (n_members, n_groups) float32 tensor of member-slice scores.
+
+    input_ids: (n_samples, seq_len) calibration tokens on the model's device.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
+    params = dict(model.named_parameters())
+    device = next(model.parameters()).device
+    stats = [torch.zeros(len(f.members), f.n_groups, device=device) for f in fams]
+    if criterion == "random":
+        gen = torch.Generator().manual_seed(seed)
+        for f, fam in enumerate(fams):
+            stats[f][:] = torch.rand(fam.n_groups, generator=gen).to(device)
+        return stats
+    by_param = _members_by_param(fams)
+
+    def add(name: str, elementwise: torch.Tensor, into: list[torch.Tensor], scale: float = 1.0):
+        for f, m, member in by_param[name]:
+            into[f][m] += scale * reduce_to_groups(elementwise, member, fams[f].n_groups)
+
+    if criterion in ("l1", "l2"):
+        with torch.no_grad():
+            for name in by_param:
+                w = params[name].detach().float()
+                add(name, w.abs() if criterion == "l1" else w * w, stats)
+        return stats
+
+    if input_ids is None or input_ids.numel() == 0:
+        raise ValueError(f"{criterion} needs calibration samples (input_ids)")
+    input_ids = input_ids.to(device)
+    names = set(by_param)
+    was_training = model.training
+    model.eval()
+    try:
+        fisher_terms = [torch.zeros_like(s) for s in stats]
+        fisher: dict[str, torch.Tensor] = {}
+        n = input_ids.shape[0]
+        if criterion in ("taylor-element2", "taylor-mix"):
+            # per-sample gradients: F = mean_n g_n^2, accumulated in float32
+            def on_sample_grad(name, w, g):
+                g2 = g.float().square_() / n
+                if criterion == "taylor-mix":
+                    if name in fisher:
+                        fisher[name] += g2
+                    else:
+                        fisher[name] = g2
+                else:
+                    add(name, g2.mul_(w.float().square()), fisher_terms)
+            samples = list(torch.split(input_ids, 1))
+            _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False)
+
+        def on_grad(name, w, g):
+            w32, gw = w.float(), g.float() * w.float()
+            if criterion == "taylor-vector":
+                add(name, gw, stats)
+            elif criterion == "taylor-mix":
+                add(name, (gw - 0.5 * fisher.pop(name) * w32.square()).abs_(), stats)
+            else:
+                add(name, gw.abs_(), stats)
+
+        batches, weights = _split(input_ids, batch_size)
+        _backward_passes(model, names, batches, weights, on_grad, accumulate=True)
+    finally:
+        model.train(was_training)
+    if criterion == "taylor-vector":
+        stats = [s.abs() for s in stats]
+    if criterion == "taylor-element2":
+        stats = [s + 0.5 * t for s, t in zip(stats, fisher_terms)]
+    return stats
+
+
+def scores_frame(model, fams: list[Family], stats: list[torch.Tensor], criterion: str,
+                 aggregation: str) -> pd.DataFrame:
+    """Aggregate member statistics into the tidy scores DataFrame (COLUMNS)."""
+    frames = []
+    for fam, member_scores in zip(fams, stats):
+        group_scores = member_scores[0] if criterion == "random" else aggregate(member_scores, aggregation)
+        frames.append(pd.DataFrame({
+            "layer": np.full(fam.n_groups, fam.layer, dtype=np.int64),
+            "kind": fam.kind,
+            "group": np.arange(fam.n_groups, dtype=np.int64),
+            "score": group_scores.double().cpu().numpy(),
+            "n_params": group_param_counts(model, fam).numpy().astype(np.int64),
+        }))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[:5])
+    df["criterion"] = criterion
+    df["aggregation"] = aggregation
+    return df[COLUMNS]
+
+
+def score(model, input_ids: torch.Tensor | None, config: ScoreConfig | None = None,
+          **overrides) -> pd.DataFrame:
+    """Score every group of `config.kinds` in every layer -> DataFrame with COLUMNS.
+
+    `layer` and `group` are 0-based ints (`layer` is -1 for model-wide hidden channels).
+    """
+    config = config or ScoreConfig(**overrides)
+    config.validate()
+    fams = all_families(model, config.kinds)
+    stats = member_statistics(model, input_ids, config.criterion, fams, config.seed,
+                              config.batch_size)
+    return scores_frame(model, fams, stats, config.criterion, config.aggregation)
+
+
+def score_many(model, input_ids, criteria: list[str], aggregations: list[str],
+               kinds=("attn", "mlp"), seed: int = 0) -> pd.DataFrame:
+    """Every criterion x aggregation in one long DataFrame; each criterion's passes run once."""
+    fams = all_families(model, kinds)
+    frames = []
+    for criterion in criteria:
+        stats = member_statistics(model, input_ids, criterion, fams, seed)
+        for aggregation in aggregations:
+            frames.append(scores_frame(model, fams, stats, criterion, aggregation))
+    return pd.concat(frames, ignore_index=True)

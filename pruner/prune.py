@@ -1,0 +1,378 @@
+"""Plan which groups go, and apply the plan by physically slicing a deep copy of the model.
+
+Data flow: scores (DataFrame from `importance.score`) -> `make_plan` -> `Plan` -> `apply_plan`.
+`prune_model` runs the whole loop, with iterative re-scoring, on calibration token ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .groups import group_param_counts, hidden_family
+from .models import attention_shape, layers_of, unique_parameters
+
+STRATEGIES = ("block", "channel", "layer")
+SCOPES = ("local", "global")
+
+
+@dataclass
+class PruneConfig:
+    """What to remove. `ratio` is a fraction of groups (LLM-Pruner semantics) per layer (local) or
+    per kind across layers (global); `target_params`, when set, is the fraction of total
+    parameters to remove instead, and the group ratio is solved for it."""
+
+    ratio: float = 0.2
+    target_params: float | None = None
+    strategy: str = "block"                  # block (heads + MLP channels) | channel | layer
+    scope: str = "local"                     # local | global
+    attn_layers: tuple[int, int] | None = None   # [start, end) layers whose attention is pruned
+    mlp_layers: tuple[int, int] | None = None    # [start, end) layers whose MLP is pruned
+    prune_attn: bool = True
+    prune_mlp: bool = True
+    iterative_steps: int = 1
+
+    def validate(self, n_layers: int) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.target_params is not None:
+            if not 0.0 < self.target_params < 0.95:
+                raise ValueError(f"target_params must be in (0, 0.95), got {self.target_params}")
+        elif not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        if int(self.iterative_steps) < 1:
+            raise ValueError("iterative_steps must be >= 1")
+        for name in ("attn_layers", "mlp_layers"):
+            rng = getattr(self, name)
+            if rng is not None:
+                start, end = rng
+                if not 0 <= start <= end <= n_layers:
+                    raise ValueError(f"{name}={rng} is outside the model's 0..{n_layers} layers")
+        if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
+            raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
+
+
+def default_layer_range(n_layers: int) -> tuple[int, int]:
+    """Skip the first 3 and last 2 layers, like the official LLM-Pruner scripts (all, if < 8)."""
+    return (3, n_layers - 2) if n_layers >= 8 else (0, n_layers)
+
+
+def layer_ranges(config: PruneConfig, n_layers: int) -> dict[str, range]:
+    default = default_layer_range(n_layers)
+    return {"attn": range(*(config.attn_layers or default)),
+            "mlp": range(*(config.mlp_layers or default))}
+
+
+@dataclass
+class Plan:
+    """Kept indices per changed structure; anything not named stays whole."""
+
+    attn_keep: dict[int, list[int]] = field(default_factory=dict)   # layer -> kept KV groups
+    mlp_keep: dict[int, list[int]] = field(default_factory=dict)    # layer -> kept MLP channels
+    hidden_keep: list[int] | None = None                            # kept residual channels
+    drop_layers: list[int] = field(default_factory=list)            # removed decoder layers
+
+    def removed_groups(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """Rows of `scores` that this plan removes (for marking heatmaps before pruning)."""
+        gone = pd.Series(False, index=scores.index)
+        for kind, keep in (("attn", self.attn_keep), ("mlp", self.mlp_keep)):
+            for layer, kept in keep.items():
+                rows = (scores.kind == kind) & (scores.layer == layer)
+                gone |= rows & ~scores.group.isin(kept)
+        if self.hidden_keep is not None:
+            gone |= (scores.kind == "hidden") & ~scores.group.isin(self.hidden_keep)
+        if self.drop_layers:
+            gone |= scores.kind.isin(["attn", "mlp"]) & scores.layer.isin(self.drop_layers)
+        return scores[gone]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _keep_count(n_original: int, ratio: float) -> int:
+    """LLM-Pruner/Torch-Pruning rounding: keep floor(n * (1 - ratio)), at least 1."""
+    return max(1, int(math.floor(n_original * (1.0 - ratio) + 1e-9)))
+
+
+def _top(sub: pd.DataFrame, k: int) -> list[int]:
+    """Group ids of the k highest scores (ties: lower group id first), sorted."""
+    order = sub.sort_values(["score", "group"], ascending=[False, True], kind="stable")
+    return sorted(int(g) for g in order.group.iloc[:k])
+
+
+def _plan_block(scores, config, ratio, ranges, original_counts) -> Plan:
+    plan = Plan()
+    kinds = [k for k, on in (("attn", config.prune_attn), ("mlp", config.prune_mlp)) if on]
+    for kind in kinds:
+        target = plan.attn_keep if kind == "attn" else plan.mlp_keep
+        subs = {layer: scores[(scores.kind == kind) & (scores.layer == layer)]
+                for layer in ranges[kind]}
+        subs = {layer: s for layer, s in subs.items() if len(s)}
+        if config.scope == "local":
+            for layer, sub in subs.items():
+                n0 = original_counts.get((kind, layer), len(sub))
+                target[layer] = _top(sub, min(len(sub), _keep_count(n0, ratio)))
+            continue
+        # global: one ranking per kind across the layer range; each layer keeps its best group
+        n0 = sum(original_counts.get((kind, layer), len(s)) for layer, s in subs.items())
+        budget = max(len(subs), int(math.floor(n0 * (1.0 - ratio) + 1e-9)))
+        pool = pd.concat(subs.values()) if subs else scores.iloc[:0]
+        best = pool.sort_values(["score", "group"], ascending=[False, True]).groupby("layer").head(1)
+        rest = pool.drop(best.index).sort_values(["score", "layer", "group"],
+                                                 ascending=[False, True, True], kind="stable")
+        chosen = pd.concat([best, rest.iloc[: max(0, budget - len(best))]])
+        for layer in subs:
+            target[layer] = sorted(int(g) for g in chosen[chosen.layer == layer].group)
+    return plan
+
+
+def _plan_channel(scores, ratio, original_counts, multiple_of: int) -> Plan:
+    """Keep the best hidden channels, a multiple of `multiple_of` of them (the head count), since
+    transformers requires hidden_size % num_attention_heads == 0 to load a plain config."""
+    sub = scores[scores.kind == "hidden"]
+    if sub.empty:
+        raise ValueError("channel strategy needs hidden-channel scores (score with kinds incl. 'hidden')")
+    n0 = original_counts.get(("hidden", -1), len(sub))
+    keep = min(len(sub), _keep_count(n0, ratio))
+    keep = max(multiple_of, keep // multiple_of * multiple_of)
+    return Plan(hidden_keep=_top(sub, keep))
+
+
+def _plan_layers(scores, ratio, ranges, original_counts) -> Plan:
+    candidates = sorted(set(ranges["attn"]) | set(ranges["mlp"]))
+    block = scores[scores.kind.isin(["attn", "mlp"]) & scores.layer.isin(candidates)]
+    per_layer = block.groupby("layer").score.sum()
+    n0 = original_counts.get(("layer", -1), len(per_layer))
+    n_drop = max(0, len(per_layer) - (n0 - int(math.floor(n0 * ratio + 1e-9))))
+    n_drop = min(n_drop, len(per_layer))
+    drop = per_layer.sort_values(kind="stable").index[:n_drop]
+    return Plan(drop_layers=sorted(int(i) for i in drop))
+
+
+def plan_for_ratio(scores: pd.DataFrame, config: PruneConfig, ratio: float, n_layers: int,
+                   original_counts: dict | None = None, channel_multiple: int = 1) -> Plan:
+    """The plan removing `ratio` of the groups (of the original counts, when given)."""
+    original_counts = original_counts or {}
+    ranges = layer_ranges(config, n_layers)
+    if config.strategy == "block":
+        return _plan_block(scores, config, ratio, ranges, original_counts)
+    if config.strategy == "channel":
+        return _plan_channel(scores, ratio, original_counts, channel_multiple)
+    return _plan_layers(scores, ratio, ranges, original_counts)
+
+
+def params_removed(model, scores: pd.DataFrame, plan: Plan) -> int:
+    """Parameters the plan removes, counted from the groups' n_params (no model is built)."""
+    if plan.drop_layers:
+        layers = layers_of(model)
+        removed = sum(sum(p.numel() for p in layers[i].parameters()) for i in plan.drop_layers)
+    else:
+        removed = int(plan.removed_groups(scores[scores.kind != "hidden"]).n_params.sum())
+    if plan.hidden_keep is not None:
+        counts = group_param_counts(model, hidden_family(model))
+        keep = torch.zeros(len(counts), dtype=torch.bool)
+        keep[plan.hidden_keep] = True
+        removed += int(counts[~keep].sum())
+    return removed
+
+
+def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: int) -> tuple[Plan, float]:
+    """Solve for the group ratio whose plan removes closest to `n_remove` parameters."""
+    n_layers = len(layers_of(model))
+
+    def removed_at(r):
+        return params_removed(model, scores, plan_for_ratio(scores, config, r, n_layers))
+
+    lo, hi = 0.0, 0.999
+    if removed_at(hi) < n_remove:
+        raise ValueError(
+            f"cannot remove {n_remove:,} parameters with strategy {config.strategy!r} in the "
+            "chosen layer ranges; widen the ranges or lower the target")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if removed_at(mid) >= n_remove:
+            hi = mid
+        else:
+            lo = mid
+    best = min((lo, hi), key=lambda r: abs(removed_at(r) - n_remove))
+    return plan_for_ratio(scores, config, best, n_layers), best
+
+
+# ----------------------------------------------------------------------------- slicing
+
+def _slice_linear(linear: nn.Linear, dim: int, keep: torch.Tensor) -> None:
+    """Keep rows (dim 0, with the bias) or columns (dim 1) `keep` of a Linear, in place."""
+    keep = keep.to(linear.weight.device)
+    weight = linear.weight.data.index_select(dim, keep).clone()
+    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    if dim == 0:
+        linear.out_features = len(keep)
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.data.index_select(0, keep).clone(),
+                                       requires_grad=linear.bias.requires_grad)
+    else:
+        linear.in_features = len(keep)
+
+
+def _positions(groups: list[int], width: int, device=None) -> torch.Tensor:
+    """Positions of blocks `groups` of size `width`: [g*width, (g+1)*width) for each g."""
+    g = torch.as_tensor(groups, dtype=torch.long)
+    return (g[:, None] * width + torch.arange(width)[None, :]).flatten()
+
+
+def _prune_attention(model, layer: int, kept_kv: list[int]) -> None:
+    n_q, n_kv, head_dim = attention_shape(model, layer)
+    n_rep = n_q // n_kv
+    attn = layers_of(model)[layer].self_attn
+    q_keep = _positions(kept_kv, n_rep * head_dim)
+    kv_keep = _positions(kept_kv, head_dim)
+    _slice_linear(attn.q_proj, 0, q_keep)
+    _slice_linear(attn.k_proj, 0, kv_keep)
+    _slice_linear(attn.v_proj, 0, kv_keep)
+    _slice_linear(attn.o_proj, 1, q_keep)
+    for name, value in (("num_heads", len(kept_kv) * n_rep), ("num_key_value_heads", len(kept_kv))):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+
+
+def _prune_mlp(model, layer: int, kept: list[int]) -> None:
+    mlp = layers_of(model)[layer].mlp
+    keep = torch.as_tensor(kept, dtype=torch.long)
+    _slice_linear(mlp.gate_proj, 0, keep)
+    _slice_linear(mlp.up_proj, 0, keep)
+    _slice_linear(mlp.down_proj, 1, keep)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(kept)
+
+
+def _prune_norm(norm: nn.Module, keep: torch.Tensor, scale: float) -> None:
+    """Keep channels of an RMSNorm and rescale it so removed zero channels change nothing.
+
+    RMS over d' = d - k channels differs from RMS over d channels of which k are zero by
+    sqrt(d/d'); weight * sqrt(d/d') and eps * d/d' make the pruned norm exact.
+    """
+    weight = norm.weight.data.index_select(0, keep.to(norm.weight.device)).clone() * math.sqrt(scale)
+    norm.weight = nn.Parameter(weight, requires_grad=norm.weight.requires_grad)
+    for attr in ("variance_epsilon", "eps"):
+        if isinstance(getattr(norm, attr, None), float):
+            setattr(norm, attr, getattr(norm, attr) * scale)
+
+
+def _prune_hidden(model, kept: list[int]) -> None:
+    config = model.config
+    d = model.model.embed_tokens.weight.shape[1]
+    keep = torch.as_tensor(kept, dtype=torch.long)
+    scale = d / len(kept)
+    if getattr(config, "head_dim", None) is None:
+        config.head_dim = d // config.num_attention_heads
+    embed = model.model.embed_tokens
+    tied = model.lm_head.weight is embed.weight
+    embed.weight = nn.Parameter(embed.weight.data.index_select(1, keep.to(embed.weight.device)).clone(),
+                                requires_grad=embed.weight.requires_grad)
+    embed.embedding_dim = len(kept)
+    for layer in layers_of(model):
+        _prune_norm(layer.input_layernorm, keep, scale)
+        _prune_norm(layer.post_attention_layernorm, keep, scale)
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                       layer.mlp.gate_proj, layer.mlp.up_proj):
+            _slice_linear(linear, 1, keep)
+        _slice_linear(layer.self_attn.o_proj, 0, keep)
+        _slice_linear(layer.mlp.down_proj, 0, keep)
+    _prune_norm(model.model.norm, keep, scale)
+    if tied:
+        model.lm_head.weight = embed.weight
+        model.lm_head.in_features = len(kept)
+    else:
+        _slice_linear(model.lm_head, 1, keep)
+    config.hidden_size = len(kept)
+    config.rms_norm_eps = float(config.rms_norm_eps) * scale
+
+
+def _drop_layers(model, drop: list[int]) -> None:
+    config = model.config
+    kept = [i for i in range(len(layers_of(model))) if i not in set(drop)]
+    if not kept:
+        raise ValueError("a plan may not remove every decoder layer")
+    model.model.layers = nn.ModuleList([layers_of(model)[i] for i in kept])
+    for new_idx, layer in enumerate(layers_of(model)):
+        for module in (layer, layer.self_attn):
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) >= len(kept):
+        config.layer_types = [layer_types[i] for i in kept]
+    config.num_hidden_layers = len(kept)
+
+
+def layer_widths(model) -> pd.DataFrame:
+    """Per layer: query heads, KV heads, head_dim, MLP width (what a bar chart shows)."""
+    rows = []
+    for i, layer in enumerate(layers_of(model)):
+        n_q, n_kv, head_dim = attention_shape(model, i)
+        rows.append({"layer": i, "heads": n_q, "kv_heads": n_kv, "head_dim": head_dim,
+                     "intermediate_size": layer.mlp.gate_proj.out_features})
+    return pd.DataFrame(rows)
+
+
+def sync_config(model) -> None:
+    """Make config.json describe the sliced model.
+
+    When every layer has the same widths and the hidden size stays a multiple of the head count
+    (transformers validates that), the plain fields are updated and `from_pretrained` loads it.
+    Otherwise the plain fields keep their previous, valid values and `pruning.layer_widths` records
+    each layer's widths for `pruner.load_pruned`.
+    """
+    config = model.config
+    widths = layer_widths(model)
+    first = widths.iloc[0]
+    config.head_dim = int(first.head_dim)
+    config.hidden_size = int(model.model.embed_tokens.weight.shape[1])
+    record = dict(getattr(config, "pruning", None) or {})
+    uniform = all(widths[c].nunique() == 1 for c in ("heads", "kv_heads", "intermediate_size"))
+    if uniform and config.hidden_size % int(first.heads) == 0:
+        config.num_attention_heads = int(first.heads)
+        config.num_key_value_heads = int(first.kv_heads)
+        config.intermediate_size = int(first.intermediate_size)
+        record.pop("layer_widths", None)
+    else:
+        record["layer_widths"] = [
+            {"heads": int(w.heads), "kv_heads": int(w.kv_heads),
+             "intermediate_size": int(w.intermediate_size)} for w in widths.itertuples()]
+    config.pruning = record
+
+
+def apply_plan(model, plan: Plan):
+    """A pruned deep copy of `model`; the original is never touched."""
+    pruned = copy.deepcopy(model)
+    for layer, kept in plan.attn_keep.items():
+        if len(kept) == 0:
+            raise ValueError(f"plan keeps no KV group in layer {layer}")
+        _prune_attention(pruned, layer, kept)
+    for layer, kept in plan.mlp_keep.items():
+        if len(kept) == 0:
+            raise ValueError(f"plan keeps no MLP channel in layer {layer}")
+        _prune_mlp(pruned, layer, kept)
+    if plan.hidden_keep is not None:
+        _prune_hidden(pruned, plan.hidden_keep)
+    if plan.drop_layers:
+        _drop_layers(pruned, plan.drop_layers)
+    sync_config(pruned)
+    return pruned
+
+
+def count_params(model) -> dict:
+    """Total and non-embedding parameters (tied weights once)."""
+    total = sum(p.numel() for p in unique_parameters(model))
+    embedding = model.model.embed_tokens.weight.numel()
+    if model.lm_head.weight is not model.model.embed_tokens.weight:
+        embedding += model.lm_head.weight.numel()
+    return {"params": total, "params_non_embedding": total - embedding}

@@ -1,0 +1,192 @@
+"""Importance criteria against independent references: finite differences, hand loops."""
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from pruner.groups import attention_family, families, hidden_family, mlp_family
+from pruner.importance import (AGGREGATIONS, COLUMNS, CRITERIA, ScoreConfig, aggregate,
+                               member_statistics, score)
+
+from conftest import tiny_model
+
+
+def loss_of(model, ids):
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+
+def full_gradients(model, ids):
+    model.zero_grad()
+    loss_of(model, ids).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return grads
+
+
+def per_sample_fisher(model, ids):
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(ids.shape[0]):
+        for n, g in full_gradients(model, ids[i:i + 1]).items():
+            fisher[n] += g.float() ** 2 / ids.shape[0]
+    return fisher
+
+
+def hand_member_scores(model, fam, elementwise):
+    """(n_members, n_groups) by explicit slicing of every group: the reference."""
+    params = dict(model.named_parameters())
+    out = torch.zeros(len(fam.members), fam.n_groups, dtype=torch.float64)
+    for g in range(fam.n_groups):
+        for m, (name, dim, idx) in enumerate(fam.group(g)):
+            out[m, g] = elementwise(name, params[name].detach()).index_select(dim, idx).sum()
+    return out
+
+
+def float64_rms_norm(self, x):
+    # transformers' LlamaRMSNorm computes in float32 even for a float64 model, which would
+    # drown the finite differences below in rounding noise
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def test_taylor_vector_is_directional_derivative(calib, monkeypatch):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    monkeypatch.setattr(LlamaRMSNorm, "forward", float64_rms_norm)
+    model = tiny_model(n_heads=4, n_kv=2, dtype=torch.float64)
+    fams = [attention_family(model, 1), mlp_family(model, 2)]
+    stats = member_statistics(model, calib, "taylor-vector", fams)
+    params = dict(model.named_parameters())
+    eps = 1e-5
+    for fam, st in zip(fams, stats):
+        for g in [0, fam.n_groups - 1]:
+            group_total = 0.0
+            for m, (name, dim, idx) in enumerate(fam.group(g)):
+                p = params[name]
+                original = p.detach().clone()
+
+                def loss_scaled(e):
+                    with torch.no_grad():
+                        p.copy_(original)
+                        p.index_copy_(dim, idx, original.index_select(dim, idx) * (1 - e))
+                        return loss_of(model, calib).item()
+                derivative = (loss_scaled(eps) - loss_scaled(-eps)) / (2 * eps)
+                with torch.no_grad():
+                    p.copy_(original)
+                assert st[m, g].item() == pytest.approx(abs(derivative), rel=1e-4, abs=1e-9)
+                group_total += abs(derivative)
+            assert aggregate(st, "sum")[g].item() == pytest.approx(group_total, rel=1e-4)
+
+
+@pytest.mark.parametrize("criterion", ["taylor-element1", "taylor-element2", "taylor-mix", "l1", "l2"])
+def test_elementwise_against_hand_loop(model, calib, criterion):
+    fams = [attention_family(model, 0), mlp_family(model, 1), hidden_family(model)]
+    grads = full_gradients(model, calib)
+    fisher = per_sample_fisher(model, calib) if criterion in ("taylor-element2", "taylor-mix") else {}
+    reference = {
+        "taylor-element1": lambda n, w: (grads[n] * w).abs(),
+        "taylor-element2": lambda n, w: (grads[n] * w).abs() + 0.5 * fisher[n] * w ** 2,
+        "taylor-mix": lambda n, w: (grads[n] * w - 0.5 * fisher[n] * w ** 2).abs(),
+        "l1": lambda n, w: w.abs(),
+        "l2": lambda n, w: w ** 2,
+    }[criterion]
+    stats = member_statistics(model, calib, criterion, fams)
+    for fam, st in zip(fams, stats):
+        expected = hand_member_scores(model, fam, reference).float()
+        torch.testing.assert_close(st, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_aggregations_hand_example():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    expected = {"sum": [9, 12], "mean": [3, 4], "max": [5, 6], "prod": [15, 48],
+                "first": [1, 2], "last": [5, 6]}
+    assert set(expected) == set(AGGREGATIONS)
+    for how, values in expected.items():
+        assert aggregate(x, how).tolist() == values
+
+
+def test_last_is_o_and_down():
+    model = tiny_model()
+    assert attention_family(model, 0).members[-1].role == "o"
+    assert mlp_family(model, 0).members[-1].role == "down"
+    assert attention_family(model, 0).members[0].role == "q"
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor-element1", "taylor-vector"])
+def test_gqa_query_head_lands_in_its_own_kv_group(calib, criterion):
+    # 6 query heads, 3 KV heads: query heads (0,1)->kv 0, (2,3)->kv 1, (4,5)->kv 2.
+    # LLM-Pruner folds q channels modulo the KV width, putting head 1 into kv group 1; it belongs to 0.
+    model = tiny_model(n_heads=6, n_kv=3, hidden=48)
+    attn = model.model.layers[1].self_attn
+    with torch.no_grad():
+        attn.q_proj.weight[8:16] *= 40.0
+        attn.o_proj.weight[:, 8:16] *= 40.0
+    df = score(model, calib, ScoreConfig(criterion=criterion, kinds=("attn",)))
+    layer = df[df.layer == 1].set_index("group").score
+    assert layer.idxmax() == 0
+
+
+def test_micro_batches_match_one_batch(calib):
+    model = tiny_model()
+    fams = families(model)
+    for criterion in ("taylor-vector", "taylor-element1"):
+        whole = member_statistics(model, calib, criterion, fams)
+        parts = member_statistics(model, calib, criterion, fams, batch_size=1)
+        for a, b in zip(whole, parts):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_leaves_model_clean(model, calib):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    score(model, calib, ScoreConfig(criterion="taylor-mix"))
+    for n, p in model.named_parameters():
+        assert p.grad is None
+        assert p.requires_grad == flags[n]
+        assert torch.equal(p, before[n])
+
+
+def test_scores_frame_is_tidy(model, calib):
+    df = score(model, calib, ScoreConfig(criterion="taylor-element2", aggregation="last",
+                                         kinds=("attn", "mlp", "hidden")))
+    assert list(df.columns) == COLUMNS
+    assert df.layer.dtype.kind == "i" and df.group.dtype.kind == "i"
+    n_kv = model.config.num_key_value_heads
+    assert len(df[df.kind == "attn"]) == 3 * n_kv
+    assert len(df[df.kind == "mlp"]) == 3 * 48
+    assert len(df[df.kind == "hidden"]) == 32 and (df[df.kind == "hidden"].layer == -1).all()
+    assert (df.score >= 0).all() and df.score.notna().all()
+    assert set(df.criterion) == {"taylor-element2"} and set(df.aggregation) == {"last"}
+
+
+def test_random_is_seeded(model, calib):
+    a = score(model, None, ScoreConfig(criterion="random", seed=3))
+    b = score(model, None, ScoreConfig(criterion="random", seed=3))
+    c = score(model, None, ScoreConfig(criterion="random", seed=4))
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.score.equals(c.score)
+
+
+def test_float16_model_accumulates_fisher_in_float32(calib):
+    # LLM-Pruner squares float16 gradients in float16, where g^2 * w^2 underflows to zero
+    model = tiny_model(dtype=torch.float16)
+    fams = [mlp_family(model, 0)]
+    e1 = member_statistics(model, calib, "taylor-element1", fams)[0]
+    e2 = member_statistics(model, calib, "taylor-element2", fams)[0]
+    assert e1.dtype == torch.float32 and torch.isfinite(e2).all()
+    fisher_part = e2 - e1
+    assert (fisher_part > 0).all()
+    up = model.model.layers[0].mlp.up_proj.weight
+    g = full_gradients(model, calib[:1])["model.layers.0.mlp.up_proj.weight"]
+    naive = (g * g / calib.shape[0]) * up.detach() * up.detach()     # float16 arithmetic
+    assert naive.dtype == torch.float16 and (naive == 0).float().mean() > 0.5
+
+
+def test_bad_config_is_rejected(model):
+    with pytest.raises(ValueError, match="criterion"):
+        score(model, None, ScoreConfig(criterion="taylor-magic"))
+    with pytest.raises(ValueError, match="aggregation"):
+        score(model, None, ScoreConfig(aggregation="median"))
+    with pytest.raises(ValueError, match="calibration"):
+        score(model, None, ScoreConfig(criterion="taylor-element1"))
