@@ -1,0 +1,22 @@
+"""Pruning Studio's engine: LLM-Pruner structural pruning for Llama-family decoders.
+
+    from pruner import load_model, calibration_ids, ScoreConfig, PruneConfig, prune_model, save
+    model, tok = load_model("default")
+    ids = calibration_ids(tok, "builtin", num_samples=10, seq_len=64)
+    result = prune_model(model, ids, ScoreConfig("taylor-element1"), PruneConfig(target_params=0.2))
+    save(result.model, "out/pruned", tok)
+"""
+
+from .data import calibration_ids
+from .export import load_pruned, save
+from .groups import describe_groups, describe_layer, families
+from .importance import AGGREGATIONS, CRITERIA, ScoreConfig, score
+from .models import ModelLoadError, UnsupportedModelError, describe_model, load_model
+from .prune import Plan, PruneConfig, PruneResult, apply_plan, make_plan, prune_model
+
+__all__ = [
+    "AGGREGATIONS", "CRITERIA", "ModelLoadError", "Plan", "PruneConfig", "PruneResult",
+    "ScoreConfig", "UnsupportedModelError", "apply_plan", "calibration_ids", "describe_groups",
+    "describe_layer", "describe_model", "families", "load_model", "load_pruned", "make_plan",
+    "prune_model", "save", "score",
+]

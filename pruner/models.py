@@ -207,7 +207,7 @@ def load_model(source: str = DEFAULT_SOURCE, device: str | torch.device | None =
     else:
         model, tokenizer = _load_hub_or_folder(source, torch_dtype)
     check_supported(model)
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(target)
     model.eval()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .groups import group_param_counts, hidden_family
-from .models import attention_shape, layers_of, unique_parameters
+from .models import attention_shape, layers_of
 
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
@@ -188,9 +188,13 @@ def params_removed(model, scores: pd.DataFrame, plan: Plan) -> int:
 def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: int) -> tuple[Plan, float]:
     """Solve for the group ratio whose plan removes closest to `n_remove` parameters."""
     n_layers = len(layers_of(model))
+    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
+
+    def plan_at(r):
+        return plan_for_ratio(scores, config, r, n_layers, channel_multiple=multiple)
 
     def removed_at(r):
-        return params_removed(model, scores, plan_for_ratio(scores, config, r, n_layers))
+        return params_removed(model, scores, plan_at(r))
 
     lo, hi = 0.0, 0.999
     if removed_at(hi) < n_remove:
@@ -204,7 +208,21 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
         else:
             lo = mid
     best = min((lo, hi), key=lambda r: abs(removed_at(r) - n_remove))
-    return plan_for_ratio(scores, config, best, n_layers), best
+    return plan_at(best), best
+
+
+def make_plan(model, scores: pd.DataFrame, config: PruneConfig) -> Plan:
+    """One-step plan from `scores`: `config.ratio` of groups, or `config.target_params` of the
+    model's parameters (what the dashboard marks on the heatmap before pruning)."""
+    from .stats import count_params
+
+    n_layers = len(layers_of(model))
+    config.validate(n_layers)
+    if config.target_params is not None:
+        n_remove = int(round(count_params(model)["params"] * config.target_params))
+        return plan_for_params(model, scores, config, n_remove)[0]
+    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
+    return plan_for_ratio(scores, config, config.ratio, n_layers, channel_multiple=multiple)
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -369,10 +387,107 @@ def apply_plan(model, plan: Plan):
     return pruned
 
 
-def count_params(model) -> dict:
-    """Total and non-embedding parameters (tied weights once)."""
-    total = sum(p.numel() for p in unique_parameters(model))
-    embedding = model.model.embed_tokens.weight.numel()
-    if model.lm_head.weight is not model.model.embed_tokens.weight:
-        embedding += model.lm_head.weight.numel()
-    return {"params": total, "params_non_embedding": total - embedding}
+# ----------------------------------------------------------------------------- the whole loop
+
+@dataclass
+class PruneResult:
+    model: object                 # the pruned copy
+    plans: list[Plan]             # one per iterative step
+    scores: pd.DataFrame          # the last step's scores (on the model that step pruned)
+    group_ratios: list[float]     # the group ratio each step used
+    report: dict                  # params / MACs before and after (see `prune_report`)
+    widths_before: pd.DataFrame
+    widths_after: pd.DataFrame
+
+
+def _kinds_for(strategy: str) -> tuple[str, ...]:
+    return ("hidden",) if strategy == "channel" else ("attn", "mlp")
+
+
+def _original_counts(scores: pd.DataFrame, config: PruneConfig, n_layers: int) -> dict:
+    counts = {(k, int(l)): int(n) for (k, l), n in scores.groupby(["kind", "layer"]).size().items()}
+    ranges = layer_ranges(config, n_layers)
+    counts[("layer", -1)] = len(set(ranges["attn"]) | set(ranges["mlp"]))
+    return counts
+
+
+def _remap_ranges(config: PruneConfig, origin: list[int], n_layers0: int) -> PruneConfig:
+    """Layer ranges given in original indices, expressed in the current (layer-dropped) model."""
+    if len(origin) == n_layers0:
+        return config
+    ranges = layer_ranges(config, n_layers0)
+    new = copy.copy(config)
+    for name, kind in (("attn_layers", "attn"), ("mlp_layers", "mlp")):
+        rng = ranges[kind]
+        start = sum(1 for o in origin if o < rng.start)
+        end = sum(1 for o in origin if o < rng.stop)
+        setattr(new, name, (start, end))
+    return new
+
+
+def prune_report(before, after, seq_len: int = 128) -> dict:
+    """Params (total, non-embedding) and MACs per token of two models, and the removed share."""
+    from .stats import count_params, macs_per_token
+
+    b, a = count_params(before), count_params(after)
+    return {
+        "params_before": b["params"], "params_after": a["params"],
+        "params_non_embedding_before": b["params_non_embedding"],
+        "params_non_embedding_after": a["params_non_embedding"],
+        "ratio_params_removed": 1.0 - a["params"] / b["params"],
+        "ratio_non_embedding_removed": 1.0 - a["params_non_embedding"] / b["params_non_embedding"],
+        "macs_per_token_before": macs_per_token(before, seq_len),
+        "macs_per_token_after": macs_per_token(after, seq_len),
+    }
+
+
+def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig | None = None,
+                progress=None) -> PruneResult:
+    """Score, plan and slice `iterative_steps` times; the original `model` is never modified.
+
+    input_ids: (n_samples, seq_len) calibration tokens (unused by random / l1 / l2).
+    progress: optional callable(step, total_steps, message) for UIs.
+    """
+    from dataclasses import replace
+
+    from .importance import ScoreConfig, score
+    from .stats import count_params
+
+    score_config = score_config or ScoreConfig()
+    prune_config = prune_config or PruneConfig()
+    n_layers0 = len(layers_of(model))
+    prune_config.validate(n_layers0)
+    score_config = replace(score_config, kinds=_kinds_for(prune_config.strategy))
+    score_config.validate()
+    steps = int(prune_config.iterative_steps)
+    params0 = count_params(model)["params"]
+    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
+
+    current, origin = model, list(range(n_layers0))
+    plans, ratios, counts0, scores = [], [], None, None
+    for step in range(1, steps + 1):
+        if progress:
+            progress(step - 1, steps, f"step {step}/{steps}: scoring ({score_config.criterion})")
+        step_config = replace(score_config, seed=score_config.seed + step - 1)
+        scores = score(current, input_ids, step_config)
+        config_now = _remap_ranges(prune_config, origin, n_layers0)
+        n_layers = len(layers_of(current))
+        if counts0 is None:
+            counts0 = _original_counts(scores, prune_config, n_layers0)
+        if prune_config.target_params is not None:
+            goal = params0 * prune_config.target_params * step / steps
+            needed = int(round(goal - (params0 - count_params(current)["params"])))
+            plan, ratio = plan_for_params(current, scores, config_now, max(0, needed))
+        else:
+            ratio = prune_config.ratio * step / steps
+            plan = plan_for_ratio(scores, config_now, ratio, n_layers, counts0, multiple)
+        if progress:
+            progress(step - 1, steps, f"step {step}/{steps}: slicing")
+        origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
+        current = apply_plan(current, plan)
+        plans.append(plan)
+        ratios.append(float(ratio))
+    if progress:
+        progress(steps, steps, "measuring")
+    return PruneResult(current, plans, scores, ratios, prune_report(model, current),
+                       layer_widths(model), layer_widths(current))

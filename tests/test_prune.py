@@ -1,0 +1,155 @@
+"""Planning and applying: ratios, scopes, ranges, strategies, iterative steps, originals untouched."""
+
+import math
+
+import pytest
+import torch
+
+from pruner.importance import ScoreConfig, score
+from pruner.prune import (Plan, PruneConfig, apply_plan, default_layer_range, layer_widths,
+                          make_plan, prune_model)
+from pruner.stats import count_params
+
+from conftest import tiny_model
+
+
+def test_original_model_is_untouched(model, calib):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config_before = model.config.to_dict()
+    result = prune_model(model, calib, ScoreConfig("taylor-element1"),
+                         PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3)))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.config.to_dict() == config_before
+    assert count_params(result.model)["params"] < count_params(model)["params"]
+
+
+def test_local_ratio_keeps_floor_per_layer(calib):
+    model = tiny_model(n_heads=8, n_kv=4, layers=4)
+    cfg = PruneConfig(ratio=0.3, attn_layers=(1, 3), mlp_layers=(0, 2))
+    result = prune_model(model, calib, ScoreConfig("l2"), cfg)
+    w = layer_widths(result.model)
+    assert w.kv_heads.tolist() == [4, math.floor(4 * 0.7), math.floor(4 * 0.7), 4]
+    assert w.heads.tolist() == [8, 4, 4, 8]          # two query heads leave with each KV head
+    assert w.intermediate_size.tolist() == [math.floor(48 * 0.7)] * 2 + [48, 48]
+
+
+def test_local_keeps_the_highest_scores(model, calib):
+    scores = score(model, calib, ScoreConfig("taylor-element1"))
+    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3)))
+    for layer, kept in plan.mlp_keep.items():
+        sub = scores[(scores.kind == "mlp") & (scores.layer == layer)]
+        assert sub[sub.group.isin(kept)].score.min() >= sub[~sub.group.isin(kept)].score.max()
+
+
+def test_global_prunes_heads_and_keeps_one_per_layer(calib):
+    model = tiny_model(n_heads=8, n_kv=8, layers=4)
+    cfg = PruneConfig(ratio=0.6, scope="global", attn_layers=(0, 4), mlp_layers=(0, 4))
+    scores = score(model, calib, ScoreConfig("taylor-element1"))
+    plan = make_plan(model, scores, cfg)
+    kept_heads = sum(len(v) for v in plan.attn_keep.values())
+    assert kept_heads == math.floor(32 * 0.4)
+    assert all(len(v) >= 1 for v in plan.attn_keep.values())
+    assert sum(len(v) for v in plan.mlp_keep.values()) == math.floor(4 * 48 * 0.4)
+    attn = scores[scores.kind == "attn"]
+    kept = attn.apply(lambda r: r.group in plan.attn_keep[r.layer], axis=1)
+    # one ranking across layers: nothing removed outranks a kept group, except a layer's reserve
+    best_per_layer = attn.groupby("layer").score.transform("max") == attn.score
+    assert attn[kept & ~best_per_layer].score.min() >= attn[~kept].score.max()
+
+
+def test_target_params_is_met(calib):
+    model = tiny_model(n_heads=4, n_kv=2, layers=4, hidden=32, inter=96)
+    cfg = PruneConfig(target_params=0.2, attn_layers=(0, 4), mlp_layers=(0, 4))
+    result = prune_model(model, calib, ScoreConfig("taylor-element1"), cfg)
+    assert result.report["ratio_params_removed"] == pytest.approx(0.2, abs=0.01)
+    assert result.report["params_after"] == count_params(result.model)["params"]
+    assert result.report["macs_per_token_after"] < result.report["macs_per_token_before"]
+
+
+def test_iterative_steps_reach_the_same_widths(calib):
+    model = tiny_model(n_heads=4, n_kv=4, layers=3, inter=60)
+    cfg = dict(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3))
+    one = prune_model(model, calib, ScoreConfig("taylor-element1"), PruneConfig(**cfg))
+    three = prune_model(model, calib, ScoreConfig("taylor-element1"),
+                        PruneConfig(iterative_steps=3, **cfg))
+    assert len(three.plans) == 3 and three.group_ratios == pytest.approx([1 / 6, 2 / 6, 0.5])
+    assert layer_widths(one.model).equals(layer_widths(three.model))
+
+
+def test_iterative_target_params(calib):
+    model = tiny_model(n_heads=4, n_kv=2, layers=4, inter=96)
+    cfg = PruneConfig(target_params=0.25, iterative_steps=2, attn_layers=(0, 4), mlp_layers=(0, 4))
+    result = prune_model(model, calib, ScoreConfig("taylor-element2"), cfg)
+    assert result.report["ratio_params_removed"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_layer_ranges_default_skip_first_three_last_two():
+    assert default_layer_range(30) == (3, 28)
+    assert default_layer_range(4) == (0, 4)
+
+
+def test_mlp_only(calib):
+    model = tiny_model()
+    cfg = PruneConfig(ratio=0.5, prune_attn=False, attn_layers=(0, 3), mlp_layers=(0, 3))
+    w = layer_widths(prune_model(model, calib, ScoreConfig("l1"), cfg).model)
+    assert (w.kv_heads == 2).all() and (w.intermediate_size == 24).all()
+
+
+def test_channel_strategy(calib):
+    model = tiny_model(n_heads=4, n_kv=2)
+    result = prune_model(model, calib, ScoreConfig("taylor-element1"),
+                         PruneConfig(ratio=0.25, strategy="channel"))
+    m = result.model
+    assert m.config.hidden_size == 24 and m.config.hidden_size % m.config.num_attention_heads == 0
+    assert m.model.embed_tokens.weight.shape == (96, 24)
+    assert m(input_ids=calib).logits.shape == (4, 16, 96)
+
+
+def test_layer_strategy_drops_least_important_layers(calib):
+    model = tiny_model(layers=6)
+    scores = score(model, calib, ScoreConfig("taylor-element1"))
+    cfg = PruneConfig(ratio=0.34, strategy="layer", attn_layers=(1, 5), mlp_layers=(1, 5))
+    plan = make_plan(model, scores, cfg)
+    per_layer = scores[scores.layer.between(1, 4)].groupby("layer").score.sum().sort_values()
+    assert plan.drop_layers == sorted(per_layer.index[:1].tolist())
+    pruned = apply_plan(model, plan)
+    assert pruned.config.num_hidden_layers == 5 == len(pruned.model.layers)
+    assert [l.self_attn.layer_idx for l in pruned.model.layers] == list(range(5))
+    out = pruned.generate(calib[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_layer_strategy_iterative_and_target(calib):
+    model = tiny_model(layers=8)
+    cfg = PruneConfig(ratio=0.5, strategy="layer", iterative_steps=2, attn_layers=(0, 8),
+                      mlp_layers=(0, 8))
+    result = prune_model(model, calib, ScoreConfig("l1"), cfg)
+    assert result.model.config.num_hidden_layers == 4
+    cfg = PruneConfig(target_params=0.3, strategy="layer", attn_layers=(0, 8), mlp_layers=(0, 8))
+    result = prune_model(model, calib, ScoreConfig("l1"), cfg)
+    assert 0.15 < result.report["ratio_params_removed"] < 0.45
+
+
+def test_removed_groups_marks_the_plan(model, calib):
+    scores = score(model, calib, ScoreConfig("l2"))
+    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(1, 2)))
+    gone = plan.removed_groups(scores)
+    assert set(gone[gone.kind == "mlp"].layer) == {1}
+    assert len(gone[gone.kind == "mlp"]) == 24
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(ratio=1.0), "ratio"), (dict(ratio=-0.1), "ratio"), (dict(target_params=0.99), "target"),
+    (dict(strategy="magic"), "strategy"), (dict(scope="world"), "scope"),
+    (dict(attn_layers=(2, 9)), "attn_layers"), (dict(iterative_steps=0), "iterative"),
+])
+def test_bad_prune_config(model, calib, bad, match):
+    with pytest.raises(ValueError, match=match):
+        prune_model(model, calib, ScoreConfig("l1"), PruneConfig(**bad))
+
+
+def test_plan_cannot_empty_a_layer(model):
+    with pytest.raises(ValueError, match="keeps no"):
+        apply_plan(model, Plan(mlp_keep={0: []}))
