@@ -1,0 +1,240 @@
+"""Command line: python -m pruner {inspect,score,prune,generate} ...
+
+Every subcommand accepts --json: the last stdout line is then one JSON object with its figures.
+Argument parsing stays here; the library receives dataclass configs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .data import DataUnavailableError
+from .importance import AGGREGATIONS, CRITERIA
+from .models import ModelLoadError
+from .prune import SCOPES, STRATEGIES
+
+
+def _range(text: str) -> tuple[int, int]:
+    """'3:28' -> (3, 28), end exclusive."""
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"layer range must look like START:END, got {text!r}") from err
+    return start, end
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct, offline), a hub id, or a local folder")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on cpu)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+
+
+def _calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--criterion", default="taylor-element1", choices=CRITERIA)
+    p.add_argument("--aggregation", default="sum", choices=AGGREGATIONS)
+    p.add_argument("--calib-data", default="builtin",
+                   help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
+    p.add_argument("--calib-samples", type=int, default=10)
+    p.add_argument("--calib-len", type=int, default=64)
+    p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pruner", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="architecture, coupled groups and parameter counts")
+    _common(p)
+    p.add_argument("--layer", type=int, default=None, help="list one layer's groups in detail")
+
+    p = sub.add_parser("score", help="group importance for every layer")
+    _common(p)
+    _calibration(p)
+    p.add_argument("--kinds", default="attn,mlp", help="comma list of attn, mlp, hidden")
+    p.add_argument("--out", default=None, help="save the scores DataFrame (.csv or .parquet)")
+
+    p = sub.add_parser("prune", help="score, prune, report and optionally save")
+    _common(p)
+    _calibration(p)
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--ratio", type=float, default=None, help="fraction of groups to remove")
+    amount.add_argument("--target-params", type=float, default=None,
+                        help="fraction of total parameters to remove (solves for the group ratio)")
+    p.add_argument("--scope", default="local", choices=SCOPES)
+    p.add_argument("--strategy", default="block", choices=STRATEGIES)
+    p.add_argument("--layers", type=_range, default=None,
+                   help="START:END layers pruned (both kinds; default skips first 3, last 2)")
+    p.add_argument("--attn-layers", type=_range, default=None)
+    p.add_argument("--mlp-layers", type=_range, default=None)
+    p.add_argument("--no-attn", action="store_true", help="leave attention whole")
+    p.add_argument("--no-mlp", action="store_true", help="leave the MLPs whole")
+    p.add_argument("--iterative-steps", type=int, default=1)
+    p.add_argument("--out", default=None, help="save the pruned model to this folder")
+
+    p = sub.add_parser("generate", help="stream a generation")
+    _common(p)
+    p.add_argument("--prompt", default=None, help="default: the paper's Leaning Tower of Pisa prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat", action="store_true", help="plain continuation, no chat template")
+    return parser
+
+
+def _emit(args, figures: dict) -> None:
+    if args.json:
+        print(json.dumps(figures, default=str))
+
+
+def _load(args):
+    from .models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def _calib_ids(args, tokenizer):
+    from .data import calibration_ids
+
+    if args.criterion in ("random", "l1", "l2"):
+        return None
+    return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
+                           args.seed, args.data_dir)
+
+
+def cmd_inspect(args) -> dict:
+    from .groups import describe_groups, describe_layer
+    from .models import describe_model
+
+    model, _ = _load(args)
+    info = describe_model(model)
+    for key, value in info.items():
+        print(f"{key:>22}: {value:,}" if isinstance(value, int) and not isinstance(value, bool)
+              else f"{key:>22}: {value}")
+    groups = describe_groups(model)
+    summary = groups.groupby("kind").agg(layers=("layer", "count"), groups_per_layer=("groups", "first"),
+                                         params_per_group=("params_per_group", "first"))
+    print("\ncoupled groups (per layer):\n" + summary.to_string())
+    if args.layer is not None:
+        detail = describe_layer(model, args.layer)
+        attn = detail[detail.kind == "attn"]
+        print(f"\nlayer {args.layer} attention groups:\n" + attn.to_string(index=False))
+        mlp = detail[(detail.kind == "mlp") & (detail.group < 2)]
+        print(f"\nlayer {args.layer} MLP groups 0-1 (of {detail[detail.kind == 'mlp'].group.nunique()}):\n"
+              + mlp.to_string(index=False))
+    info["groups"] = groups.to_dict("records")
+    return info
+
+
+def cmd_score(args) -> dict:
+    from .importance import ScoreConfig, score
+
+    model, tokenizer = _load(args)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    start = time.perf_counter()
+    df = score(model, _calib_ids(args, tokenizer),
+               ScoreConfig(args.criterion, args.aggregation, kinds=kinds, seed=args.seed))
+    seconds = time.perf_counter() - start
+    summary = df.groupby("kind").score.describe()[["count", "mean", "min", "max"]]
+    print(f"{args.criterion} / {args.aggregation} scores in {seconds:.1f}s\n{summary.to_string()}")
+    per_layer = df[df.kind != "hidden"].groupby(["layer", "kind"]).score.mean().unstack()
+    print("\nmean score per layer:\n" + per_layer.to_string(float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        if args.out.endswith(".parquet"):
+            df.to_parquet(args.out, index=False)
+        else:
+            df.to_csv(args.out, index=False)
+        print(f"saved {len(df)} rows to {args.out}")
+    return {"rows": len(df), "seconds": seconds, "out": args.out,
+            "mean_score": df.groupby("kind").score.mean().to_dict()}
+
+
+def cmd_prune(args) -> dict:
+    from .export import save
+    from .importance import ScoreConfig
+    from .prune import PruneConfig, prune_model
+
+    model, tokenizer = _load(args)
+    ratio = 0.2 if args.ratio is None and args.target_params is None else args.ratio
+    config = PruneConfig(
+        ratio=ratio if ratio is not None else 0.0, target_params=args.target_params,
+        strategy=args.strategy, scope=args.scope,
+        attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
+        prune_attn=not args.no_attn, prune_mlp=not args.no_mlp,
+        iterative_steps=args.iterative_steps)
+    score_config = ScoreConfig(args.criterion, args.aggregation, seed=args.seed)
+    start = time.perf_counter()
+
+    def progress(step, total, message):
+        print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
+
+    result = prune_model(model, _calib_ids(args, tokenizer), score_config, config, progress)
+    seconds = time.perf_counter() - start
+    report = dict(result.report)
+    print(f"pruned in {seconds:.1f}s ({args.strategy}, {args.scope}, {args.criterion}/{args.aggregation})")
+    print(f"parameters: {report['params_before']:,} -> {report['params_after']:,} "
+          f"({100 * report['ratio_params_removed']:.1f}% removed; non-embedding "
+          f"{100 * report['ratio_non_embedding_removed']:.1f}%)")
+    print(f"MACs/token: {report['macs_per_token_before']:,.0f} -> {report['macs_per_token_after']:,.0f}")
+    print("kept widths per layer:\n" + result.widths_after.to_string(index=False))
+    recipe = {
+        "criterion": args.criterion, "aggregation": args.aggregation, "ratio": args.ratio,
+        "target_params": args.target_params, "group_ratios": result.group_ratios,
+        "scope": args.scope, "strategy": args.strategy,
+        "attn_layers": list(config.attn_layers) if config.attn_layers else "default",
+        "mlp_layers": list(config.mlp_layers) if config.mlp_layers else "default",
+        "prune_attn": config.prune_attn, "prune_mlp": config.prune_mlp,
+        "iterative_steps": args.iterative_steps, "seed": args.seed,
+        "calibration": {"source": args.calib_data, "samples": args.calib_samples,
+                        "seq_len": args.calib_len},
+        "base_model": args.model,
+    }
+    if args.out:
+        save(result.model, args.out, tokenizer, recipe)
+        print(f"saved to {args.out}")
+    report.update(out=args.out, seconds=seconds, group_ratios=result.group_ratios,
+                  kept=result.widths_after.to_dict("records"), recipe=recipe)
+    return report
+
+
+def cmd_generate(args) -> dict:
+    from .generate import PAPER_PROMPT, GenerationSettings, stream
+
+    model, tokenizer = _load(args)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                  chat_template=False if args.no_chat else None)
+    prompt = args.prompt if args.prompt is not None else PAPER_PROMPT
+    print(prompt, end="", flush=True)
+    shown, last = 0, None
+    for last in stream(model, tokenizer, prompt, settings):
+        print(last["text"][shown:], end="", flush=True)
+        shown = len(last["text"])
+    print(f"\n[{last['tokens']} tokens, {last['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
+    return {"prompt": prompt, "text": last["text"], "tokens": last["tokens"],
+            "tokens_per_s": last["tokens_per_s"]}
+
+
+COMMANDS = {"inspect": cmd_inspect, "score": cmd_score, "prune": cmd_prune, "generate": cmd_generate}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        figures = COMMANDS[args.command](args)
+    except (ModelLoadError, DataUnavailableError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _emit(args, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
