@@ -23,20 +23,24 @@ model's own size (taylor-mix alone keeps one float32 Fisher buffer per scored we
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .groups import Family, Member, families as all_families, group_param_counts
+from .models import layers_of
 
 CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-element1", "taylor-element2",
             "taylor-mix")
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
+LOSS_CHUNK = 256   # tokens per vocabulary-projection chunk in low-memory scoring
 
 
 @dataclass
@@ -46,6 +50,7 @@ class ScoreConfig:
     kinds: tuple[str, ...] = ("attn", "mlp")
     seed: int = 0
     batch_size: int | None = None   # samples per forward; None = all at once (LLM-Pruner)
+    low_memory: bool | None = None  # recompute layers + chunk the vocab projection; None = auto
 
     def validate(self) -> None:
         if self.criterion not in CRITERIA:
@@ -94,16 +99,50 @@ def _members_by_param(fams: list[Family]) -> dict[str, list[tuple[int, int, Memb
     return by_param
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over all positions, computed in at least float32."""
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]   # (B, L-1, V)
+def _ce_sum(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)                                                   # (n, V)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten())
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Mean next-token NLL over all positions, in at least float32.
+
+    With `chunk`, the vocabulary projection runs `chunk` tokens at a time under activation
+    checkpointing, so full (tokens x vocab) logits never sit in memory for the backward pass.
+    """
+    if chunk is None:
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]   # (B, L-1, V)
+        return _ce_sum(torch.nn.Identity(), logits.flatten(0, 1), input_ids[:, 1:].flatten()) \
+            / logits.shape[0] / logits.shape[1]
+    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    hidden, labels = hidden.flatten(0, 1), input_ids[:, 1:].flatten()       # (B*(L-1), H), (B*(L-1),)
+    head = model.get_output_embeddings()
+    total = sum(checkpoint(_ce_sum, head, hidden[s: s + chunk], labels[s: s + chunk],
+                           use_reentrant=False) for s in range(0, labels.numel(), chunk))
+    return total / labels.numel()
+
+
+@contextmanager
+def layer_checkpointing(model, enabled: bool = True):
+    """Recompute each decoder layer in the backward pass instead of storing its activations
+    (torch.utils.checkpoint, non-reentrant), without switching the model to training mode."""
+    layers = list(layers_of(model)) if enabled else []
+    for layer in layers:
+        def forward(*args, _original=layer.forward, **kwargs):
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+        layer.forward = forward
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weights: list[float],
-                     on_grad: Callable[[str, torch.Tensor, torch.Tensor], None], accumulate: bool):
+                     on_grad: Callable[[str, torch.Tensor, torch.Tensor], None], accumulate: bool,
+                     low_memory: bool = True):
     """Run forward+backward on each batch; `on_grad(name, weight, grad)` sees each scored weight's
     gradient (after the last batch when `accumulate`, else after every batch) and the gradient is
     dropped right after. Only weights in `names` require grad during the passes."""
@@ -126,10 +165,11 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
             params[name].requires_grad_(True)
             params[name].grad = None
             handles.append(params[name].register_post_accumulate_grad_hook(hook_for(name)))
-        for i, (batch, weight) in enumerate(zip(batches, weights)):
-            state["act"] = (not accumulate) or i == len(batches) - 1
-            loss = causal_lm_loss(model, batch) * weight
-            loss.backward()
+        with layer_checkpointing(model, low_memory):
+            for i, (batch, weight) in enumerate(zip(batches, weights)):
+                state["act"] = (not accumulate) or i == len(batches) - 1
+                loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
+                loss.backward()
     finally:
         for h in handles:
             h.remove()
@@ -145,8 +185,45 @@ def _split(input_ids: torch.Tensor, batch_size: int | None) -> tuple[list, list]
     return batches, [b.shape[0] / n for b in batches]
 
 
+def activation_bytes(model, n_tokens: int) -> int:
+    """A conservative estimate of the activations one forward+backward over `n_tokens` keeps."""
+    config = model.config
+    hidden = model.model.embed_tokens.weight.shape[1]
+    inter = max(layer.mlp.gate_proj.out_features for layer in layers_of(model))
+    elem = next(model.parameters()).element_size()
+    per_token = len(layers_of(model)) * (14 * hidden + 5 * inter) * elem + 3 * config.vocab_size * 4
+    return int(n_tokens * per_token)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory scoring may use for activations: 80% of free CUDA memory, half of available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.8 * free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return int(info["MemAvailable"].split()[0]) * 1024 // 2
+        except (OSError, KeyError, ValueError):
+            return 0
+    return 0
+
+
+def resolve_low_memory(model, input_ids: torch.Tensor, batch_size: int | None,
+                       setting: bool | None) -> bool:
+    """An explicit setting wins; auto turns the recompute on only when the activations of the
+    largest pass would not fit comfortably (it costs one extra forward pass)."""
+    if setting is not None:
+        return bool(setting)
+    rows = input_ids.shape[0] if batch_size is None else min(batch_size, input_ids.shape[0])
+    device = next(model.parameters()).device
+    return activation_bytes(model, rows * input_ids.shape[1]) > available_bytes(device)
+
+
 def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list[Family],
-                      seed: int = 0, batch_size: int | None = None) -> list[torch.Tensor]:
+                      seed: int = 0, batch_size: int | None = None,
+                      low_memory: bool | None = None) -> list[torch.Tensor]:
     """Per family a (n_members, n_groups) float32 tensor of member-slice scores.
 
     input_ids: (n_samples, seq_len) calibration tokens on the model's device.
@@ -177,6 +254,7 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     if input_ids is None or input_ids.numel() == 0:
         raise ValueError(f"{criterion} needs calibration samples (input_ids)")
     input_ids = input_ids.to(device)
+    low_memory = resolve_low_memory(model, input_ids, batch_size, low_memory)
     names = set(by_param)
     was_training = model.training
     model.eval()
@@ -196,7 +274,8 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
                 else:
                     add(name, g2.mul_(w.float().square()), fisher_terms)
             samples = list(torch.split(input_ids, 1))
-            _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False)
+            _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
+                             low_memory=low_memory)
 
         def on_grad(name, w, g):
             w32, gw = w.float(), g.float() * w.float()
@@ -208,7 +287,8 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
                 add(name, gw.abs_(), stats)
 
         batches, weights = _split(input_ids, batch_size)
-        _backward_passes(model, names, batches, weights, on_grad, accumulate=True)
+        _backward_passes(model, names, batches, weights, on_grad, accumulate=True,
+                         low_memory=low_memory)
     finally:
         model.train(was_training)
     if criterion == "taylor-vector":
@@ -247,7 +327,7 @@ def score(model, input_ids: torch.Tensor | None, config: ScoreConfig | None = No
     config.validate()
     fams = all_families(model, config.kinds)
     stats = member_statistics(model, input_ids, config.criterion, fams, config.seed,
-                              config.batch_size)
+                              config.batch_size, config.low_memory)
     return scores_frame(model, fams, stats, config.criterion, config.aggregation)
 
 

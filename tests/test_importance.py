@@ -190,3 +190,14 @@ def test_bad_config_is_rejected(model):
         score(model, None, ScoreConfig(aggregation="median"))
     with pytest.raises(ValueError, match="calibration"):
         score(model, None, ScoreConfig(criterion="taylor-element1"))
+
+
+def test_low_memory_mode_gives_the_same_scores(calib):
+    model = tiny_model()
+    fams = families(model)
+    for criterion in ("taylor-vector", "taylor-element2"):
+        fast = member_statistics(model, calib, criterion, fams, low_memory=False)
+        lean = member_statistics(model, calib, criterion, fams, low_memory=True)
+        for a, b in zip(fast, lean):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert not hasattr(model.model.layers[0], "__dict__") or "forward" not in model.model.layers[0].__dict__
