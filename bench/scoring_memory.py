@@ -11,9 +11,9 @@ import json
 
 import torch
 
-from common import PeakMemory
+import common  # noqa: F401  (puts the repo on sys.path)
 from pruner import ScoreConfig, calibration_ids, load_model, score
-from pruner.stats import weight_bytes
+from pruner.stats import PeakMemory, weight_bytes
 
 
 def main():

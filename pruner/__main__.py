@@ -1,4 +1,4 @@
-"""Command line: python -m pruner {inspect,score,prune,generate} ...
+"""Command line: python -m pruner {inspect,score,prune,eval,recover,generate} ...
 
 Every subcommand accepts --json: the last stdout line is then one JSON object with its figures.
 Argument parsing stays here; the library receives dataclass configs only.
@@ -15,6 +15,8 @@ from .data import DataUnavailableError
 from .importance import AGGREGATIONS, CRITERIA
 from .models import ModelLoadError
 from .prune import SCOPES, STRATEGIES
+from .recover import PRESETS
+from .tasks import TASKS
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -76,6 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlp", action="store_true", help="leave the MLPs whole")
     p.add_argument("--iterative-steps", type=int, default=1)
     p.add_argument("--out", default=None, help="save the pruned model to this folder")
+
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (the paper's Table 1)")
+    _common(p)
+    p.add_argument("--ppl", default="wikitext2,ptb", help="comma list of wikitext2, ptb ('' for none)")
+    p.add_argument("--tasks", default="", help="comma list of " + ",".join(TASKS))
+    p.add_argument("--seq-len", type=int, default=128, help="perplexity window (LLM-Pruner: 128)")
+    p.add_argument("--max-windows", type=int, default=None, help="first N perplexity windows")
+    p.add_argument("--limit", type=int, default=None, help="first N documents per task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
+    p.add_argument("--stats", action="store_true", help="also params, MACs, memory, tokens/s")
+
+    p = sub.add_parser("recover", help="LoRA recovery of a pruned model, then merge and save")
+    _common(p)
+    p.add_argument("--teacher", default="default",
+                   help="the original model, for self-generated data and distillation ('' for none)")
+    p.add_argument("--data", default="self",
+                   help="self (the teacher answers built-in prompts), alpaca, an instruction "
+                        ".json/.jsonl, or text (builtin, a .txt file)")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the preset)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--rank", type=int, default=None, help="LoRA r")
+    p.add_argument("--distill", type=float, default=None, help="weight of the KL to the teacher")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--ppl-windows", type=int, default=32,
+                   help="WikiText-2 windows to measure before/after (0 to skip)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for the merged model (+ adapter/ inside)")
 
     p = sub.add_parser("generate", help="stream a generation")
     _common(p)
@@ -212,7 +246,8 @@ def cmd_generate(args) -> dict:
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   chat_template=False if args.no_chat else None)
     prompt = args.prompt if args.prompt is not None else PAPER_PROMPT
-    print(prompt, end="", flush=True)
+    print(prompt, end="\n" if settings.chat_template is not False and tokenizer.chat_template else "",
+          flush=True)
     shown, last = 0, None
     for last in stream(model, tokenizer, prompt, settings):
         print(last["text"][shown:], end="", flush=True)
@@ -222,7 +257,83 @@ def cmd_generate(args) -> dict:
             "tokens_per_s": last["tokens_per_s"]}
 
 
-COMMANDS = {"inspect": cmd_inspect, "score": cmd_score, "prune": cmd_prune, "generate": cmd_generate}
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def cmd_eval(args) -> dict:
+    from .evaluate import evaluate, model_stats
+
+    model, tokenizer = _load(args)
+    result = evaluate(model, tokenizer, _split(args.ppl), _split(args.tasks), args.seq_len,
+                      args.max_windows, args.limit, args.batch_size, args.data_dir)
+    for corpus, value in result["ppl"].items():
+        d = result["details"][corpus]
+        print(f"{corpus:>14} ppl {value:10.2f}   ({d['windows']} windows x {d['seq_len']} tokens)")
+    for task, value in result["acc"].items():
+        d = result["details"][task]
+        norm = f"acc_norm {d['acc_norm']:.4f} +- {d['acc_norm_stderr']:.4f}  " if "acc_norm" in d else ""
+        print(f"{task:>14} acc {d['acc']:.4f} +- {d['acc_stderr']:.4f}  {norm}(n={d['n']})")
+    if "acc_mean" in result:
+        print(f"{'average':>14} {result['acc_mean']:.4f}")
+    if args.stats:
+        result["stats"] = model_stats(model, tokenizer)
+        print("stats: " + ", ".join(f"{k}={v:,.1f}" for k, v in result["stats"].items()))
+    return result
+
+
+def cmd_recover(args) -> dict:
+    from dataclasses import asdict
+
+    from .evaluate import perplexity
+    from .export import save
+    from .models import load_model
+    from .recover import LoraRecovery, preset, recovery_examples
+
+    model, tokenizer = _load(args)
+    teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)[0] if args.teacher else None
+    overrides = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr),
+                                   ("batch_size", args.batch_size), ("seq_len", args.seq_len),
+                                   ("r", args.rank), ("distill_weight", args.distill),
+                                   ("time_budget_s", args.time_budget), ("seed", args.seed))
+                 if v is not None}
+    if teacher is None:
+        overrides["distill_weight"] = 0.0
+    settings = preset(args.preset, **overrides)
+    print(f"preparing '{args.data}' recovery data ...", file=sys.stderr, flush=True)
+    examples = recovery_examples(args.data, tokenizer, settings.seq_len, teacher, args.data_dir,
+                                 seed=args.seed)
+
+    def ppl(m):
+        if not args.ppl_windows:
+            return None
+        return perplexity(m, tokenizer, "wikitext2", max_windows=args.ppl_windows,
+                          data_dir_path=args.data_dir, progress=False)["ppl"]
+
+    before = ppl(model)
+    rec = LoraRecovery(model, tokenizer, examples, settings, teacher)
+    print(f"{len(examples)} examples, {rec.trainable_params:,} LoRA parameters, "
+          f"{settings.max_steps} steps", file=sys.stderr)
+    for f in rec.train():
+        print(f"step {f['step']:4d}  loss {f['loss']:.4f}  ce {f['ce']:.4f}  kl {f['kl']:.4f}  "
+              f"lr {f['lr']:.2e}  {f['elapsed']:.0f}s", flush=True)
+    merged = rec.merge()
+    after = ppl(merged)
+    if before is not None:
+        print(f"WikiText-2 ppl ({args.ppl_windows} windows): {before:.2f} -> {after:.2f}")
+    if args.out:
+        save(merged, args.out, tokenizer, recipe={"recovery": asdict(settings), "data": args.data,
+                                                  "base": args.model})
+        rec.save_adapter(f"{args.out}/adapter")
+        print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
+    return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,
+            "ppl_before": before, "ppl_after": after, "examples": len(examples),
+            "seconds": rec.history[-1]["elapsed"] if rec.history else 0.0, "out": args.out,
+            "loss_curve": [round(h["loss"], 4) for h in rec.history]}
+
+
+COMMANDS = {"inspect": cmd_inspect, "score": cmd_score, "prune": cmd_prune, "eval": cmd_eval,
+            "recover": cmd_recover, "generate": cmd_generate}
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import threading
+import time
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,3 +38,60 @@ def macs_per_token(model, seq_len: int = 128) -> float:
     with counter:
         model(input_ids=ids, use_cache=False)
     return counter.get_total_flops() / 2 / seq_len
+
+
+def _release_freed_memory() -> None:
+    """Hand memory that glibc keeps after frees back to the OS, so RSS growth is measurable."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: the CUDA allocator's peak on GPU, else the process
+    RSS sampled by a background thread every `interval` seconds."""
+
+    def __init__(self, device, interval: float = 0.001):
+        self.device, self.interval = torch.device(device), interval
+        self.peak_above_start = 0
+
+    def __enter__(self):
+        gc.collect()
+        _release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = rss_bytes()
+            self._peak, self._stop = self.start, False
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop:
+            self._peak = max(self._peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_above_start = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self._stop = True
+            self._thread.join()
+            self.peak_above_start = max(self._peak, rss_bytes()) - self.start
+        return False

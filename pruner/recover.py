@@ -1,0 +1,376 @@
+"""LoRA recovery of a pruned model (peft), LLM-Pruner's post-training step, made interactive.
+
+    rec = LoraRecovery(pruned, tokenizer, examples, PRESETS["quick"], teacher=original)
+    for progress in rec.train():          # {"step", "loss", "ce", "kl", "lr", "elapsed", ...}
+        draw(progress)                    # rec.stop() ends it after the current step
+    merged = rec.merge()                  # a plain model with the LoRA deltas folded in
+
+Data: alpaca-style instructions (hub yahma/alpaca-cleaned, or a local .json/.jsonl with
+instruction/input/output), plain text, or **self-generated**: the original model answers the
+built-in prompts (assets/instructions.txt), so recovery works offline and teaches the pruned
+model to follow its parent; `distill_weight` adds a KL term to the original model's logits.
+The original and pruned models are never modified: training runs on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .data import ASSETS, DataUnavailableError, read_text_source
+
+LLM_PRUNER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BUILTIN_PROMPTS = ASSETS / "instructions.txt"
+ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that "
+                   "appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+                   "### Response:\n")
+ALPACA_TEMPLATE_INPUT = ("Below is an instruction that describes a task, paired with an input that "
+                         "provides further context. Write a response that appropriately completes "
+                         "the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                         "### Response:\n")
+
+
+@dataclass
+class LoraSettings:
+    """LLM-Pruner's LoRA defaults (r=8, alpha=16, dropout 0.05, all seven projections)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = LLM_PRUNER_TARGETS
+    learning_rate: float = 1e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    seq_len: int = 256
+    max_steps: int = 200               # optimizer steps
+    time_budget_s: float | None = None
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    distill_weight: float = 0.0        # weight of KL(teacher || student) next to the CE loss
+    distill_temperature: float = 1.0
+    train_on_inputs: bool = False      # False: the loss covers response tokens only
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("LoRA needs r >= 1, alpha > 0 and 0 <= dropout < 1")
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("learning_rate must be > 0; batch_size and grad_accum >= 1")
+        if self.max_steps < 1 or self.seq_len < 8:
+            raise ValueError("max_steps must be >= 1 and seq_len >= 8")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight must be >= 0 and distill_temperature > 0")
+
+
+PRESETS = {
+    # a few minutes on a laptop CPU for the 135M default model; distils the original's answers
+    "quick": LoraSettings(learning_rate=5e-4, batch_size=4, seq_len=128, max_steps=60,
+                          warmup_steps=5, distill_weight=1.0),
+    # LLM-Pruner's post_training.py: lr 1e-4, batch 64 (4 x 16), cutoff 256, 2 epochs of alpaca
+    "llm-pruner": LoraSettings(learning_rate=1e-4, batch_size=4, grad_accum=16, seq_len=256,
+                               max_steps=1600, warmup_steps=100),
+}
+
+
+@dataclass
+class Example:
+    prompt: str          # formatted prompt (not trained on unless train_on_inputs); "" for plain text
+    response: str
+
+
+# ----------------------------------------------------------------------------- data
+
+def _chat_prompt(tokenizer, instruction: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
+                                             add_generation_prompt=True, tokenize=False)
+    return ALPACA_TEMPLATE.format(instruction=instruction)
+
+
+def _alpaca_prompt(row: dict) -> str:
+    if row.get("input"):
+        return ALPACA_TEMPLATE_INPUT.format(instruction=row["instruction"], input=row["input"])
+    return ALPACA_TEMPLATE.format(instruction=row["instruction"])
+
+
+def instruction_examples(source: str = "alpaca", limit: int | None = 2000) -> list[Example]:
+    """Alpaca-style rows from a local .json/.jsonl file or the hub (yahma/alpaca-cleaned),
+    in LLM-Pruner's alpaca prompt template."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        rows = json.loads(text) if path.suffix == ".json" else \
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        hub_id = "yahma/alpaca-cleaned" if source == "alpaca" else source
+        try:
+            import datasets
+
+            rows = list(datasets.load_dataset(hub_id, split="train").select(range(limit or 51760)))
+        except Exception as err:
+            raise DataUnavailableError(
+                f"instruction data {source!r} is not available ({type(err).__name__}). Use a local "
+                ".json/.jsonl with instruction/input/output fields, network access to the hub "
+                "(yahma/alpaca-cleaned), or the offline 'self' source.") from err
+    missing = [k for k in ("instruction", "output") if rows and k not in rows[0]]
+    if missing:
+        raise DataUnavailableError(f"instruction rows need fields instruction/output; missing {missing}")
+    rows = rows[:limit] if limit else rows
+    return [Example(_alpaca_prompt(r), r["output"]) for r in rows]
+
+
+def text_examples(source: str, tokenizer, seq_len: int, data_dir_path=None,
+                  limit: int | None = 2000) -> list[Example]:
+    """Plain text cut into `seq_len`-token pieces (trained on every token)."""
+    text = read_text_source(source, data_dir_path)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    pieces = [ids[i: i + seq_len] for i in range(0, max(1, len(ids) - seq_len // 2), seq_len)]
+    pieces = [p for p in pieces if len(p) > seq_len // 4][: limit or None]
+    return [Example("", tokenizer.decode(p)) for p in pieces]
+
+
+def builtin_prompts() -> list[str]:
+    return [line.strip() for line in BUILTIN_PROMPTS.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+@torch.no_grad()
+def self_generated_examples(teacher, tokenizer, prompts: list[str] | None = None,
+                            samples_per_prompt: int = 1, max_new_tokens: int = 96,
+                            temperature: float = 0.7, seed: int = 0, batch_size: int = 16,
+                            progress=None) -> list[Example]:
+    """The original model answers `prompts` (sampled, seeded): offline data that teaches the
+    pruned model to behave like its parent."""
+    prompts = prompts or builtin_prompts()
+    formatted = [_chat_prompt(tokenizer, p) for p in prompts for _ in range(samples_per_prompt)]
+    device = next(teacher.parameters()).device
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    examples = []
+    try:
+        for start in range(0, len(formatted), batch_size):
+            chunk = formatted[start: start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = teacher.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
+                                   temperature=temperature, top_p=0.9,
+                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            for prompt, row in zip(chunk, out[:, enc.input_ids.shape[1]:]):
+                examples.append(Example(prompt, tokenizer.decode(row, skip_special_tokens=True).strip()))
+            if progress:
+                progress(min(start + batch_size, len(formatted)), len(formatted))
+    finally:
+        tokenizer.padding_side = side
+    return [e for e in examples if e.response]
+
+
+def recovery_examples(source: str, tokenizer, seq_len: int, teacher=None, data_dir_path=None,
+                      limit: int | None = 2000, seed: int = 0, progress=None) -> list[Example]:
+    """"self" (teacher-written answers), "alpaca" / an instruction .json(l), or text
+    ("builtin", a .txt file, a hub dataset with a text column)."""
+    if source == "self":
+        if teacher is None:
+            raise ValueError("self-generated recovery data needs the original model as teacher")
+        return self_generated_examples(teacher, tokenizer, seed=seed, progress=progress)
+    path = Path(source).expanduser()
+    if source == "alpaca" or (path.is_file() and path.suffix in (".json", ".jsonl")
+                              and _looks_like_instructions(path)):
+        return instruction_examples(source, limit)
+    return text_examples(source, tokenizer, seq_len, data_dir_path, limit)
+
+
+def _looks_like_instructions(path: Path) -> bool:
+    head = path.read_text(encoding="utf-8")[:2000]
+    return '"instruction"' in head
+
+
+# ----------------------------------------------------------------------------- batches
+
+def tokenize_examples(examples: list[Example], tokenizer, seq_len: int,
+                      train_on_inputs: bool = False) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per example; prompt tokens get label -100 unless train_on_inputs."""
+    out = []
+    eos = tokenizer.eos_token_id
+    for ex in examples:
+        prompt = tokenizer(ex.prompt, add_special_tokens=False).input_ids if ex.prompt else []
+        response = tokenizer(ex.response, add_special_tokens=False).input_ids
+        if ex.prompt and eos is not None:
+            response = response + [eos]
+        ids = (prompt + response)[:seq_len]
+        labels = (([-100] * len(prompt)) if not train_on_inputs else prompt[:]) + response
+        labels = labels[:seq_len]
+        if sum(1 for y in labels[1:] if y != -100) > 0:
+            out.append((ids, labels))
+    if not out:
+        raise ValueError("no recovery example has a trainable token; check the data and seq_len")
+    return out
+
+
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-padded (B, L) input_ids, attention_mask and labels (-100 on padding)."""
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def batches(tokenized, batch_size: int, seed: int) -> Iterator[list]:
+    """Endless shuffled batches (reshuffled every epoch, seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(tokenized), generator=gen).tolist()
+        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield [tokenized[i] for i in order[start: start + batch_size]]
+
+
+# ----------------------------------------------------------------------------- training
+
+def lora_loss(student_logits, labels, teacher_logits=None, distill_weight: float = 0.0,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ce, kl): next-token CE on labelled positions, plus distill_weight * T^2 *
+    KL(teacher || student) on the same positions."""
+    logits = student_logits[:, :-1].float()                              # (B, L-1, V)
+    target = labels[:, 1:]                                               # (B, L-1)
+    keep = target != -100
+    ce = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    kl = torch.zeros((), device=logits.device)
+    if teacher_logits is not None and distill_weight > 0:
+        t = teacher_logits[:, :-1].float()[keep] / temperature
+        s = logits[keep] / temperature
+        kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True,
+                                        reduction="batchmean") * temperature ** 2
+    return ce + distill_weight * kl, ce.detach(), kl.detach()
+
+
+def lr_at(step: int, settings: LoraSettings) -> float:
+    """Linear warm-up, then cosine decay to 10% over max_steps."""
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps)
+    return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class LoraRecovery:
+    """LoRA fine-tuning of a copy of `model`; `train()` yields progress, `merge()` folds it in."""
+
+    def __init__(self, model, tokenizer, examples: list[Example], settings: LoraSettings | None = None,
+                 teacher=None):
+        from peft import LoraConfig, get_peft_model
+
+        self.settings = settings or LoraSettings()
+        self.settings.validate()
+        if self.settings.distill_weight > 0 and teacher is None:
+            raise ValueError("distill_weight > 0 needs the original model as teacher")
+        self.tokenizer, self.teacher = tokenizer, teacher
+        self.tokenized = tokenize_examples(examples, tokenizer, self.settings.seq_len,
+                                           self.settings.train_on_inputs)
+        torch.manual_seed(self.settings.seed)
+        base = copy.deepcopy(model)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        config = LoraConfig(r=self.settings.r, lora_alpha=self.settings.alpha,
+                            lora_dropout=self.settings.dropout,
+                            target_modules=list(self.settings.target_modules),
+                            bias="none", task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, config)
+        self.device = next(self.model.parameters()).device
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.settings.learning_rate,
+                                           weight_decay=self.settings.weight_decay)
+        self.history: list[dict] = []
+        self.step = 0
+        self._stop = False
+        self._batches = batches(self.tokenized, self.settings.batch_size, self.settings.seed)
+        self.trainable_params = sum(p.numel() for p in trainable)
+
+    def stop(self) -> None:
+        """End training after the step in progress."""
+        self._stop = True
+
+    def _forward_loss(self, batch: dict):
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False)
+        teacher_logits = None
+        if self.teacher is not None and self.settings.distill_weight > 0:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=batch["input_ids"],
+                                              attention_mask=batch["attention_mask"],
+                                              use_cache=False).logits
+        return lora_loss(out.logits, batch["labels"], teacher_logits, self.settings.distill_weight,
+                         self.settings.distill_temperature)
+
+    def train_step(self) -> dict:
+        """One optimizer step (grad_accum micro-batches); returns its figures."""
+        s = self.settings
+        self.model.train()
+        lr = lr_at(self.step, s)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
+        tokens = 0
+        for _ in range(s.grad_accum):
+            batch = collate(next(self._batches), self.tokenizer.pad_token_id or 0)
+            loss, ce, kl = self._forward_loss(batch)
+            (loss / s.grad_accum).backward()
+            totals["loss"] += loss.item() / s.grad_accum
+            totals["ce"] += ce.item() / s.grad_accum
+            totals["kl"] += kl.item() / s.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                       s.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "lr": lr, "tokens": tokens, **totals}
+
+    def train(self) -> Iterator[dict]:
+        """Yield {"step", "loss", "ce", "kl", "lr", "tokens", "elapsed"} after every step until
+        max_steps, the time budget, or stop()."""
+        start = time.perf_counter() - (self.history[-1]["elapsed"] if self.history else 0.0)
+        self._stop = False
+        while self.step < self.settings.max_steps and not self._stop:
+            figures = self.train_step()
+            figures["elapsed"] = time.perf_counter() - start
+            self.history.append(figures)
+            yield figures
+            budget = self.settings.time_budget_s
+            if budget is not None and figures["elapsed"] >= budget:
+                break
+        self.model.eval()
+
+    def save_adapter(self, directory) -> Path:
+        """peft's own format: adapter_config.json + adapter_model.safetensors."""
+        out = Path(directory).expanduser()
+        self.model.save_pretrained(out)
+        (out / "recovery.json").write_text(json.dumps(
+            {"settings": asdict(self.settings), "steps": self.step,
+             "history": self.history[-200:]}, indent=2, default=str) + "\n")
+        return out
+
+    def merge(self):
+        """A plain model with the LoRA deltas merged (the adapter model stays usable)."""
+        merged = copy.deepcopy(self.model).merge_and_unload()
+        merged.eval()
+        for p in merged.parameters():
+            p.requires_grad_(False)
+        return merged
+
+
+def preset(name: str, **overrides) -> LoraSettings:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
