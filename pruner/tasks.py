@@ -11,7 +11,7 @@ Formats (lm-eval task yaml):
   openbookqa     "{question_stem}"                            -> " {choice}"
   hellaswag      preprocess("{activity}: {ctx_a} {Ctx_b}")     -> " {preprocess(ending)}"
   winogrande     partial scoring: "{sentence up to _ with option}" -> " {rest of sentence}"
-  copa           "{premise without .} because|therefore"      -> " {choice, first letter lower}"
+  copa           "{premise without .} because|therefore"      -> "  {choice, first letter lower}"
 """
 
 from __future__ import annotations
@@ -89,12 +89,17 @@ def _local_winogrande(folder: Path) -> list[Doc]:
     return docs
 
 
+def _copa(context: str, choices: list[str], gold: int) -> Doc:
+    """lm-eval's copa choices carry their own leading space and the default " " delimiter is
+    added again, so its continuations start with two spaces; kept for identical numbers."""
+    lowered = [c[0].lower() + c[1:] for c in choices]
+    return Doc((context,) * len(lowered), tuple("  " + c for c in lowered), int(gold),
+               tuple(" " + c for c in lowered))
+
+
 def _local_copa(folder: Path) -> list[Doc]:
-    docs = []
-    for r in _jsonl(folder / FOUNDRY / "copa.jsonl"):
-        context = re.sub(r",\s*(because|therefore)$", r" \1", r["query"].strip())
-        docs.append(_mc(context, r["choices"], r["gold"]))
-    return docs
+    return [_copa(re.sub(r",\s*(because|therefore)$", r" \1", r["query"].strip()), r["choices"], r["gold"])
+            for r in _jsonl(folder / FOUNDRY / "copa.jsonl")]
 
 
 LOCAL = {
@@ -147,13 +152,10 @@ def _hub_docs(name: str) -> list[Doc]:
             docs.append(_mc(query, [_hellaswag_clean(e) for e in r["endings"]], int(r["label"])))
         return docs
     if name == "copa":
-        rows = datasets.load_dataset("super_glue", "copa", split="validation")
-        docs = []
-        for r in rows:
-            connector = {"cause": " because", "effect": " therefore"}[r["question"]]
-            lower = [c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
-            docs.append(_mc(r["premise"].strip()[:-1] + connector, lower, r["label"]))
-        return docs
+        rows = datasets.load_dataset("aps/super_glue", "copa", split="validation")
+        connector = {"cause": " because", "effect": " therefore"}
+        return [_copa(r["premise"].strip()[:-1] + connector[r["question"]], [r["choice1"], r["choice2"]],
+                      r["label"]) for r in rows]
     raise ValueError(name)
 
 
