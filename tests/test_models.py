@@ -1,0 +1,66 @@
+"""Loading: the offline default, local folders, clear errors for everything else."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pruner.models import (ModelLoadError, UnsupportedModelError, check_supported, describe_model,
+                           load_model, pick_device, pick_dtype)
+
+from conftest import tiny_model
+
+
+@pytest.mark.slow
+def test_default_model_is_a_plain_float32_smollm2(default_model, tmp_path):
+    model, tokenizer = default_model
+    info = describe_model(model)
+    assert (info["layers"], info["heads"], info["kv_heads"], info["head_dim"]) == (30, 9, 3, 64)
+    assert (info["hidden_size"], info["intermediate_size"]) == (576, 1536)
+    assert info["params"] == 134_515_008 and info["tied_embeddings"]
+    assert info["dtype"] == "float32" and info["device"] == "cpu"
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path)            # a GGUF-loaded model would refuse this
+    assert (tmp_path / "model.safetensors").is_file()
+    assert tokenizer.pad_token is not None
+
+
+def test_local_folder_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="could not load folder"):
+        load_model(str(tmp_path), device="cpu")        # no tokenizer saved: a clear error
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")),
+                                  eos_token="a")
+    tok.save_pretrained(tmp_path)
+    loaded, _ = load_model(str(tmp_path), device="cpu")
+    ids = torch.tensor([[3, 4, 5]])
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2"):
+        check_supported(gpt2)
+
+
+@pytest.mark.parametrize("source, match", [
+    ("./no/such/folder", "does not exist"),
+    ("nobody-xyz/definitely-not-a-model", "nobody-xyz/definitely-not-a-model"),
+    ("", "no model source"),
+])
+def test_bad_sources_are_clear(source, match):
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(source, device="cpu")
+
+
+def test_device_and_dtype_defaults():
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert pick_device("auto").type in ("cpu", "mps")
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        pick_dtype(torch.device("cpu"), "float8")

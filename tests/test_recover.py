@@ -1,0 +1,125 @@
+"""LoRA recovery: the loss falls, progress streams, stop works, merge is exact, nothing else moves."""
+
+import json
+
+import pytest
+import torch
+
+from pruner.recover import (Example, LoraRecovery, LoraSettings, collate, lora_loss, lr_at,
+                            preset, recovery_examples, self_generated_examples,
+                            tokenize_examples)
+
+TEXT = [Example("", "the quick brown fox jumps over the lazy dog. " * 3)] * 4
+
+
+def small(**kw):
+    base = dict(learning_rate=3e-2, batch_size=2, seq_len=32, max_steps=12, warmup_steps=1,
+                dropout=0.0)
+    base.update(kw)
+    return LoraSettings(**base)
+
+
+def test_loss_falls_and_progress_streams(vocab_model, tokenizer):
+    with torch.no_grad():
+        vocab_model.lm_head.weight.mul_(50.0)   # a random 0.02-std head can barely move its logits
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small())
+    history = list(rec.train())
+    assert [h["step"] for h in history] == list(range(1, 13))
+    assert {"loss", "ce", "kl", "lr", "elapsed", "tokens"} <= set(history[0])
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert all(b["elapsed"] >= a["elapsed"] for a, b in zip(history, history[1:]))
+
+
+def test_stop_and_time_budget(vocab_model, tokenizer):
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=50))
+    for h in rec.train():
+        if h["step"] == 3:
+            rec.stop()
+    assert rec.step == 3
+    rec2 = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=50, time_budget_s=0.0))
+    assert len(list(rec2.train())) == 1
+
+
+def test_merge_is_exact_and_originals_untouched(vocab_model, tokenizer, tmp_path):
+    before = {k: v.clone() for k, v in vocab_model.state_dict().items()}
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=3))
+    list(rec.train())
+    ids = torch.randint(5, 1000, (2, 12))
+    with torch.no_grad():
+        adapted = rec.model(input_ids=ids).logits
+        merged_model = rec.merge()
+        merged = merged_model(input_ids=ids).logits
+        original = vocab_model(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(merged, original)
+    assert all(torch.equal(before[k], v) for k, v in vocab_model.state_dict().items())
+    assert type(merged_model).__name__ == "LlamaForCausalLM"
+    out = rec.save_adapter(tmp_path / "adapter")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                             "up_proj", "down_proj"}
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_prompt_tokens_are_masked(tokenizer):
+    items = tokenize_examples([Example("Say hi:", " hi there")], tokenizer, 64)
+    ids, labels = items[0]
+    n_prompt = len(tokenizer("Say hi:", add_special_tokens=False).input_ids)
+    assert labels[:n_prompt] == [-100] * n_prompt and labels[-1] == tokenizer.eos_token_id
+    batch = collate(items + [(ids[:3], labels[:3])], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(ids)) and batch["attention_mask"][1].sum() == 3
+    assert (batch["labels"][1, 3:] == -100).all()
+
+
+def test_distillation_loss_matches_hand_kl():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[0, :2] = -100
+    total, ce, kl = lora_loss(s, labels, t, distill_weight=0.5, temperature=2.0)
+    keep = labels[:, 1:] != -100
+    ps, pt = (s[:, :-1][keep] / 2).log_softmax(-1), (t[:, :-1][keep] / 2).log_softmax(-1)
+    hand_kl = (pt.exp() * (pt - ps)).sum(-1).mean() * 4
+    assert kl.item() == pytest.approx(hand_kl.item(), rel=1e-5)
+    assert total.item() == pytest.approx(ce.item() + 0.5 * hand_kl.item(), rel=1e-5)
+
+
+def test_distillation_runs_with_teacher(vocab_model, tokenizer):
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=2, distill_weight=1.0),
+                       teacher=vocab_model)
+    history = list(rec.train())
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4)    # student starts as the teacher
+    with pytest.raises(ValueError, match="teacher"):
+        LoraRecovery(vocab_model, tokenizer, TEXT, small(distill_weight=1.0))
+
+
+def test_self_generated_data(vocab_model, tokenizer):
+    examples = self_generated_examples(vocab_model, tokenizer, ["Say hello.", "Count to three."],
+                                       max_new_tokens=8, batch_size=2)
+    assert 1 <= len(examples) <= 2
+    assert all("Say hello." in e.prompt or "Count to three." in e.prompt for e in examples)
+    with pytest.raises(ValueError, match="teacher"):
+        recovery_examples("self", tokenizer, 32)
+
+
+def test_text_and_instruction_sources(tokenizer, tmp_path):
+    text = recovery_examples("builtin", tokenizer, 64)
+    assert len(text) > 10 and all(e.prompt == "" for e in text)
+    rows = [{"instruction": "Add 2 and 2.", "input": "", "output": "4"},
+            {"instruction": "Translate.", "input": "bonjour", "output": "hello"}]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    ex = recovery_examples(str(path), tokenizer, 64)
+    assert ex[0].prompt.endswith("### Response:\n") and "### Input:\nbonjour" in ex[1].prompt
+
+
+def test_schedule_and_settings():
+    s = LoraSettings(learning_rate=1.0, warmup_steps=4, max_steps=10)
+    assert [round(lr_at(i, s), 3) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(10, s) == pytest.approx(0.1)
+    assert preset("quick").distill_weight == 1.0 and preset("llm-pruner").grad_accum == 16
+    with pytest.raises(ValueError):
+        preset("slow")
+    with pytest.raises(ValueError):
+        LoraSettings(r=0).validate()
