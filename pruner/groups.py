@@ -8,6 +8,8 @@ owner matches, in execution order, so "first" and "last" aggregations are well d
 - attention, one group per KV head g (grouped-query attention): q_proj rows of the n_rep query
   heads that read KV head g, k_proj and v_proj rows of head g, o_proj input columns of those
   query heads. With multi-head attention (n_rep = 1) a group is one head.
+- query heads (finer, for grouped-query attention): one group per query head, its q_proj rows
+  and o_proj columns; every KV head stays, and plans remove as many heads from each KV group.
 - MLP, one group per intermediate channel c: gate_proj row c, up_proj row c, down_proj column c.
 - hidden, one group per residual-stream channel c (the paper's "Channel" strategy): embedding
   column c, every norm's weight c, column c of every matrix reading the stream (q, k, v, gate,
@@ -26,7 +28,7 @@ import torch
 
 from .models import attention_shape, layers_of
 
-KINDS = ("attn", "mlp", "hidden")
+KINDS = ("attn", "qhead", "mlp", "hidden")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,20 @@ def attention_family(model, layer: int) -> Family:
     return Family("attn", layer, n_kv, members)
 
 
+def query_head_family(model, layer: int) -> Family:
+    """One group per query head: its q_proj rows and o_proj columns; every KV head stays.
+
+    Removing the same number of query heads from each KV group keeps heads-per-group uniform,
+    so the layer stays a standard grouped-query attention with fewer query heads.
+    """
+    n_q, _, head_dim = attention_shape(model, layer)
+    prefix = f"model.layers.{layer}.self_attn."
+    owner = _arange_owner(n_q * head_dim, head_dim)
+    members = (Member(prefix + "q_proj.weight", 0, owner, "q"),
+               Member(prefix + "o_proj.weight", 1, owner, "o"))
+    return Family("qhead", layer, n_q, members)
+
+
 def mlp_family(model, layer: int) -> Family:
     """One group per intermediate channel of `layer`: gate/up rows and the down column."""
     width = layers_of(model)[layer].mlp.gate_proj.out_features
@@ -123,6 +139,8 @@ def families(model, kinds=("attn", "mlp")) -> list[Family]:
     for layer in range(len(layers_of(model))):
         if "attn" in kinds:
             out.append(attention_family(model, layer))
+        if "qhead" in kinds:
+            out.append(query_head_family(model, layer))
         if "mlp" in kinds:
             out.append(mlp_family(model, layer))
     if "hidden" in kinds:

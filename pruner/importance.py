@@ -11,6 +11,9 @@ from per-sample gradients (float32 whatever the model dtype):
     taylor-element1  sum |g*w|
     taylor-element2  sum |g*w| + 0.5 * sum F*w^2    (adds the second-order term)
     taylor-mix       sum |g*w - 0.5*F*w^2|          (LLM-Pruner's param_mix)
+    fluctuation      FLAP: sum over the group's input channels c of the last weight (o_proj /
+                     down_proj) of Var[x_c] * ||W[:, c]||^2 (activations only; the aggregation
+                     does not apply)
 
 Aggregations over the members of a group, in execution order (q, k, v, o / gate, up, down):
 sum, mean, max, prod, first, last (the paper's "last-only": o_proj / down_proj).
@@ -36,7 +39,7 @@ from .groups import Family, Member, families as all_families, group_param_counts
 from .models import layers_of
 
 CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-element1", "taylor-element2",
-            "taylor-mix")
+            "taylor-mix", "fluctuation")
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
@@ -244,6 +247,9 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
         for f, m, member in by_param[name]:
             into[f][m] += scale * reduce_to_groups(elementwise, member, fams[f].n_groups)
 
+    if criterion == "fluctuation":
+        return _fluctuation(model, input_ids, fams, stats, params)
+
     if criterion in ("l1", "l2"):
         with torch.no_grad():
             for name in by_param:
@@ -298,12 +304,34 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     return stats
 
 
+def _fluctuation(model, input_ids, fams, stats, params):
+    from .activations import input_statistics
+
+    if input_ids is None or input_ids.numel() == 0:
+        raise ValueError("fluctuation needs calibration samples (input_ids)")
+    if any(f.kind == "hidden" for f in fams):
+        raise ValueError("fluctuation scores attention and MLP groups, not hidden channels")
+    inputs = input_statistics(model, input_ids)
+    for f, fam in enumerate(fams):
+        last = fam.members[-1]                     # o_proj / down_proj, read by input column
+        key = (fam.layer, "o_proj" if fam.kind in ("attn", "qhead") else "down_proj")
+        weight = params[last.param].detach().float()
+        per_column = inputs[key].var.float().to(weight.device) * weight.square().sum(0)   # (in,)
+        stats[f][-1] = reduce_to_groups(per_column, last, fam.n_groups)
+    return stats
+
+
 def scores_frame(model, fams: list[Family], stats: list[torch.Tensor], criterion: str,
                  aggregation: str) -> pd.DataFrame:
     """Aggregate member statistics into the tidy scores DataFrame (COLUMNS)."""
     frames = []
     for fam, member_scores in zip(fams, stats):
-        group_scores = member_scores[0] if criterion == "random" else aggregate(member_scores, aggregation)
+        if criterion == "random":
+            group_scores = member_scores[0]
+        elif criterion == "fluctuation":
+            group_scores = member_scores[-1]
+        else:
+            group_scores = aggregate(member_scores, aggregation)
         frames.append(pd.DataFrame({
             "layer": np.full(fam.n_groups, fam.layer, dtype=np.int64),
             "kind": fam.kind,

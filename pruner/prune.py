@@ -19,6 +19,7 @@ from .models import attention_shape, layers_of
 
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
+GRANULARITIES = ("kv-group", "query-heads")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class PruneConfig:
     prune_attn: bool = True
     prune_mlp: bool = True
     iterative_steps: int = 1
+    attn_granularity: str = "kv-group"       # kv-group (whole KV groups) | query-heads
+    attn_share: float | None = None          # with target_params: share of removed params from attention
+    compensate: bool = False                 # fold removed channels' mean output into biases (FLAP)
 
     def validate(self, n_layers: int) -> None:
         if self.strategy not in STRATEGIES:
@@ -55,6 +59,15 @@ class PruneConfig:
                 start, end = rng
                 if not 0 <= start <= end <= n_layers:
                     raise ValueError(f"{name}={rng} is outside the model's 0..{n_layers} layers")
+        if self.attn_granularity not in GRANULARITIES:
+            raise ValueError(f"attn_granularity must be one of {GRANULARITIES}, got {self.attn_granularity!r}")
+        if self.attn_share is not None:
+            if not 0.0 <= self.attn_share <= 1.0:
+                raise ValueError(f"attn_share must be in [0, 1], got {self.attn_share}")
+            if self.target_params is None or self.strategy != "block":
+                raise ValueError("attn_share splits a target_params budget of the block strategy")
+        if self.compensate and self.strategy != "block":
+            raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
             raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
 
@@ -75,6 +88,7 @@ class Plan:
     """Kept indices per changed structure; anything not named stays whole."""
 
     attn_keep: dict[int, list[int]] = field(default_factory=dict)   # layer -> kept KV groups
+    qhead_keep: dict[int, list[int]] = field(default_factory=dict)  # layer -> kept query heads
     mlp_keep: dict[int, list[int]] = field(default_factory=dict)    # layer -> kept MLP channels
     hidden_keep: list[int] | None = None                            # kept residual channels
     drop_layers: list[int] = field(default_factory=list)            # removed decoder layers
@@ -82,14 +96,14 @@ class Plan:
     def removed_groups(self, scores: pd.DataFrame) -> pd.DataFrame:
         """Rows of `scores` that this plan removes (for marking heatmaps before pruning)."""
         gone = pd.Series(False, index=scores.index)
-        for kind, keep in (("attn", self.attn_keep), ("mlp", self.mlp_keep)):
+        for kind, keep in (("attn", self.attn_keep), ("qhead", self.qhead_keep), ("mlp", self.mlp_keep)):
             for layer, kept in keep.items():
                 rows = (scores.kind == kind) & (scores.layer == layer)
                 gone |= rows & ~scores.group.isin(kept)
         if self.hidden_keep is not None:
             gone |= (scores.kind == "hidden") & ~scores.group.isin(self.hidden_keep)
         if self.drop_layers:
-            gone |= scores.kind.isin(["attn", "mlp"]) & scores.layer.isin(self.drop_layers)
+            gone |= scores.kind.isin(["attn", "qhead", "mlp"]) & scores.layer.isin(self.drop_layers)
         return scores[gone]
 
     def to_dict(self) -> dict:
@@ -109,13 +123,41 @@ def _top(sub: pd.DataFrame, k: int) -> list[int]:
     return sorted(int(g) for g in order.group.iloc[:k])
 
 
-def _plan_block(scores, config, ratio, ranges, original_counts) -> Plan:
+def attention_kind(config: PruneConfig) -> str:
+    return "qhead" if config.attn_granularity == "query-heads" else "attn"
+
+
+def _plan_query_heads(scores, ratio, layers, original_counts, kv_heads) -> dict[int, list[int]]:
+    """Per layer, the same number of best query heads in every KV group (uniform GQA)."""
+    keep = {}
+    for layer in layers:
+        sub = scores[(scores.kind == "qhead") & (scores.layer == layer)]
+        if sub.empty:
+            continue
+        n_kv = kv_heads[layer]
+        n_rep_now = len(sub) // n_kv
+        n_rep0 = original_counts.get(("qhead", layer), len(sub)) // n_kv
+        per_group = min(n_rep_now, _keep_count(n_rep0, ratio))
+        heads = []
+        for g in range(n_kv):
+            in_group = sub[(sub.group >= g * n_rep_now) & (sub.group < (g + 1) * n_rep_now)]
+            heads += _top(in_group, per_group)
+        keep[layer] = sorted(heads)
+    return keep
+
+
+def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads) -> Plan:
     plan = Plan()
-    kinds = [k for k, on in (("attn", config.prune_attn), ("mlp", config.prune_mlp)) if on]
+    attn_kind = attention_kind(config)
+    kinds = [k for k, on in ((attn_kind, config.prune_attn), ("mlp", config.prune_mlp)) if on]
     for kind in kinds:
+        range_kind = "mlp" if kind == "mlp" else "attn"
+        if kind == "qhead":
+            plan.qhead_keep = _plan_query_heads(scores, ratio, ranges["attn"], original_counts, kv_heads)
+            continue
         target = plan.attn_keep if kind == "attn" else plan.mlp_keep
         subs = {layer: scores[(scores.kind == kind) & (scores.layer == layer)]
-                for layer in ranges[kind]}
+                for layer in ranges[range_kind]}
         subs = {layer: s for layer, s in subs.items() if len(s)}
         if config.scope == "local":
             for layer, sub in subs.items():
@@ -158,15 +200,30 @@ def _plan_layers(scores, ratio, ranges, original_counts) -> Plan:
     return Plan(drop_layers=sorted(int(i) for i in drop))
 
 
-def plan_for_ratio(scores: pd.DataFrame, config: PruneConfig, ratio: float, n_layers: int,
-                   original_counts: dict | None = None, channel_multiple: int = 1) -> Plan:
+@dataclass(frozen=True)
+class ModelShape:
+    """What planning needs to know of the model besides the scores."""
+
+    n_layers: int
+    kv_heads: dict[int, int]
+    channel_multiple: int      # kept hidden channels are a multiple of this (the head count)
+
+
+def model_shape(model) -> ModelShape:
+    n_layers = len(layers_of(model))
+    return ModelShape(n_layers, {i: attention_shape(model, i)[1] for i in range(n_layers)},
+                      int(getattr(model.config, "num_attention_heads", 1) or 1))
+
+
+def plan_for_ratio(scores: pd.DataFrame, config: PruneConfig, ratio: float, shape: ModelShape,
+                   original_counts: dict | None = None) -> Plan:
     """The plan removing `ratio` of the groups (of the original counts, when given)."""
     original_counts = original_counts or {}
-    ranges = layer_ranges(config, n_layers)
+    ranges = layer_ranges(config, shape.n_layers)
     if config.strategy == "block":
-        return _plan_block(scores, config, ratio, ranges, original_counts)
+        return _plan_block(scores, config, ratio, ranges, original_counts, shape.kv_heads)
     if config.strategy == "channel":
-        return _plan_channel(scores, ratio, original_counts, channel_multiple)
+        return _plan_channel(scores, ratio, original_counts, shape.channel_multiple)
     return _plan_layers(scores, ratio, ranges, original_counts)
 
 
@@ -185,13 +242,34 @@ def params_removed(model, scores: pd.DataFrame, plan: Plan) -> int:
     return removed
 
 
-def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: int) -> tuple[Plan, float]:
-    """Solve for the group ratio whose plan removes closest to `n_remove` parameters."""
-    n_layers = len(layers_of(model))
-    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
+def _merge(a: Plan, b: Plan) -> Plan:
+    return Plan(attn_keep={**a.attn_keep, **b.attn_keep}, qhead_keep={**a.qhead_keep, **b.qhead_keep},
+                mlp_keep={**a.mlp_keep, **b.mlp_keep}, hidden_keep=a.hidden_keep or b.hidden_keep,
+                drop_layers=sorted(set(a.drop_layers) | set(b.drop_layers)))
+
+
+def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: int,
+                    original_counts: dict | None = None) -> tuple[Plan, float]:
+    """Solve for the group ratio whose plan removes closest to `n_remove` parameters.
+
+    With `attn_share`, attention and MLP are solved separately: attention gives
+    attn_share * n_remove, the MLPs the rest (attn_share=0 prunes MLPs only).
+    """
+    if config.attn_share is not None and config.strategy == "block":
+        n_attn = int(round(n_remove * config.attn_share))
+        parts, ratios = Plan(), []
+        for only_attn, n in ((True, n_attn), (False, n_remove - n_attn)):
+            if n <= 0:
+                continue
+            sub = copy.copy(config)
+            sub.attn_share, sub.prune_attn, sub.prune_mlp = None, only_attn, not only_attn
+            plan, ratio = plan_for_params(model, scores, sub, n, original_counts)
+            parts, ratios = _merge(parts, plan), ratios + [ratio]
+        return parts, max(ratios, default=0.0)
+    shape = model_shape(model)
 
     def plan_at(r):
-        return plan_for_ratio(scores, config, r, n_layers, channel_multiple=multiple)
+        return plan_for_ratio(scores, config, r, shape, original_counts)
 
     def removed_at(r):
         return params_removed(model, scores, plan_at(r))
@@ -216,13 +294,11 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig) -> Plan:
     model's parameters (what the dashboard marks on the heatmap before pruning)."""
     from .stats import count_params
 
-    n_layers = len(layers_of(model))
-    config.validate(n_layers)
+    config.validate(len(layers_of(model)))
     if config.target_params is not None:
         n_remove = int(round(count_params(model)["params"] * config.target_params))
         return plan_for_params(model, scores, config, n_remove)[0]
-    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
-    return plan_for_ratio(scores, config, config.ratio, n_layers, channel_multiple=multiple)
+    return plan_for_ratio(scores, config, config.ratio, model_shape(model))
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -247,12 +323,43 @@ def _positions(groups: list[int], width: int, device=None) -> torch.Tensor:
     return (g[:, None] * width + torch.arange(width)[None, :]).flatten()
 
 
-def _prune_attention(model, layer: int, kept_kv: list[int]) -> None:
+def _compensate(linear: nn.Linear, keep: torch.Tensor, input_mean: torch.Tensor | None) -> None:
+    """Add the removed input columns' mean contribution W[:, removed] @ E[x_removed] to the bias."""
+    if input_mean is None:
+        return
+    removed = torch.ones(linear.in_features, dtype=torch.bool)
+    removed[keep] = False
+    if not removed.any():
+        return
+    w = linear.weight.data
+    delta = (w[:, removed.to(w.device)].double() @ input_mean.to(w.device)[removed.to(w.device)].double())
+    bias = linear.bias.data.double() if linear.bias is not None else torch.zeros_like(delta)
+    linear.bias = nn.Parameter((bias + delta).to(w.dtype), requires_grad=w.requires_grad)
+
+
+def _prune_query_heads(model, layer: int, kept_heads: list[int], input_mean=None) -> None:
+    n_q, n_kv, head_dim = attention_shape(model, layer)
+    per_group = torch.bincount(torch.as_tensor(kept_heads) // (n_q // n_kv), minlength=n_kv)
+    if (per_group != per_group[0]).any():
+        raise ValueError(f"layer {layer}: query heads must stay uniform across {n_kv} KV groups, "
+                         f"got {per_group.tolist()} per group")
+    attn = layers_of(model)[layer].self_attn
+    keep = _positions(kept_heads, head_dim)
+    _compensate(attn.o_proj, keep, input_mean)
+    _slice_linear(attn.q_proj, 0, keep)
+    _slice_linear(attn.o_proj, 1, keep)
+    attn.num_key_value_groups = len(kept_heads) // n_kv
+    if hasattr(attn, "num_heads"):
+        attn.num_heads = len(kept_heads)
+
+
+def _prune_attention(model, layer: int, kept_kv: list[int], input_mean=None) -> None:
     n_q, n_kv, head_dim = attention_shape(model, layer)
     n_rep = n_q // n_kv
     attn = layers_of(model)[layer].self_attn
     q_keep = _positions(kept_kv, n_rep * head_dim)
     kv_keep = _positions(kept_kv, head_dim)
+    _compensate(attn.o_proj, q_keep, input_mean)
     _slice_linear(attn.q_proj, 0, q_keep)
     _slice_linear(attn.k_proj, 0, kv_keep)
     _slice_linear(attn.v_proj, 0, kv_keep)
@@ -262,9 +369,10 @@ def _prune_attention(model, layer: int, kept_kv: list[int]) -> None:
             setattr(attn, name, value)
 
 
-def _prune_mlp(model, layer: int, kept: list[int]) -> None:
+def _prune_mlp(model, layer: int, kept: list[int], input_mean=None) -> None:
     mlp = layers_of(model)[layer].mlp
     keep = torch.as_tensor(kept, dtype=torch.long)
+    _compensate(mlp.down_proj, keep, input_mean)
     _slice_linear(mlp.gate_proj, 0, keep)
     _slice_linear(mlp.up_proj, 0, keep)
     _slice_linear(mlp.down_proj, 1, keep)
@@ -368,17 +476,57 @@ def sync_config(model) -> None:
     config.pruning = record
 
 
-def apply_plan(model, plan: Plan):
-    """A pruned deep copy of `model`; the original is never touched."""
+def _add_zero_biases(model, attention: bool, mlp: bool) -> None:
+    """Llama configs have one switch per block (attention_bias / mlp_bias) for every projection,
+    so once one layer carries a compensation bias every projection of that kind needs one."""
+    for layer in layers_of(model):
+        linears = []
+        if attention:
+            a = layer.self_attn
+            linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj]
+        if mlp:
+            m = layer.mlp
+            linears += [m.gate_proj, m.up_proj, m.down_proj]
+        for linear in linears:
+            if linear.bias is None:
+                w = linear.weight
+                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device),
+                                           requires_grad=w.requires_grad)
+    if attention:
+        model.config.attention_bias = True
+    if mlp:
+        model.config.mlp_bias = True
+
+
+def apply_plan(model, plan: Plan, input_stats: dict | None = None):
+    """A pruned deep copy of `model`; the original is never touched.
+
+    input_stats: {(layer, "o_proj" | "down_proj"): ChannelStats} from
+    `activations.input_statistics` on this model; when given, each removed head's / channel's
+    mean contribution is folded into the o_proj / down_proj bias (FLAP's bias compensation).
+    """
+    if input_stats is not None and model.config.model_type != "llama":
+        raise ValueError("bias compensation needs a Llama config (attention_bias / mlp_bias switches); "
+                         f"{model.config.model_type} has no o_proj / down_proj bias")
+
+    def mean(layer, name):
+        return None if input_stats is None else input_stats[(layer, name)].mean
+
     pruned = copy.deepcopy(model)
+    for layer, kept in plan.qhead_keep.items():
+        if len(kept) == 0:
+            raise ValueError(f"plan keeps no query head in layer {layer}")
+        _prune_query_heads(pruned, layer, kept, mean(layer, "o_proj"))
     for layer, kept in plan.attn_keep.items():
         if len(kept) == 0:
             raise ValueError(f"plan keeps no KV group in layer {layer}")
-        _prune_attention(pruned, layer, kept)
+        _prune_attention(pruned, layer, kept, mean(layer, "o_proj"))
     for layer, kept in plan.mlp_keep.items():
         if len(kept) == 0:
             raise ValueError(f"plan keeps no MLP channel in layer {layer}")
-        _prune_mlp(pruned, layer, kept)
+        _prune_mlp(pruned, layer, kept, mean(layer, "down_proj"))
+    if input_stats is not None:
+        _add_zero_biases(pruned, attention=bool(plan.attn_keep or plan.qhead_keep), mlp=bool(plan.mlp_keep))
     if plan.hidden_keep is not None:
         _prune_hidden(pruned, plan.hidden_keep)
     if plan.drop_layers:
@@ -400,8 +548,12 @@ class PruneResult:
     widths_after: pd.DataFrame
 
 
-def _kinds_for(strategy: str) -> tuple[str, ...]:
-    return ("hidden",) if strategy == "channel" else ("attn", "mlp")
+def _kinds_for(config: PruneConfig) -> tuple[str, ...]:
+    if config.strategy == "channel":
+        return ("hidden",)
+    if config.strategy == "layer":
+        return ("attn", "mlp")
+    return (attention_kind(config), "mlp")
 
 
 def _original_counts(scores: pd.DataFrame, config: PruneConfig, n_layers: int) -> dict:
@@ -457,12 +609,10 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     prune_config = prune_config or PruneConfig()
     n_layers0 = len(layers_of(model))
     prune_config.validate(n_layers0)
-    score_config = replace(score_config, kinds=_kinds_for(prune_config.strategy))
+    score_config = replace(score_config, kinds=_kinds_for(prune_config))
     score_config.validate()
     steps = int(prune_config.iterative_steps)
     params0 = count_params(model)["params"]
-    multiple = int(getattr(model.config, "num_attention_heads", 1) or 1)
-
     current, origin = model, list(range(n_layers0))
     plans, ratios, counts0, scores = [], [], None, None
     for step in range(1, steps + 1):
@@ -471,7 +621,6 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         step_config = replace(score_config, seed=score_config.seed + step - 1)
         scores = score(current, input_ids, step_config)
         config_now = _remap_ranges(prune_config, origin, n_layers0)
-        n_layers = len(layers_of(current))
         if counts0 is None:
             counts0 = _original_counts(scores, prune_config, n_layers0)
         if prune_config.target_params is not None:
@@ -480,11 +629,18 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             plan, ratio = plan_for_params(current, scores, config_now, max(0, needed))
         else:
             ratio = prune_config.ratio * step / steps
-            plan = plan_for_ratio(scores, config_now, ratio, n_layers, counts0, multiple)
+            plan = plan_for_ratio(scores, config_now, ratio, model_shape(current), counts0)
+        stats = None
+        if prune_config.compensate:
+            from .activations import input_statistics
+
+            if progress:
+                progress(step - 1, steps, f"step {step}/{steps}: activation means for compensation")
+            stats = input_statistics(current, input_ids)
         if progress:
             progress(step - 1, steps, f"step {step}/{steps}: slicing")
         origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
-        current = apply_plan(current, plan)
+        current = apply_plan(current, plan, stats)
         plans.append(plan)
         ratios.append(float(ratio))
     if progress:

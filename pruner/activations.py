@@ -1,0 +1,62 @@
+"""Per-channel statistics of the inputs of o_proj and down_proj on calibration tokens.
+
+They drive FLAP's fluctuation criterion (variance of a channel's input x the squared norm of its
+weight column) and bias compensation (a removed channel's mean contribution W[:, c] * E[x_c] is
+folded into the output bias, so the layer's mean output is unchanged on the calibration data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models import layers_of
+
+
+@dataclass
+class ChannelStats:
+    """Running float64 sums of one linear layer's input channels."""
+
+    count: int
+    total: torch.Tensor        # (in_features,) sum of x
+    total_sq: torch.Tensor     # (in_features,) sum of x^2
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(1, self.count)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.total_sq / max(1, self.count) - self.mean.square()).clamp_min(0.0)
+
+
+@torch.no_grad()
+def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
+    """{(layer, "o_proj" | "down_proj"): ChannelStats} over every calibration token."""
+    stats: dict[tuple[int, str], ChannelStats] = {}
+    handles = []
+
+    def hook_for(key):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()     # (tokens, in)
+            entry = stats.get(key)
+            if entry is None:
+                zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+                entry = stats[key] = ChannelStats(0, zeros, zeros.clone())
+            entry.count += x.shape[0]
+            entry.total += x.sum(0)
+            entry.total_sq += x.square().sum(0)
+        return hook
+
+    for i, layer in enumerate(layers_of(model)):
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook_for((i, "o_proj"))))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook_for((i, "down_proj"))))
+    device = next(model.parameters()).device
+    try:
+        for batch in torch.split(input_ids, batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
