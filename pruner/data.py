@@ -68,12 +68,32 @@ def text_rows(name: str, data_dir_path: str | os.PathLike | None = None) -> list
     return list(rows)
 
 
+def lambada_passages(data_dir_path=None) -> list[str]:
+    """Book passages of LAMBADA (context + final word): BookCorpus-style prose, the kind of text
+    LLM-Pruner calibrates on, and not one of the evaluation sets here."""
+    folder = data_dir(data_dir_path)
+    local = "llm-foundry-icl/lambada_openai.jsonl"
+    if folder is not None and (folder / local).is_file():
+        rows = [json.loads(line) for line in (folder / local).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        return [r["context"] + " " + r["continuation"] for r in rows]
+    try:
+        import datasets
+
+        return list(datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"])
+    except Exception as err:
+        raise _missing("lambada", local, "EleutherAI/lambada_openai", type(err).__name__) from err
+
+
 def read_text_source(source: str, data_dir_path=None) -> str:
-    """Text of a calibration source: "builtin", a corpus name, a .txt/.jsonl file or a hub id."""
+    """Text of a calibration source: "builtin", "wikitext2" / "ptb" (evaluation sets: avoid for
+    calibration when you report their perplexity), "lambada", a .txt/.jsonl file or a hub id."""
     if source in ("builtin", "default", None):
         return BUILTIN_CALIBRATION.read_text(encoding="utf-8")
     if source in TEXT_CORPORA:
         return "\n\n".join(text_rows(source, data_dir_path))
+    if source == "lambada":
+        return "\n\n".join(lambada_passages(data_dir_path))
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix == ".jsonl":

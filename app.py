@@ -1,0 +1,459 @@
+"""Pruning Studio: see LLM-Pruner structural pruning happen, in the browser.
+
+    python app.py            # serves http://127.0.0.1:7860 on the built-in default model
+
+Tabs follow the lesson: Model, Structure, Importance, Prune, Recover, Compare, Evaluate, Export.
+Every event has a named API endpoint (see README: driving the lesson with gradio_client).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import traceback
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from components import figures, handlers
+from components.session import SessionError, SessionRegistry
+from pruner.data import DataUnavailableError
+from pruner.generate import PAPER_PROMPT, GenerationSettings
+from pruner.importance import AGGREGATIONS, CRITERIA
+from pruner.models import ModelLoadError
+from pruner.recover import PRESETS
+from pruner.tasks import TASKS
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+log = logging.getLogger("pruning-studio")
+REGISTRY = SessionRegistry()
+HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
+
+try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:
+    def gpu(fn):
+        return fn
+
+CRITERION_HELP = {"random": "random baseline", "l1": "sum |w|", "l2": "sum w^2",
+                  "taylor-vector": "|sum g*w| per slice", "taylor-element1": "sum |g*w|",
+                  "taylor-element2": "+ 0.5 Fisher w^2", "taylor-mix": "LLM-Pruner param_mix",
+                  "fluctuation": "FLAP: Var[x] ||W||^2"}
+
+
+def friendly(fn):
+    """Every failure becomes a readable gr.Error, never a stack trace; out-of-memory frees the
+    GPU cache and says so. Works for plain functions and generators."""
+    def translate(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return gr.Error("Out of memory: the GPU cache was freed. Try fewer samples, a shorter "
+                            "sequence, a smaller limit, or a smaller model.")
+        if isinstance(err, (SessionError, ModelLoadError, DataUnavailableError, ValueError)):
+            return gr.Error(str(err))
+        log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
+        return gr.Error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). "
+                        "Your session and the original model are unchanged.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise translate(err) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise translate(err) from None
+    return wrapper
+
+
+def session_of(request: gr.Request):
+    return REGISTRY.get(request.session_hash)
+
+
+# ----------------------------------------------------------------------------- event functions
+
+@friendly
+@gpu
+def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    source = "default" if source_kind.startswith("built-in") else (custom or "").strip()
+    if not source:
+        raise ValueError("type a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a local folder")
+    session, table = handlers.load(REGISTRY, request.session_hash, source, progress)
+    n = session.info["layers"]
+    start, end = handlers.default_ranges(n)
+    status = (f"Loaded **{session.info['name']}** on {session.info['device']} "
+              f"({session.info['dtype']}). Next: look at its coupled structures, then score them.")
+    fig, groups = handlers.structure(session, min(start, n - 1))
+    slider = gr.update(maximum=n - 1, value=min(start, n - 1))
+    ranges = [gr.update(maximum=n, value=v) for v in (start, end, start, end)]
+    return (table, status, slider, fig, groups, *ranges)
+
+
+@friendly
+def show_structure(layer, request: gr.Request):
+    return handlers.structure(session_of(request), layer)
+
+
+@friendly
+@gpu
+def run_score(criterion, aggregation, source, samples, seq_len, scale, request: gr.Request,
+              progress=gr.Progress(track_tqdm=True)):
+    session = session_of(request)
+    progress(0.1, desc=f"scoring with {criterion}")
+    scores = handlers.run_score(session, criterion, aggregation, source, samples, seq_len)
+    attn, mlp = handlers.heatmaps(session, scale)
+    top = scores.groupby("kind").score.agg(["min", "median", "max"]).round(6).reset_index()
+    return attn, mlp, top, (f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
+                            f"{int(samples)} x {int(seq_len)} calibration tokens ({source}).")
+
+
+@friendly
+def redraw(scale, request: gr.Request):
+    return handlers.heatmaps(session_of(request), scale)
+
+
+@friendly
+@gpu
+def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind, scale,
+                   request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    progress(0.1, desc="scoring both")
+    return handlers.compare_scores(session_of(request), crit_a, agg_a, crit_b, agg_b, source, samples,
+                                   seq_len, kind, scale)
+
+
+PRUNE_INPUTS_DOC = ("mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, "
+                    "attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale")
+
+
+def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+            a0, a1, m0, m1, steps):
+    return handlers.prune_config(mode, amount, scope, strategy, granularity,
+                                 None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps)
+
+
+@friendly
+@gpu
+def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+                  a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
+    config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+                     a0, a1, m0, m1, steps)
+    return handlers.preview(session_of(request), config, criterion, aggregation, scale)
+
+
+@friendly
+@gpu
+def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+              a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
+              progress=gr.Progress(track_tqdm=True)):
+    config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+                     a0, a1, m0, m1, steps)
+    return handlers.run_prune(session_of(request), config, criterion, aggregation, scale, progress)
+
+
+@friendly
+@gpu
+def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    progress(0.2, desc="magnitude pruning a copy")
+    return handlers.magnitude_contrast(session_of(request), amount)
+
+
+@friendly
+@gpu
+def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
+                progress=gr.Progress(track_tqdm=True)):
+    session = session_of(request)
+    recovery, n_examples = handlers.start_recovery(session, preset_name, steps, lr, distill, data_source,
+                                                   progress)
+    yield figures.loss_figure([]), f"Training LoRA on {n_examples} examples ..."
+    with handlers.accelerated(session.original, recovery.model):
+        for figures_now in recovery.train():
+            s = recovery.settings
+            yield (figures.loss_figure(recovery.history),
+                   f"step {figures_now['step']}/{s.max_steps}  loss {figures_now['loss']:.3f}  "
+                   f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
+    yield (figures.loss_figure(recovery.history),
+           f"Stopped after {recovery.step} steps. Press **Merge** to fold LoRA into the weights.")
+
+
+@friendly
+def stop_recover(request: gr.Request):
+    session = session_of(request)
+    if session.recovery is not None:
+        session.recovery.stop()
+    return "Stopping after the current step ..."
+
+
+@friendly
+@gpu
+def run_merge(request: gr.Request):
+    return handlers.merge(session_of(request))
+
+
+@friendly
+@gpu
+def run_compare(prompt, max_tokens, sample, seed, chat, request: gr.Request):
+    session = session_of(request)
+    settings = GenerationSettings(max_new_tokens=int(max_tokens), do_sample=bool(sample), seed=int(seed),
+                                  chat_template=None if chat else False)
+    settings.validate()
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type something for the models to continue")
+    for texts, rates in handlers.compare_stream(session, prompt, settings):
+        line = "  |  ".join(f"{name}: {rate:.1f} tokens/s" for name, rate in rates.items())
+        yield texts["original"], texts["pruned"], texts["pruned + LoRA"], line or "generating ..."
+
+
+@friendly
+@gpu
+def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
+                 progress=gr.Progress(track_tqdm=True)):
+    table = handlers.run_evaluation(session_of(request), list(which or []), list(corpora or []),
+                                    list(tasks or []), windows, limit, progress)
+    return table.round(4), figures.evaluation_figure(table)
+
+
+@friendly
+def run_export(which, request: gr.Request):
+    archive, recipe, adapter = handlers.export(session_of(request), which)
+    note = ("Unzip and load with `AutoModelForCausalLM.from_pretrained(folder)` (uniform widths) or "
+            "`pruner.load_model(folder)` (per-layer widths: recorded in config.json).")
+    return archive, recipe, adapter, note
+
+
+@friendly
+def run_push(which, repo_id, token, request: gr.Request):
+    return handlers.push_to_hub(session_of(request), which, repo_id, token)
+
+
+def free_session(request: gr.Request):
+    REGISTRY.drop(request.session_hash)
+
+
+# ----------------------------------------------------------------------------- layout
+
+def explain(text: str):
+    return gr.Markdown(text, elem_classes="ps-explain")
+
+
+def build() -> gr.Blocks:
+    prompts = [line.strip() for line in (ASSETS / "prompts.txt").read_text().splitlines() if line.strip()]
+    with gr.Blocks(title="Pruning Studio") as demo:
+        gr.Markdown("# Pruning Studio\nWatch **LLM-Pruner** structural pruning happen: find the coupled "
+                    "structures of a decoder, score them, cut them out, recover with LoRA, and compare.",
+                    elem_classes="ps-header")
+        with gr.Tabs():
+            # 1 ---------------------------------------------------------------- Model
+            with gr.Tab("1 · Model"):
+                explain("Load a Llama-family causal LM. The built-in default (SmolLM2-135M-Instruct) works "
+                        "offline; a hub id or a local folder works too. Loading replaces this session's work.")
+                with gr.Row():
+                    source_kind = gr.Radio(["built-in default (SmolLM2-135M-Instruct)", "hub id or local folder"],
+                                           value="built-in default (SmolLM2-135M-Instruct)", label="source")
+                    custom = gr.Textbox(label="hub id or folder", placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
+                load_btn = gr.Button("Load model", variant="primary")
+                load_status = gr.Markdown(elem_classes="ps-status")
+                facts = gr.Dataframe(label="architecture", interactive=False)
+            # 2 ---------------------------------------------------------------- Structure
+            with gr.Tab("2 · Structure"):
+                explain("LLM-Pruner's **dependency groups**: removing a neuron forces removing every neuron "
+                        "wired to it. A KV head's k/v rows are read by the query heads that share it (an "
+                        "out-degree dependency), and those heads' q rows and o_proj columns go with it "
+                        "(in-degree). An MLP channel is one row of gate and up and one column of down. Each "
+                        "colour below is one group: it is scored and removed as a unit.")
+                layer = gr.Slider(0, 29, value=3, step=1, label="layer")
+                structure_fig = gr.Plot(label="coupled structures of the layer")
+                structure_table = gr.Dataframe(label="groups and their parameters", interactive=False)
+            # 3 ---------------------------------------------------------------- Importance
+            with gr.Tab("3 · Importance"):
+                explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
+                        "(vector- or element-wise), second order with the Fisher diagonal (float32), or "
+                        "magnitude / random baselines; member scores are aggregated over the group.")
+                with gr.Row():
+                    criterion = gr.Dropdown(list(CRITERIA), value="taylor-element1", label="criterion",
+                                            info=" · ".join(f"{k}: {v}" for k, v in CRITERION_HELP.items()))
+                    aggregation = gr.Dropdown(list(AGGREGATIONS), value="sum", label="aggregation",
+                                              info="first = q/k/v, gate/up; last = o_proj, down_proj")
+                    calib = gr.Dropdown(["builtin", "lambada", "wikitext2", "ptb"], value="builtin",
+                                        label="calibration text")
+                    samples = gr.Number(10, label="samples", precision=0, minimum=1, maximum=256)
+                    seq_len = gr.Number(64, label="tokens each", precision=0, minimum=8, maximum=1024)
+                with gr.Row():
+                    score_btn = gr.Button("Score groups", variant="primary")
+                    scale = gr.Radio(["linear", "log", "rank"], value="rank", label="colour")
+                score_status = gr.Markdown()
+                with gr.Row():
+                    attn_map = gr.Plot(label="attention")
+                    mlp_map = gr.Plot(label="MLP")
+                score_summary = gr.Dataframe(label="score range per kind", interactive=False)
+                with gr.Accordion("Compare two criteria or aggregations", open=False):
+                    with gr.Row():
+                        crit_b = gr.Dropdown(list(CRITERIA), value="l2", label="criterion B")
+                        agg_b = gr.Dropdown(list(AGGREGATIONS), value="sum", label="aggregation B")
+                        compare_kind = gr.Radio(["attn", "mlp"], value="mlp", label="heatmap")
+                    compare_btn = gr.Button("Compare A (above) with B")
+                    with gr.Row():
+                        map_a = gr.Plot(label="A")
+                        map_b = gr.Plot(label="B")
+                    corr_fig = gr.Plot(label="rank correlation per layer")
+                    disagree = gr.Dataframe(label="groups where A and B disagree most", interactive=False)
+            # 4 ---------------------------------------------------------------- Prune
+            with gr.Tab("4 · Prune"):
+                explain("Choose how much to remove and where. **Preview** marks the groups that will go on "
+                        "the heatmaps; **Prune** slices a copy of the model (the original stays intact) "
+                        "and measures both. The defaults are this project's best measured recipe for small "
+                        "GQA models (see README); untick 'MLP only' to prune attention heads too.")
+                with gr.Row():
+                    mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
+                                    label="amount is a")
+                    amount = gr.Slider(0.05, 0.9, value=0.2, step=0.05, label="amount")
+                    strategy = gr.Radio(["block", "channel", "layer"], value="block", label="strategy")
+                    scope = gr.Radio(["local", "global"], value="local", label="scope")
+                with gr.Row():
+                    granularity = gr.Radio(["kv-group", "query-heads"], value="query-heads",
+                                           label="attention groups")
+                    one_ratio = gr.Checkbox(False, label="one ratio for attention and MLP (LLM-Pruner)")
+                    attn_share = gr.Slider(0.0, 1.0, value=0.0, step=0.05,
+                                           label="attention's share of the removed parameters (0 = MLP only)")
+                    compensate = gr.Checkbox(True, label="bias compensation (FLAP)")
+                with gr.Row():
+                    attn_start = gr.Number(3, label="attention layers from", precision=0)
+                    attn_end = gr.Number(28, label="to (exclusive)", precision=0)
+                    mlp_start = gr.Number(3, label="MLP layers from", precision=0)
+                    mlp_end = gr.Number(28, label="to (exclusive)", precision=0)
+                    steps = gr.Slider(1, 5, value=1, step=1, label="iterative steps")
+                with gr.Row():
+                    preview_btn = gr.Button("Preview")
+                    prune_btn = gr.Button("Prune", variant="primary")
+                    contrast_btn = gr.Button("Contrast: unstructured magnitude pruning")
+                prune_status = gr.Markdown(elem_classes="ps-status")
+                with gr.Row():
+                    prune_attn_map = gr.Plot(label="attention (x = removed)")
+                    prune_mlp_map = gr.Plot(label="MLP (x = removed)")
+                before_after = gr.Dataframe(label="before / after", interactive=False)
+                widths_fig = gr.Plot(label="kept widths per layer")
+            # 5 ---------------------------------------------------------------- Recover
+            with gr.Tab("5 · Recover"):
+                explain("LoRA (r=8, alpha=16 on q,k,v,o,gate,up,down, like LLM-Pruner) on a copy of the "
+                        "pruned model. 'self' data: the original model answers built-in prompts, and a "
+                        "distillation term pulls the pruned model towards it. Works offline.")
+                with gr.Row():
+                    preset_name = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
+                    rec_steps = gr.Slider(5, 400, value=60, step=5, label="steps")
+                    rec_lr = gr.Number(5e-4, label="learning rate")
+                    rec_distill = gr.Slider(0, 2, value=1.0, step=0.1, label="distillation weight")
+                    rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value="self", label="data")
+                with gr.Row():
+                    recover_btn = gr.Button("Start recovery", variant="primary")
+                    stop_btn = gr.Button("Stop")
+                    merge_btn = gr.Button("Merge")
+                recover_status = gr.Markdown(elem_classes="ps-status")
+                loss_fig = gr.Plot(label="loss")
+            # 6 ---------------------------------------------------------------- Compare
+            with gr.Tab("6 · Compare"):
+                explain("Same prompt, same decoding settings and seed for every model, streamed.")
+                prompt = gr.Textbox(PAPER_PROMPT, label="prompt", lines=2)
+                gr.Examples(prompts, inputs=prompt)
+                with gr.Row():
+                    max_tokens = gr.Slider(8, 256, value=64, step=8, label="max new tokens")
+                    sample = gr.Checkbox(False, label="sample (else greedy)")
+                    seed = gr.Number(0, label="seed", precision=0)
+                    chat = gr.Checkbox(False, label="chat template")
+                generate_btn = gr.Button("Generate", variant="primary")
+                with gr.Row():
+                    out_original = gr.Textbox(label="original", lines=8, elem_classes="ps-gen")
+                    out_pruned = gr.Textbox(label="pruned", lines=8, elem_classes="ps-gen")
+                    out_lora = gr.Textbox(label="pruned + LoRA", lines=8, elem_classes="ps-gen")
+                speed = gr.Markdown()
+            # 7 ---------------------------------------------------------------- Evaluate
+            with gr.Tab("7 · Evaluate"):
+                explain("The paper's Table 1: WikiText-2 / PTB perplexity (consecutive 128-token windows) "
+                        "and zero-shot accuracy scored like lm-evaluation-harness, on a subset you choose.")
+                with gr.Row():
+                    which = gr.CheckboxGroup(["original", "pruned", "pruned + LoRA"],
+                                             value=["original", "pruned"], label="models")
+                    corpora = gr.CheckboxGroup(["wikitext2", "ptb"], value=["wikitext2"], label="perplexity")
+                    tasks = gr.CheckboxGroup(list(TASKS), value=["piqa", "arc_easy"], label="zero-shot tasks")
+                with gr.Row():
+                    windows = gr.Slider(4, 512, value=32, step=4, label="perplexity windows")
+                    limit = gr.Slider(10, 1000, value=50, step=10, label="items per task")
+                eval_btn = gr.Button("Evaluate", variant="primary")
+                eval_table = gr.Dataframe(label="results", interactive=False)
+                eval_fig = gr.Plot(label="results")
+            # 8 ---------------------------------------------------------------- Export
+            with gr.Tab("8 · Export"):
+                explain("Download a folder archive of safetensors + config + tokenizer that "
+                        "`from_pretrained` loads, the recipe as JSON, and the LoRA adapter (peft format).")
+                export_which = gr.Radio(["pruned", "pruned + LoRA"], value="pruned", label="model")
+                export_btn = gr.Button("Export", variant="primary")
+                with gr.Row():
+                    model_file = gr.File(label="model (zip)")
+                    recipe_file = gr.File(label="recipe.json")
+                    adapter_file = gr.File(label="LoRA adapter (zip)")
+                export_note = gr.Markdown()
+                with gr.Accordion("Push to the Hugging Face Hub", open=False):
+                    repo_id = gr.Textbox(label="repository", placeholder="your-name/smollm2-pruned")
+                    token = gr.Textbox(label="write token", type="password")
+                    push_btn = gr.Button("Push")
+                    push_status = gr.Markdown()
+
+        heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
+        load_btn.click(load_model, [source_kind, custom],
+                       [facts, load_status, layer, structure_fig, structure_table,
+                        attn_start, attn_end, mlp_start, mlp_end], api_name="load_model", **heavy)
+        layer.release(show_structure, layer, [structure_fig, structure_table], api_name="structure")
+        score_btn.click(run_score, [criterion, aggregation, calib, samples, seq_len, scale],
+                        [attn_map, mlp_map, score_summary, score_status], api_name="score", **heavy)
+        scale.change(redraw, scale, [attn_map, mlp_map], api_name="redraw")
+        compare_btn.click(compare_scores, [criterion, aggregation, crit_b, agg_b, calib, samples, seq_len,
+                                           compare_kind, scale],
+                          [map_a, map_b, corr_fig, disagree], api_name="compare_scores", **heavy)
+        prune_inputs = [mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+                        attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
+        preview_btn.click(preview_prune, prune_inputs, [prune_attn_map, prune_mlp_map, prune_status],
+                          api_name="preview", **heavy)
+        prune_btn.click(run_prune, prune_inputs,
+                        [before_after, widths_fig, prune_attn_map, prune_mlp_map, prune_status],
+                        api_name="prune", **heavy)
+        contrast_btn.click(run_contrast, amount, [before_after, prune_status], api_name="contrast", **heavy)
+        recover_btn.click(run_recover, [preset_name, rec_steps, rec_lr, rec_distill, rec_data],
+                                          [loss_fig, recover_status], api_name="recover", **heavy)
+        stop_btn.click(stop_recover, None, recover_status, api_name="stop_recover")
+        merge_btn.click(run_merge, None, recover_status, api_name="merge", **heavy)
+        generate_btn.click(run_compare, [prompt, max_tokens, sample, seed, chat],
+                           [out_original, out_pruned, out_lora, speed], api_name="compare", **heavy)
+        eval_btn.click(run_evaluate, [which, corpora, tasks, windows, limit], [eval_table, eval_fig],
+                       api_name="evaluate", **heavy)
+        export_btn.click(run_export, export_which, [model_file, recipe_file, adapter_file, export_note],
+                         api_name="export", **heavy)
+        push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
+        demo.unload(free_session)
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (Gradio 6 takes them at launch)."""
+    theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber", neutral_hue="slate")
+    return {"theme": theme, "css_paths": [str(ASSETS / "style.css")]}
+
+
+demo = build()
+
+if __name__ == "__main__":
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), **launch_kwargs())

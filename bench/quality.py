@@ -1,0 +1,111 @@
+"""Pruning quality on the default model at 20% of total parameters removed: one row per lever.
+
+Each row prunes the dense model with one recipe (10 x 64 built-in calibration tokens unless the
+row says otherwise), no tuning, and measures WikiText-2 perplexity on the first --windows
+windows of 128 tokens, next to the dense model on the same windows. The best untuned row then
+gets the quick LoRA (self-generated data + distillation) for the "with LoRA" figure.
+
+    python bench/quality.py --data-dir ../shared/data          # ~30 min on 2 CPU cores
+Writes bench/results/quality.md/.json; last line JSON {"ratio_no_tune": ..., "ratio_lora": ...}.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import common
+from pruner import PruneConfig, ScoreConfig, calibration_ids, load_model, prune_model
+from pruner.evaluate import perplexity
+from pruner.recover import LoraRecovery, preset, self_generated_examples
+
+E1 = "taylor-element1"
+ROWS = [
+    # name, score kwargs, prune kwargs, calibration (source, samples, seq_len)
+    ("llm-pruner: KV groups + MLP, local, element1", dict(criterion=E1), dict(), None),
+    ("llm-pruner + bias compensation", dict(criterion=E1), dict(compensate=True), None),
+    ("query heads + MLP (same ratio)", dict(criterion=E1), dict(attn_granularity="query-heads"), None),
+    ("MLP only, element1", dict(criterion=E1), dict(attn_share=0.0), None),
+    ("MLP only, element2 (fp32 Fisher)", dict(criterion="taylor-element2"), dict(attn_share=0.0), None),
+    ("MLP only, vector", dict(criterion="taylor-vector"), dict(attn_share=0.0), None),
+    ("MLP only, element1, last-only", dict(criterion=E1, aggregation="last"), dict(attn_share=0.0), None),
+    ("MLP only, global (one ranking)", dict(criterion=E1), dict(attn_share=0.0, scope="global"), None),
+    ("MLP only + compensation", dict(criterion=E1), dict(attn_share=0.0, compensate=True), None),
+    ("MLP only, fluctuation (FLAP) + compensation", dict(criterion="fluctuation"),
+     dict(attn_share=0.0, compensate=True), None),
+    ("MLP only + compensation, all layers", dict(criterion=E1),
+     dict(attn_share=0.0, compensate=True, attn_layers=(0, 30), mlp_layers=(0, 30)), None),
+    ("query heads 10% + MLP + compensation", dict(criterion=E1),
+     dict(attn_share=0.1, attn_granularity="query-heads", compensate=True), None),
+    ("MLP only + compensation, 3 iterative steps", dict(criterion=E1),
+     dict(attn_share=0.0, compensate=True, iterative_steps=3), None),
+    ("MLP only + compensation, 128 x 128 LAMBADA calibration", dict(criterion=E1),
+     dict(attn_share=0.0, compensate=True), ("lambada", 128, 128)),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--windows", type=int, default=256)
+    parser.add_argument("--target", type=float, default=0.2)
+    parser.add_argument("--rows", default="", help="comma list of row numbers (default: all)")
+    parser.add_argument("--no-lora", action="store_true")
+    parser.add_argument("--data-dir", default=str(common.SHARED_DATA))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
+    args = parser.parse_args()
+    model, tok = load_model("default")
+
+    def ppl(m):
+        return perplexity(m, tok, "wikitext2", max_windows=args.windows, data_dir_path=args.data_dir,
+                          progress=False)["ppl"]
+
+    dense = ppl(model)
+    print(f"dense WikiText-2 ppl ({args.windows} windows): {dense:.2f}", flush=True)
+    chosen = [int(x) for x in args.rows.split(",") if x] or list(range(len(ROWS)))
+    results, pruned_models = [], {}
+    for i in chosen:
+        name, skw, pkw, calib = ROWS[i]
+        source, n, length = calib or ("builtin", 10, 64)
+        ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir)
+        start = time.perf_counter()
+        res = prune_model(model, ids, ScoreConfig(**skw), PruneConfig(target_params=args.target, **pkw))
+        seconds = time.perf_counter() - start
+        value = ppl(res.model)
+        results.append({"row": i, "recipe": name, "ppl": value, "ratio": value / dense,
+                        "removed": res.report["ratio_params_removed"], "prune_s": seconds})
+        pruned_models[i] = res.model
+        print(f"[{i}] {name}: ppl {value:.2f} ({value / dense:.2f}x dense), "
+              f"{100 * res.report['ratio_params_removed']:.1f}% removed, {seconds:.0f}s", flush=True)
+        for j in list(pruned_models):       # keep only the best model in memory
+            if j != min(results, key=lambda r: r["ppl"])["row"]:
+                del pruned_models[j]
+    best = min(results, key=lambda r: r["ppl"])
+    lora = None
+    if not args.no_lora:
+        examples = self_generated_examples(model, tok, seed=0)
+        rec = LoraRecovery(pruned_models[best["row"]], tok, examples, preset("quick"), teacher=model)
+        for _ in rec.train():
+            pass
+        lora = ppl(rec.merge())
+        print(f"best row [{best['row']}] + quick LoRA: ppl {lora:.2f} ({lora / dense:.2f}x dense)")
+
+    lines = [f"| # | recipe (20% of parameters removed) | WikiText-2 ppl | x dense |", "|---|---|---|---|",
+             f"| - | dense | {dense:.2f} | 1.00 |"]
+    lines += [f"| {r['row']} | {r['recipe']} | {r['ppl']:.2f} | {r['ratio']:.2f} |" for r in results]
+    if lora is not None:
+        lines.append(f"| {best['row']}+LoRA | {best['recipe']} + quick LoRA | {lora:.2f} | {lora / dense:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table + f"\n\nFirst {args.windows} windows x 128 tokens of WikiText-2 "
+                                      "test; calibration 10 x 64 built-in tokens unless stated.\n")
+    summary = {"ratio_no_tune": best["ratio"], "ratio_lora": (lora / dense) if lora else None,
+               "dense_ppl": dense, "best_row": best["recipe"], "rows": results}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({"ratio_no_tune": round(best["ratio"], 3),
+                      "ratio_lora": round(lora / dense, 3) if lora else None}))
+
+
+if __name__ == "__main__":
+    main()
