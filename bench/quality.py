@@ -41,6 +41,14 @@ ROWS = [
      dict(attn_share=0.0, compensate=True, iterative_steps=3), None),
     ("MLP only + compensation, 128 x 128 LAMBADA calibration", dict(criterion=E1),
      dict(attn_share=0.0, compensate=True), ("lambada", 128, 128)),
+    ("MLP only, element1 last-only + compensation", dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True), None),
+    ("MLP only, element1 last-only + compensation, 128 x 128 LAMBADA", dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True), ("lambada", 128, 128)),
+    ("query heads 10% + MLP, last-only + compensation", dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.1, attn_granularity="query-heads", compensate=True), None),
+    ("MLP only, last-only + compensation, 3 iterative steps", dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True, iterative_steps=3), None),
 ]
 
 

@@ -14,7 +14,8 @@ import time
 from .data import DataUnavailableError
 from .importance import AGGREGATIONS, CRITERIA
 from .models import ModelLoadError
-from .prune import SCOPES, STRATEGIES
+from .prune import GRANULARITIES, SCOPES, STRATEGIES
+from .recipes import RECIPES
 from .recover import PRESETS
 from .tasks import TASKS
 
@@ -36,9 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
 
 
-def _calibration(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--criterion", default="taylor-element1", choices=CRITERIA)
-    p.add_argument("--aggregation", default="sum", choices=AGGREGATIONS)
+def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA)
+    p.add_argument("--aggregation", default="sum" if defaults else None, choices=AGGREGATIONS)
     p.add_argument("--calib-data", default="builtin",
                    help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
     p.add_argument("--calib-samples", type=int, default=10)
@@ -63,20 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="score, prune, report and optionally save")
     _common(p)
-    _calibration(p)
+    p.add_argument("--preset", default="default", choices=sorted(RECIPES),
+                   help="default: this project's best measured recipe; llm-pruner: the paper's block "
+                        "strategy. Any flag below overrides the preset's value.")
+    _calibration(p, defaults=False)
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--ratio", type=float, default=None, help="fraction of groups to remove")
     amount.add_argument("--target-params", type=float, default=None,
                         help="fraction of total parameters to remove (solves for the group ratio)")
-    p.add_argument("--scope", default="local", choices=SCOPES)
-    p.add_argument("--strategy", default="block", choices=STRATEGIES)
+    p.add_argument("--scope", default=None, choices=SCOPES)
+    p.add_argument("--strategy", default=None, choices=STRATEGIES)
+    p.add_argument("--granularity", default=None, choices=GRANULARITIES,
+                   help="attention groups: whole KV groups, or query heads (uniform per KV group)")
+    p.add_argument("--attn-share", type=float, default=None,
+                   help="with --target-params: attention's share of the removed parameters (0 = MLP only)")
+    p.add_argument("--one-ratio", action="store_true",
+                   help="one group ratio for attention and MLP (LLM-Pruner), no budget split")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold removed channels' mean output into biases (FLAP)")
     p.add_argument("--layers", type=_range, default=None,
                    help="START:END layers pruned (both kinds; default skips first 3, last 2)")
     p.add_argument("--attn-layers", type=_range, default=None)
     p.add_argument("--mlp-layers", type=_range, default=None)
     p.add_argument("--no-attn", action="store_true", help="leave attention whole")
     p.add_argument("--no-mlp", action="store_true", help="leave the MLPs whole")
-    p.add_argument("--iterative-steps", type=int, default=1)
+    p.add_argument("--iterative-steps", type=int, default=None)
     p.add_argument("--out", default=None, help="save the pruned model to this folder")
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (the paper's Table 1)")
@@ -134,10 +146,11 @@ def _load(args):
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
-def _calib_ids(args, tokenizer):
+def _calib_ids(args, tokenizer, criterion: str, also_needed: bool = False):
+    """Calibration tokens, or None when nothing needs them (magnitude / random, no compensation)."""
     from .data import calibration_ids
 
-    if args.criterion in ("random", "l1", "l2"):
+    if criterion in ("random", "l1", "l2") and not also_needed:
         return None
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
                            args.seed, args.data_dir)
@@ -173,7 +186,7 @@ def cmd_score(args) -> dict:
     model, tokenizer = _load(args)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     start = time.perf_counter()
-    df = score(model, _calib_ids(args, tokenizer),
+    df = score(model, _calib_ids(args, tokenizer, args.criterion),
                ScoreConfig(args.criterion, args.aggregation, kinds=kinds, seed=args.seed))
     seconds = time.perf_counter() - start
     summary = df.groupby("kind").score.describe()[["count", "mean", "min", "max"]]
@@ -192,40 +205,53 @@ def cmd_score(args) -> dict:
 
 def cmd_prune(args) -> dict:
     from .export import save
-    from .importance import ScoreConfig
-    from .prune import PruneConfig, prune_model
+    from .prune import prune_model
+    from .recipes import recipe
 
     model, tokenizer = _load(args)
-    ratio = 0.2 if args.ratio is None and args.target_params is None else args.ratio
-    config = PruneConfig(
-        ratio=ratio if ratio is not None else 0.0, target_params=args.target_params,
-        strategy=args.strategy, scope=args.scope,
+    prune_changes = dict(
+        ratio=args.ratio, target_params=args.target_params, strategy=args.strategy, scope=args.scope,
         attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
-        prune_attn=not args.no_attn, prune_mlp=not args.no_mlp,
-        iterative_steps=args.iterative_steps)
-    score_config = ScoreConfig(args.criterion, args.aggregation, seed=args.seed)
+        prune_attn=False if args.no_attn else None, prune_mlp=False if args.no_mlp else None,
+        iterative_steps=args.iterative_steps, attn_granularity=args.granularity,
+        attn_share=args.attn_share, compensate=args.compensate)
+    score_config, config = recipe(args.preset, {"criterion": args.criterion,
+                                                "aggregation": args.aggregation, "seed": args.seed},
+                                  prune_changes)
+    if args.one_ratio or config.strategy != "block" or config.target_params is None \
+            or args.no_attn or args.no_mlp:
+        config.attn_share = None
+    if config.strategy != "block":
+        config.compensate = False
+    args.criterion, args.aggregation = score_config.criterion, score_config.aggregation
     start = time.perf_counter()
 
     def progress(step, total, message):
         print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
-    result = prune_model(model, _calib_ids(args, tokenizer), score_config, config, progress)
+    ids = _calib_ids(args, tokenizer, args.criterion, also_needed=config.compensate)
+    result = prune_model(model, ids, score_config, config, progress)
     seconds = time.perf_counter() - start
     report = dict(result.report)
-    print(f"pruned in {seconds:.1f}s ({args.strategy}, {args.scope}, {args.criterion}/{args.aggregation})")
+    print(f"pruned in {seconds:.1f}s (preset {args.preset}: {config.strategy}, {config.scope}, "
+          f"{args.criterion}/{args.aggregation}, attention share {config.attn_share}, "
+          f"compensation {config.compensate})")
     print(f"parameters: {report['params_before']:,} -> {report['params_after']:,} "
           f"({100 * report['ratio_params_removed']:.1f}% removed; non-embedding "
           f"{100 * report['ratio_non_embedding_removed']:.1f}%)")
     print(f"MACs/token: {report['macs_per_token_before']:,.0f} -> {report['macs_per_token_after']:,.0f}")
     print("kept widths per layer:\n" + result.widths_after.to_string(index=False))
     recipe = {
-        "criterion": args.criterion, "aggregation": args.aggregation, "ratio": args.ratio,
-        "target_params": args.target_params, "group_ratios": result.group_ratios,
-        "scope": args.scope, "strategy": args.strategy,
+        "preset": args.preset, "criterion": args.criterion, "aggregation": args.aggregation,
+        "ratio": config.ratio if config.target_params is None else None,
+        "target_params": config.target_params, "group_ratios": result.group_ratios,
+        "scope": config.scope, "strategy": config.strategy,
+        "attn_granularity": config.attn_granularity, "attn_share": config.attn_share,
+        "compensate": config.compensate,
         "attn_layers": list(config.attn_layers) if config.attn_layers else "default",
         "mlp_layers": list(config.mlp_layers) if config.mlp_layers else "default",
         "prune_attn": config.prune_attn, "prune_mlp": config.prune_mlp,
-        "iterative_steps": args.iterative_steps, "seed": args.seed,
+        "iterative_steps": config.iterative_steps, "seed": args.seed,
         "calibration": {"source": args.calib_data, "samples": args.calib_samples,
                         "seq_len": args.calib_len},
         "base_model": args.model,
