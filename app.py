@@ -25,6 +25,7 @@ from pruner.data import DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.importance import AGGREGATIONS, CRITERIA
 from pruner.models import ModelLoadError
+from pruner.recipes import RECIPES
 from pruner.recover import PRESETS
 from pruner.tasks import TASKS
 
@@ -241,6 +242,21 @@ def run_push(which, repo_id, token, request: gr.Request):
     return handlers.push_to_hub(session_of(request), which, repo_id, token)
 
 
+def _controls(name: str) -> tuple:
+    """The Prune tab's controls for a named recipe of pruner/recipes.py."""
+    score_config, prune_config = RECIPES[name]
+    return (prune_config.attn_granularity, prune_config.attn_share is None, prune_config.attn_share or 0.0,
+            prune_config.compensate, score_config.criterion, score_config.aggregation)
+
+
+RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
+                   "llm-pruner (the paper)": _controls("llm-pruner")}
+
+
+def apply_recipe(name):
+    return RECIPE_CONTROLS[name]
+
+
 def free_session(request: gr.Request):
     REGISTRY.drop(request.session_hash)
 
@@ -285,14 +301,14 @@ def build() -> gr.Blocks:
                         "(vector- or element-wise), second order with the Fisher diagonal (float32), or "
                         "magnitude / random baselines; member scores are aggregated over the group.")
                 with gr.Row():
-                    criterion = gr.Dropdown(list(CRITERIA), value="taylor-element1", label="criterion",
-                                            info=" · ".join(f"{k}: {v}" for k, v in CRITERION_HELP.items()))
-                    aggregation = gr.Dropdown(list(AGGREGATIONS), value="sum", label="aggregation",
+                    criterion = gr.Dropdown(list(CRITERIA), value="taylor-element1", label="criterion")
+                    aggregation = gr.Dropdown(list(AGGREGATIONS), value="last", label="aggregation",
                                               info="first = q/k/v, gate/up; last = o_proj, down_proj")
                     calib = gr.Dropdown(["builtin", "lambada", "wikitext2", "ptb"], value="builtin",
                                         label="calibration text")
                     samples = gr.Number(10, label="samples", precision=0, minimum=1, maximum=256)
                     seq_len = gr.Number(64, label="tokens each", precision=0, minimum=8, maximum=1024)
+                explain(" · ".join(f"**{k}** {v}" for k, v in CRITERION_HELP.items()))
                 with gr.Row():
                     score_btn = gr.Button("Score groups", variant="primary")
                     scale = gr.Radio(["linear", "log", "rank"], value="rank", label="colour")
@@ -318,6 +334,9 @@ def build() -> gr.Blocks:
                         "the heatmaps; **Prune** slices a copy of the model (the original stays intact) "
                         "and measures both. The defaults are this project's best measured recipe for small "
                         "GQA models (see README); untick 'MLP only' to prune attention heads too.")
+                with gr.Row():
+                    recipe_name = gr.Radio(list(RECIPE_CONTROLS), value="default (best measured)",
+                                           label="recipe")
                 with gr.Row():
                     mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
                                     label="amount is a")
@@ -345,7 +364,7 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     prune_attn_map = gr.Plot(label="attention (x = removed)")
                     prune_mlp_map = gr.Plot(label="MLP (x = removed)")
-                before_after = gr.Dataframe(label="before / after", interactive=False)
+                before_after = gr.Dataframe(label="before / after", interactive=False, elem_id="before-after")
                 widths_fig = gr.Plot(label="kept widths per layer")
             # 5 ---------------------------------------------------------------- Recover
             with gr.Tab("5 · Recover"):
@@ -412,6 +431,9 @@ def build() -> gr.Blocks:
                     push_btn = gr.Button("Push")
                     push_status = gr.Markdown()
 
+        recipe_name.change(apply_recipe, recipe_name,
+                           [granularity, one_ratio, attn_share, compensate, criterion, aggregation],
+                           api_name="recipe")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         load_btn.click(load_model, [source_kind, custom],
                        [facts, load_status, layer, structure_fig, structure_table,

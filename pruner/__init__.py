@@ -1,9 +1,9 @@
 """Pruning Studio's engine: LLM-Pruner structural pruning for Llama-family decoders.
 
-    from pruner import load_model, calibration_ids, ScoreConfig, PruneConfig, prune_model, save
+    from pruner import load_model, calibration_ids, recipe, prune_model, save
     model, tok = load_model("default")
     ids = calibration_ids(tok, "builtin", num_samples=10, seq_len=64)
-    result = prune_model(model, ids, ScoreConfig("taylor-element1"), PruneConfig(target_params=0.2))
+    result = prune_model(model, ids, *recipe("default"))        # or recipe("llm-pruner")
     save(result.model, "out/pruned", tok)
 """
 
@@ -13,10 +13,11 @@ from .groups import describe_groups, describe_layer, families
 from .importance import AGGREGATIONS, CRITERIA, ScoreConfig, score
 from .models import ModelLoadError, UnsupportedModelError, describe_model, load_model
 from .prune import Plan, PruneConfig, PruneResult, apply_plan, make_plan, prune_model
+from .recipes import RECIPES, recipe
 
 __all__ = [
     "AGGREGATIONS", "CRITERIA", "ModelLoadError", "Plan", "PruneConfig", "PruneResult",
     "ScoreConfig", "UnsupportedModelError", "apply_plan", "calibration_ids", "describe_groups",
     "describe_layer", "describe_model", "families", "load_model", "load_pruned", "make_plan",
-    "prune_model", "save", "score",
+    "prune_model", "RECIPES", "recipe", "save", "score",
 ]

@@ -153,3 +153,17 @@ def test_bad_prune_config(model, calib, bad, match):
 def test_plan_cannot_empty_a_layer(model):
     with pytest.raises(ValueError, match="keeps no"):
         apply_plan(model, Plan(mlp_keep={0: []}))
+
+
+def test_named_recipes_and_overrides():
+    from pruner.recipes import recipe
+
+    s, p = recipe("llm-pruner")
+    assert (s.criterion, s.aggregation) == ("taylor-element1", "sum")
+    assert p.attn_granularity == "kv-group" and p.attn_share is None and not p.compensate
+    s, p = recipe("default", {"aggregation": None}, {"ratio": 0.3})
+    assert s.aggregation == "last" and p.target_params is None and p.ratio == 0.3 and p.attn_share is None
+    s, p = recipe("default", {"criterion": "l2"}, {"target_params": 0.1})
+    assert s.criterion == "l2" and p.target_params == 0.1 and p.attn_share == 0.0 and p.compensate
+    with pytest.raises(ValueError, match="recipe"):
+        recipe("best-ever")
