@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat", action="store_true", help="plain continuation, no chat template")
+    p.add_argument("--compare", default="",
+                   help="comma list of more models generating with identical settings, side by side")
     return parser
 
 
@@ -266,21 +268,28 @@ def cmd_prune(args) -> dict:
 
 def cmd_generate(args) -> dict:
     from .generate import PAPER_PROMPT, GenerationSettings, stream
+    from .models import load_model
 
-    model, tokenizer = _load(args)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   chat_template=False if args.no_chat else None)
+    settings.validate()
     prompt = args.prompt if args.prompt is not None else PAPER_PROMPT
-    print(prompt, end="\n" if settings.chat_template is not False and tokenizer.chat_template else "",
-          flush=True)
-    shown, last = 0, None
-    for last in stream(model, tokenizer, prompt, settings):
-        print(last["text"][shown:], end="", flush=True)
-        shown = len(last["text"])
-    print(f"\n[{last['tokens']} tokens, {last['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
-    return {"prompt": prompt, "text": last["text"], "tokens": last["tokens"],
-            "tokens_per_s": last["tokens_per_s"]}
+    outputs = {}
+    for source in [args.model] + _split(args.compare):
+        model, tokenizer = load_model(source, device=args.device, dtype=args.dtype)
+        chat = settings.chat_template is not False and bool(getattr(tokenizer, "chat_template", None))
+        print(f"\n=== {source}\n{prompt}", end="\n" if chat else "", flush=True)
+        shown, last = 0, None
+        for last in stream(model, tokenizer, prompt, settings):
+            print(last["text"][shown:], end="", flush=True)
+            shown = len(last["text"])
+        print(f"\n[{last['tokens']} tokens, {last['tokens_per_s']:.1f} tokens/s]", flush=True)
+        outputs[source] = {"text": last["text"], "tokens": last["tokens"],
+                           "tokens_per_s": last["tokens_per_s"]}
+        del model
+    first = outputs[args.model]
+    return {"prompt": prompt, "settings": vars(settings), **first, "models": outputs}
 
 
 def _split(text: str) -> list[str]:

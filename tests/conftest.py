@@ -84,3 +84,12 @@ def tokenizer():
 def vocab_model(tokenizer):
     """A tiny random model speaking the default tokenizer's vocabulary."""
     return tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tokenizer):
+    """A saved tiny model with the default tokenizer: a "local folder" model source."""
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2, inter=64).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from gradio_client import Client
 
-from conftest import tiny_model
 
 CUSTOM = "hub id or local folder"
 PRUNE_DEFAULTS = dict(mode="ratio of groups", scope="local", strategy="block", granularity="kv-group",
@@ -21,14 +20,6 @@ def prune_args(amount, **kw):
     return (d["mode"], amount, d["scope"], d["strategy"], d["granularity"], d["one_ratio"], d["attn_share"],
             d["compensate"], d["a0"], d["a1"], d["m0"], d["m1"], d["steps"], d["criterion"],
             d["aggregation"], d["scale"])
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2, inter=64).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

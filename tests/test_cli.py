@@ -1,0 +1,45 @@
+"""The CLI's eval, recover and generate subcommands on a tiny local model (fast)."""
+
+import json
+
+import pytest
+
+from pruner.__main__ import main
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_json(tiny_folder, data_dir, capsys):
+    assert main(["eval", "--model", tiny_folder, "--ppl", "wikitext2,ptb", "--tasks", "arc_easy,winogrande",
+                 "--max-windows", "2", "--limit", "4", "--data-dir", str(data_dir), "--json"]) == 0
+    out = last_json(capsys)
+    assert set(out["ppl"]) == {"wikitext2", "ptb"} and set(out["acc"]) == {"arc_easy", "winogrande"}
+    assert out["details"]["arc_easy"]["n"] == 4
+
+
+def test_recover_saves_merged_model_and_adapter(tiny_folder, data_dir, tmp_path, capsys):
+    out_dir = tmp_path / "recovered"
+    assert main(["recover", "--model", tiny_folder, "--teacher", tiny_folder, "--data", "builtin",
+                 "--steps", "3", "--seq-len", "32", "--ppl-windows", "2", "--data-dir", str(data_dir),
+                 "--out", str(out_dir), "--json"]) == 0
+    out = last_json(capsys)
+    assert out["steps"] == 3 and len(out["loss_curve"]) == 3 and out["ppl_after"] > 0
+    assert (out_dir / "model.safetensors").is_file()
+    assert (out_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_generate_side_by_side(tiny_folder, capsys):
+    assert main(["generate", "--model", tiny_folder, "--compare", tiny_folder, "--max-new-tokens", "4",
+                 "--no-chat", "--json"]) == 0
+    out = last_json(capsys)
+    assert out["prompt"] == "The Leaning Tower of Pisa is known for"
+    assert len(out["models"]) == 1 and out["tokens"] == 4     # same source listed twice: one entry
+
+
+def test_bad_arguments_are_messages(tiny_folder, capsys):
+    assert main(["eval", "--model", tiny_folder, "--ppl", "", "--tasks", "nonsense"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["generate", "--model", tiny_folder, "--max-new-tokens", "100000"]) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
