@@ -333,7 +333,8 @@ def build() -> gr.Blocks:
                 explain("Choose how much to remove and where. **Preview** marks the groups that will go on "
                         "the heatmaps; **Prune** slices a copy of the model (the original stays intact) "
                         "and measures both. The defaults are this project's best measured recipe for small "
-                        "GQA models (see README); untick 'MLP only' to prune attention heads too.")
+                        "GQA models (see README); raise attention's share, or pick the llm-pruner recipe, "
+                        "to prune attention heads too.")
                 with gr.Row():
                     recipe_name = gr.Radio(list(RECIPE_CONTROLS), value="default (best measured)",
                                            label="recipe")

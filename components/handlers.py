@@ -79,17 +79,16 @@ def facts_table(info: dict) -> pd.DataFrame:
 
 
 def load(registry: SessionRegistry, key: str, source: str, progress=None) -> tuple[Session, pd.DataFrame]:
+    """Load into a new session; the visitor's previous session survives a failed load."""
     source = (source or "").strip() or "default"
-    session = registry.new(key)
+    registry.check_capacity(key)
     if progress:
         progress(0.1, desc=f"loading {source}")
     model, tokenizer = load_model(source)
-    session.source, session.original, session.tokenizer = source, model, tokenizer
-    session.info = describe_model(model)
-    session.clear_derived()
     for p in model.parameters():
         p.requires_grad_(False)
-    return session, facts_table(session.info)
+    session = Session(source=source, original=model, tokenizer=tokenizer, info=describe_model(model))
+    return registry.put(key, session), facts_table(session.info)
 
 
 # ----------------------------------------------------------------------------- structure

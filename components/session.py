@@ -68,16 +68,21 @@ class SessionRegistry:
             del self._sessions[key]
         gc.collect()
 
-    def new(self, key: str) -> Session:
-        """A fresh session for a visitor who loads a model; refuses when the server is full."""
+    def check_capacity(self, key: str) -> None:
+        """Refuse a visitor without a session when the server already holds the maximum."""
         with self._lock:
             self._sweep()
-            self._sessions.pop(key, None)
-            if len(self._sessions) >= self.max_sessions:
+            if key not in self._sessions and len(self._sessions) >= self.max_sessions:
                 raise SessionError(f"The server is busy: {self.max_sessions} visitors hold models right "
                                    "now. Please try again in a few minutes.")
-            session = self._sessions[key] = Session()
-            return session
+
+    def put(self, key: str, session: Session) -> Session:
+        """Install a fully built session (replacing the visitor's previous one)."""
+        with self._lock:
+            session.last_used = time.time()
+            self._sessions[key] = session
+        gc.collect()
+        return session
 
     def get(self, key: str) -> Session:
         """The visitor's session; a clear message if there is none or it expired."""

@@ -76,10 +76,10 @@ def test_lesson_in_the_browser(url):
         shot("4-prune")
         # 5 Recover: a few steps on the built-in text, then merge
         tab("5 · Recover")
-        steps = page.get_by_label("steps", exact=True)
+        steps = page.get_by_label("number input for steps", exact=True)
         steps.fill("5")
         steps.press("Enter")
-        page.get_by_label("data").click()
+        page.get_by_label("data", exact=True).click()
         page.get_by_role("option", name="builtin", exact=True).click()
         page.get_by_role("button", name="Start recovery").click()
         expect(page.get_by_text(re.compile(r"Stopped after 5 steps"))).to_be_visible(timeout=LONG)
