@@ -30,8 +30,9 @@ def main():
                             learning_rate=1e-4, seed=0)
     examples = text_examples("builtin", tok, 128)
     ours = LoraRecovery(model, tok, examples, settings)
-    batches = [collate(b, tok.pad_token_id) for b in
-               [tokenize_examples(examples, tok, 128)[i: i + 4] for i in range(0, 4 * (args.steps + 1), 4)]]
+    tokenized = tokenize_examples(examples, tok, 128)          # the built-in text: ~12 pieces
+    batches = [collate([tokenized[(i + j) % len(tokenized)] for j in range(4)], tok.pad_token_id)
+               for i in range(0, 4 * (args.steps + 1), 4)]
 
     base = copy.deepcopy(model)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
