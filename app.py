@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 import torch
 
 from components import figures, handlers
@@ -136,10 +135,6 @@ def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind,
     progress(0.1, desc="scoring both")
     return handlers.compare_scores(session_of(request), crit_a, agg_a, crit_b, agg_b, source, samples,
                                    seq_len, kind, scale)
-
-
-PRUNE_INPUTS_DOC = ("mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, "
-                    "attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale")
 
 
 def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
@@ -361,6 +356,7 @@ def build() -> gr.Blocks:
                     preview_btn = gr.Button("Preview")
                     prune_btn = gr.Button("Prune", variant="primary")
                     contrast_btn = gr.Button("Contrast: unstructured magnitude pruning")
+                    prune_cancel = gr.Button("Cancel")
                 prune_status = gr.Markdown(elem_classes="ps-status")
                 with gr.Row():
                     prune_attn_map = gr.Plot(label="attention (x = removed)")
@@ -394,7 +390,9 @@ def build() -> gr.Blocks:
                     sample = gr.Checkbox(False, label="sample (else greedy)")
                     seed = gr.Number(0, label="seed", precision=0)
                     chat = gr.Checkbox(False, label="chat template")
-                generate_btn = gr.Button("Generate", variant="primary")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary")
+                    generate_cancel = gr.Button("Cancel")
                 with gr.Row():
                     out_original = gr.Textbox(label="original", lines=8, elem_classes="ps-gen")
                     out_pruned = gr.Textbox(label="pruned", lines=8, elem_classes="ps-gen")
@@ -412,7 +410,9 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     windows = gr.Slider(4, 512, value=32, step=4, label="perplexity windows")
                     limit = gr.Slider(10, 1000, value=50, step=10, label="items per task")
-                eval_btn = gr.Button("Evaluate", variant="primary")
+                with gr.Row():
+                    eval_btn = gr.Button("Evaluate", variant="primary")
+                    eval_cancel = gr.Button("Cancel")
                 eval_table = gr.Dataframe(label="results", interactive=False)
                 eval_fig = gr.Plot(label="results")
             # 8 ---------------------------------------------------------------- Export
@@ -450,7 +450,7 @@ def build() -> gr.Blocks:
                         attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
         preview_btn.click(preview_prune, prune_inputs, [prune_attn_map, prune_mlp_map, prune_status],
                           api_name="preview", **heavy)
-        prune_btn.click(run_prune, prune_inputs,
+        prune_event = prune_btn.click(run_prune, prune_inputs,
                         [before_after, widths_fig, prune_attn_map, prune_mlp_map, prune_status],
                         api_name="prune", **heavy)
         contrast_btn.click(run_contrast, amount, [before_after, prune_status], api_name="contrast", **heavy)
@@ -458,10 +458,14 @@ def build() -> gr.Blocks:
                                           [loss_fig, recover_status], api_name="recover", **heavy)
         stop_btn.click(stop_recover, None, recover_status, api_name="stop_recover")
         merge_btn.click(run_merge, None, recover_status, api_name="merge", **heavy)
-        generate_btn.click(run_compare, [prompt, max_tokens, sample, seed, chat],
+        generate_event = generate_btn.click(run_compare, [prompt, max_tokens, sample, seed, chat],
                            [out_original, out_pruned, out_lora, speed], api_name="compare", **heavy)
-        eval_btn.click(run_evaluate, [which, corpora, tasks, windows, limit], [eval_table, eval_fig],
-                       api_name="evaluate", **heavy)
+        eval_event = eval_btn.click(run_evaluate, [which, corpora, tasks, windows, limit],
+                                    [eval_table, eval_fig], api_name="evaluate", **heavy)
+        # cancelling stops the job between steps; the session keeps what was there before
+        for button, event in ((prune_cancel, prune_event), (generate_cancel, generate_event),
+                              (eval_cancel, eval_event)):
+            button.click(None, None, None, cancels=[event], api_visibility="private")
         export_btn.click(run_export, export_which, [model_file, recipe_file, adapter_file, export_note],
                          api_name="export", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")

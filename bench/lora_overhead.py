@@ -13,7 +13,7 @@ import time
 
 import torch
 
-import common
+import common  # noqa: F401  (puts the repo on sys.path)
 from pruner import load_model
 from pruner.recover import (LLM_PRUNER_TARGETS, LoraRecovery, LoraSettings, collate,
                             text_examples, tokenize_examples)

@@ -97,7 +97,7 @@ def main():
         lora = ppl(rec.merge())
         print(f"best row [{best['row']}] + quick LoRA: ppl {lora:.2f} ({lora / dense:.2f}x dense)")
 
-    lines = [f"| # | recipe (20% of parameters removed) | WikiText-2 ppl | x dense |", "|---|---|---|---|",
+    lines = ["| # | recipe (20% of parameters removed) | WikiText-2 ppl | x dense |", "|---|---|---|---|",
              f"| - | dense | {dense:.2f} | 1.00 |"]
     lines += [f"| {r['row']} | {r['recipe']} | {r['ppl']:.2f} | {r['ratio']:.2f} |" for r in results]
     if lora is not None:

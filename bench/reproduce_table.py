@@ -34,6 +34,7 @@ def main():
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--lora-steps", type=int, default=None, help="default: the quick preset's")
     parser.add_argument("--rows", default=",".join(n for n, _ in CRITERIA))
+    parser.add_argument("--no-lora", action="store_true", help="untuned rows only (quick look)")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "table1"))
     args = parser.parse_args()
@@ -50,7 +51,7 @@ def main():
     rows = [{"method": "Dense", "tuned": "-", **measure(model)}]
     print(rows[-1], flush=True)
     start = time.perf_counter()
-    examples = self_generated_examples(model, tok, seed=0)
+    examples = [] if args.no_lora else self_generated_examples(model, tok, seed=0)
     wanted = set(args.rows.split(","))
     for label, criterion in CRITERIA:
         if label not in wanted:
@@ -60,6 +61,8 @@ def main():
                              PruneConfig(target_params=args.target, strategy="block", scope="local"))
         rows.append({"method": label, "tuned": "no", **measure(result.model)})
         print(rows[-1], flush=True)
+        if args.no_lora:
+            continue
         settings = preset("quick", **({"max_steps": args.lora_steps} if args.lora_steps else {}))
         rec = LoraRecovery(result.model, tok, examples, settings, teacher=model)
         for _ in rec.train():
@@ -78,8 +81,9 @@ def main():
     note = (f"\nDefault model (SmolLM2-135M-Instruct, GGUF Q4_1 dequantized), {args.target:.0%} of "
             f"parameters removed; perplexity on the first {args.ppl_windows} windows x 128 tokens; "
             f"zero-shot on the first {args.limit} items of each task (acc_norm for PIQA, ARC, OBQA; "
-            f"acc for BoolQ, WinoGrande); quick LoRA = {preset('quick').max_steps if not args.lora_steps else args.lora_steps} "
-            f"steps on {len(examples)} self-generated answers with distillation. "
+            f"acc for BoolQ, WinoGrande); " + ("no LoRA rows (--no-lora). " if args.no_lora else
+            f"quick LoRA = {args.lora_steps or preset('quick').max_steps} steps on {len(examples)} "
+            "self-generated answers with distillation. ") +
             f"Total {time.perf_counter() - start:.0f}s.\n")
     print(table + note)
     out = Path(args.out)

@@ -9,7 +9,6 @@ Last line: JSON {"ratio": ...}; target <= 1.5.
 
 import json
 
-import torch
 
 import common  # noqa: F401  (puts the repo on sys.path)
 from pruner import ScoreConfig, calibration_ids, load_model, score

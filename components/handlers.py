@@ -23,7 +23,7 @@ from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_layer
 from pruner.importance import score_many
 from pruner.models import describe_model
-from pruner.prune import default_layer_range, layer_widths
+from pruner.prune import default_layer_range
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.stats import count_params, macs_per_token, weight_bytes
 
@@ -427,7 +427,3 @@ def push_to_hub(session: Session, which: str, repo_id: str, token: str) -> str:
 
 def default_ranges(n_layers: int) -> tuple[int, int]:
     return default_layer_range(n_layers)
-
-
-def widths(model) -> pd.DataFrame:
-    return layer_widths(model)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .models import ModelLoadError, build_from_state, check_supported, pick_device, pick_dtype

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -102,7 +101,6 @@ def check_supported(model) -> None:
 
 def _plain_copy(model, dtype: torch.dtype):
     """Rebuild an ordinary model from config + weights (a GGUF-loaded model refuses saving)."""
-    from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(model.config)
     for attr in ("quantization_config", "_pre_quantization_dtype"):

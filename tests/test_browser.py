@@ -6,7 +6,6 @@ generations shown."""
 import re
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from pruner.__main__ import main
 

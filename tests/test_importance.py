@@ -1,13 +1,12 @@
 """Importance criteria against independent references: finite differences, hand loops."""
 
-import copy
 
 import pandas as pd
 import pytest
 import torch
 
 from pruner.groups import attention_family, families, hidden_family, mlp_family
-from pruner.importance import (AGGREGATIONS, COLUMNS, CRITERIA, ScoreConfig, aggregate,
+from pruner.importance import (AGGREGATIONS, COLUMNS, ScoreConfig, aggregate,
                                member_statistics, score)
 
 from conftest import tiny_model

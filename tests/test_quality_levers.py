@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from pruner.activations import input_statistics
 from pruner.export import load_pruned, save
 from pruner.groups import query_head_family
-from pruner.importance import ScoreConfig, member_statistics, score
+from pruner.importance import ScoreConfig, score
 from pruner.prune import Plan, PruneConfig, apply_plan, layer_widths, make_plan, prune_model
 from pruner.stats import count_params
 
