@@ -177,7 +177,7 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype):
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path) if local else source, dtype=dtype, trust_remote_code=False,
-            use_safetensors=None)
+            use_safetensors=True)   # never unpickle weights
         tokenizer = AutoTokenizer.from_pretrained(str(path) if local else source,
                                                   trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
