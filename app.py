@@ -24,6 +24,7 @@ from pruner.data import DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.importance import AGGREGATIONS, CRITERIA
 from pruner.models import ModelLoadError
+from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
 from pruner.recover import PRESETS
 from pruner.tasks import TASKS
@@ -96,7 +97,7 @@ def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.P
         raise ValueError("type a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a local folder")
     session, table = handlers.load(REGISTRY, request.session_hash, source, progress)
     n = session.info["layers"]
-    start, end = handlers.default_ranges(n)
+    start, end = default_layer_range(n)
     status = (f"Loaded **{session.info['name']}** on {session.info['device']} "
               f"({session.info['dtype']}). Next: look at its coupled structures, then score them.")
     fig, groups = handlers.structure(session, min(start, n - 1))

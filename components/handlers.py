@@ -23,7 +23,6 @@ from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_layer
 from pruner.importance import score_many
 from pruner.models import describe_model
-from pruner.prune import default_layer_range
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.stats import count_params, macs_per_token, weight_bytes
 
@@ -423,7 +422,3 @@ def push_to_hub(session: Session, which: str, repo_id: str, token: str) -> str:
     except Exception as err:
         raise ValueError(f"could not push to {repo_id}: {type(err).__name__}: {str(err)[:200]}") from err
     return f"Pushed to https://huggingface.co/{repo_id}"
-
-
-def default_ranges(n_layers: int) -> tuple[int, int]:
-    return default_layer_range(n_layers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -103,7 +103,3 @@ def generate_text(model, tokenizer, prompt: str, settings: GenerationSettings | 
     for last in stream(model, tokenizer, prompt, settings):
         pass
     return last
-
-
-def settings_dict(settings: GenerationSettings) -> dict:
-    return asdict(settings)

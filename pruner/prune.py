@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -105,9 +105,6 @@ class Plan:
         if self.drop_layers:
             gone |= scores.kind.isin(["attn", "qhead", "mlp"]) & scores.layer.isin(self.drop_layers)
         return scores[gone]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- planning
