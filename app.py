@@ -138,28 +138,29 @@ def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind,
                                    seq_len, kind, scale)
 
 
-def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
             a0, a1, m0, m1, steps):
     return handlers.prune_config(mode, amount, scope, strategy, granularity,
-                                 None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps)
+                                 None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps,
+                                 allocation)
 
 
 @friendly
 @gpu
-def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
                   a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
     config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     a0, a1, m0, m1, steps)
+                     allocation, a0, a1, m0, m1, steps)
     return handlers.preview(session_of(request), config, criterion, aggregation, scale)
 
 
 @friendly
 @gpu
-def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
               a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
               progress=gr.Progress(track_tqdm=True)):
     config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     a0, a1, m0, m1, steps)
+                     allocation, a0, a1, m0, m1, steps)
     return handlers.run_prune(session_of(request), config, criterion, aggregation, scale, progress)
 
 
@@ -242,7 +243,7 @@ def _controls(name: str) -> tuple:
     """The Prune tab's controls for a named recipe of pruner/recipes.py."""
     score_config, prune_config = RECIPES[name]
     return (prune_config.attn_granularity, prune_config.attn_share is None, prune_config.attn_share or 0.0,
-            prune_config.compensate, score_config.criterion, score_config.aggregation)
+            prune_config.compensate, prune_config.allocation, score_config.criterion, score_config.aggregation)
 
 
 RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
@@ -347,6 +348,10 @@ def build() -> gr.Blocks:
                     attn_share = gr.Slider(0.0, 1.0, value=0.0, step=0.05,
                                            label="attention's share of the removed parameters (0 = MLP only)")
                     compensate = gr.Checkbox(True, label="bias compensation (FLAP)")
+                    allocation = gr.Radio(["uniform", "sensitivity"], value=RECIPES["default"][1].allocation,
+                                          label="per-layer ratios (local scope)",
+                                          info="sensitivity: each layer's calibration-loss increase when "
+                                               "pruned alone sets its share")
                 with gr.Row():
                     attn_start = gr.Number(3, label="attention layers from", precision=0)
                     attn_end = gr.Number(28, label="to (exclusive)", precision=0)
@@ -434,7 +439,7 @@ def build() -> gr.Blocks:
                     push_status = gr.Markdown()
 
         recipe_name.change(apply_recipe, recipe_name,
-                           [granularity, one_ratio, attn_share, compensate, criterion, aggregation],
+                           [granularity, one_ratio, attn_share, compensate, allocation, criterion, aggregation],
                            api_name="recipe")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         load_btn.click(load_model, [source_kind, custom],
@@ -448,7 +453,7 @@ def build() -> gr.Blocks:
                                            compare_kind, scale],
                           [map_a, map_b, corr_fig, disagree], api_name="compare_scores", **heavy)
         prune_inputs = [mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                        attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
+                        allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
         preview_btn.click(preview_prune, prune_inputs, [prune_attn_map, prune_mlp_map, prune_status],
                           api_name="preview", **heavy)
         prune_event = prune_btn.click(run_prune, prune_inputs,

@@ -49,6 +49,13 @@ ROWS = [
      dict(attn_share=0.1, attn_granularity="query-heads", compensate=True), None),
     ("MLP only, last-only + compensation, 3 iterative steps", dict(criterion=E1, aggregation="last"),
      dict(attn_share=0.0, compensate=True, iterative_steps=3), None),
+    ("MLP only, last-only + compensation, per-layer ratios from measured sensitivity",
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, allocation="sensitivity"), None),
+    ("MLP only, last-only + compensation, sensitivity allocation, 128 x 128 LAMBADA",
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, allocation="sensitivity"),
+     ("lambada", 128, 128)),
+    ("MLP only, mix (element1 + element2, LLM-Pruner's param_mix), last-only + compensation",
+     dict(criterion="taylor-mix", aggregation="last"), dict(attn_share=0.0, compensate=True), None),
 ]
 
 

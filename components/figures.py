@@ -100,17 +100,28 @@ def structure_figure(groups: pd.DataFrame, n_mlp_shown: int = 12) -> go.Figure:
     return fig
 
 
-def widths_figure(before: pd.DataFrame, after: pd.DataFrame) -> go.Figure:
-    """Per-layer kept query heads and MLP width, before vs after, as bars."""
+def widths_figure(before: pd.DataFrame, after: pd.DataFrame, sensitivity: pd.DataFrame | None = None) -> go.Figure:
+    """Per-layer kept query heads and MLP width, before vs after, as bars; with a sensitivity
+    allocation, a third panel shows each layer's measured loss increase that set its share."""
     if after is None or after.empty:
         return _empty("prune to see per-layer widths")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("query heads (KV heads)", "MLP width"))
+    titles = ["query heads (KV heads)", "MLP width"]
+    if sensitivity is not None and not sensitivity.empty:
+        titles.append("loss increase when pruned alone")
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     for col, field in ((1, "heads"), (2, "intermediate_size")):
         fig.add_trace(go.Bar(x=before.layer, y=before[field], name="original", marker_color="#BAB0AC",
                              showlegend=col == 1), row=1, col=col)
         text = [f"{h} ({k})" for h, k in zip(after.heads, after.kv_heads)] if field == "heads" else None
         fig.add_trace(go.Bar(x=after.layer, y=after[field], name="pruned", marker_color="#4C78A8",
                              text=text, showlegend=col == 1), row=1, col=col)
+    if len(titles) == 3:
+        first = sensitivity[sensitivity.step == sensitivity.step.min()] if "step" in sensitivity else sensitivity
+        for kind, colour in (("attn", "#F58518"), ("qhead", "#F58518"), ("mlp", "#54A24B")):
+            sub = first[first.kind == kind]
+            if len(sub):
+                fig.add_trace(go.Bar(x=sub.layer, y=sub.loss_increase, name=f"{kind} sensitivity",
+                                     marker_color=colour), row=1, col=3)
     fig.update_layout(barmode="overlay", height=330, template="plotly_white",
                       margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=1.15))
     fig.update_xaxes(title_text="layer")

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
+from pruner.activations import input_statistics
 from pruner.data import DataUnavailableError, calibration_ids
 from pruner.evaluate import evaluate, generation_throughput, perplexity
 from pruner.generate import GenerationSettings, stream
@@ -24,6 +25,7 @@ from pruner.groups import describe_layer
 from pruner.importance import score_many
 from pruner.models import describe_model
 from pruner.recover import LoraRecovery, preset, recovery_examples
+from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params, macs_per_token, weight_bytes
 
 from . import figures
@@ -174,7 +176,7 @@ def compare_scores(session: Session, crit_a, agg_a, crit_b, agg_b, source, sampl
 # ----------------------------------------------------------------------------- prune
 
 def prune_config(mode, amount, scope, strategy, granularity, attn_share, compensate, attn_start,
-                 attn_end, mlp_start, mlp_end, steps) -> PruneConfig:
+                 attn_end, mlp_start, mlp_end, steps, allocation="uniform") -> PruneConfig:
     amount = float(amount)
     if not 0 < amount < 0.95:
         raise ValueError(f"the pruning amount must be between 0 and 0.95, got {amount}")
@@ -184,6 +186,7 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
                        scope=scope, strategy=strategy, attn_granularity=granularity,
                        attn_share=share if by_params and strategy == "block" else None,
                        compensate=bool(compensate) and strategy == "block",
+                       allocation=allocation if strategy == "block" and scope == "local" else "uniform",
                        attn_layers=(int(attn_start), int(attn_end)),
                        mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))
 
@@ -205,6 +208,10 @@ def preview(session: Session, config: PruneConfig, criterion, aggregation, scale
     scores = _scores_for(session, config, criterion, aggregation)
     config.validate(session.info["layers"])
     plan = make_plan(session.original, scores, config)
+    if config.allocation == "sensitivity":          # measured on the uniform plan, as prune_model does
+        stats = input_statistics(session.original, session.calibration) if config.compensate else None
+        sensitivity = layer_sensitivity(session.original, session.calibration, plan, stats)
+        plan = make_plan(session.original, scores, config, sensitivity=sensitivity)
     removed = plan.removed_groups(scores)
     total = count_params(session.original)["params"]
     if plan.drop_layers:
@@ -272,7 +279,8 @@ def run_prune(session: Session, config: PruneConfig, criterion, aggregation, sca
             f"({result.report['params_before']:,} -> {result.report['params_after']:,}); "
             f"MACs per token {result.report['macs_per_token_before']:,.0f} -> "
             f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged.")
-    return (comparison_table(before, after), figures.widths_figure(result.widths_before, result.widths_after),
+    return (comparison_table(before, after),
+            figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity),
             *heatmaps(session, scale, removed), text)
 
 

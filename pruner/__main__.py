@@ -14,7 +14,7 @@ import time
 from .data import DataUnavailableError
 from .importance import AGGREGATIONS, CRITERIA
 from .models import ModelLoadError
-from .prune import GRANULARITIES, SCOPES, STRATEGIES
+from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
 from .recipes import RECIPES
 from .recover import PRESETS
 from .tasks import TASKS
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one group ratio for attention and MLP (LLM-Pruner), no budget split")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
                    help="fold removed channels' mean output into biases (FLAP)")
+    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                   help="per-layer ratios (local scope): uniform, or set by each layer's measured "
+                        "calibration-loss increase when pruned alone")
+    p.add_argument("--layer-spread", type=float, default=None,
+                   help="with --allocation sensitivity: layer ratios stay within ratio * (1 -/+ this); "
+                        "default 0.5")
     p.add_argument("--layers", type=_range, default=None,
                    help="START:END layers pruned (both kinds; default skips first 3, last 2)")
     p.add_argument("--attn-layers", type=_range, default=None)
@@ -216,7 +222,8 @@ def cmd_prune(args) -> dict:
         attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
         prune_attn=False if args.no_attn else None, prune_mlp=False if args.no_mlp else None,
         iterative_steps=args.iterative_steps, attn_granularity=args.granularity,
-        attn_share=args.attn_share, compensate=args.compensate)
+        attn_share=args.attn_share, compensate=args.compensate, allocation=args.allocation,
+        layer_spread=args.layer_spread)
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},
                                   prune_changes)
@@ -225,31 +232,38 @@ def cmd_prune(args) -> dict:
         config.attn_share = None
     if config.strategy != "block":
         config.compensate = False
+    if config.strategy != "block" or config.scope != "local":
+        config.allocation = "uniform"
     args.criterion, args.aggregation = score_config.criterion, score_config.aggregation
     start = time.perf_counter()
 
     def progress(step, total, message):
         print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
-    ids = _calib_ids(args, tokenizer, args.criterion, also_needed=config.compensate)
+    ids = _calib_ids(args, tokenizer, args.criterion,
+                     also_needed=config.compensate or config.allocation == "sensitivity")
     result = prune_model(model, ids, score_config, config, progress)
     seconds = time.perf_counter() - start
     report = dict(result.report)
     print(f"pruned in {seconds:.1f}s (preset {args.preset}: {config.strategy}, {config.scope}, "
           f"{args.criterion}/{args.aggregation}, attention share {config.attn_share}, "
-          f"compensation {config.compensate})")
+          f"compensation {config.compensate}, allocation {config.allocation})")
     print(f"parameters: {report['params_before']:,} -> {report['params_after']:,} "
           f"({100 * report['ratio_params_removed']:.1f}% removed; non-embedding "
           f"{100 * report['ratio_non_embedding_removed']:.1f}%)")
     print(f"MACs/token: {report['macs_per_token_before']:,.0f} -> {report['macs_per_token_after']:,.0f}")
     print("kept widths per layer:\n" + result.widths_after.to_string(index=False))
+    if result.sensitivity is not None:
+        print("per-layer sensitivity (calibration loss increase when pruned alone):\n"
+              + result.sensitivity.round(5).to_string(index=False))
     recipe = {
         "preset": args.preset, "criterion": args.criterion, "aggregation": args.aggregation,
         "ratio": config.ratio if config.target_params is None else None,
         "target_params": config.target_params, "group_ratios": result.group_ratios,
         "scope": config.scope, "strategy": config.strategy,
         "attn_granularity": config.attn_granularity, "attn_share": config.attn_share,
-        "compensate": config.compensate,
+        "compensate": config.compensate, "allocation": config.allocation,
+        "layer_spread": config.layer_spread,
         "attn_layers": list(config.attn_layers) if config.attn_layers else "default",
         "mlp_layers": list(config.mlp_layers) if config.mlp_layers else "default",
         "prune_attn": config.prune_attn, "prune_mlp": config.prune_mlp,
@@ -261,6 +275,8 @@ def cmd_prune(args) -> dict:
     if args.out:
         save(result.model, args.out, tokenizer, recipe)
         print(f"saved to {args.out}")
+    if result.sensitivity is not None:
+        report["sensitivity"] = result.sensitivity.to_dict("records")
     report.update(out=args.out, seconds=seconds, group_ratios=result.group_ratios,
                   kept=result.widths_after.to_dict("records"), recipe=recipe)
     return report

@@ -20,6 +20,7 @@ from .models import attention_shape, layers_of
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
 GRANULARITIES = ("kv-group", "query-heads")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class PruneConfig:
     attn_granularity: str = "kv-group"       # kv-group (whole KV groups) | query-heads
     attn_share: float | None = None          # with target_params: share of removed params from attention
     compensate: bool = False                 # fold removed channels' mean output into biases (FLAP)
+    allocation: str = "uniform"              # local per-layer ratios: uniform | sensitivity (measured)
+    layer_spread: float = 0.5                # sensitivity: layer ratios within ratio * (1 -/+ spread)
 
     def validate(self, n_layers: int) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,6 +69,12 @@ class PruneConfig:
                 raise ValueError(f"attn_share must be in [0, 1], got {self.attn_share}")
             if self.target_params is None or self.strategy != "block":
                 raise ValueError("attn_share splits a target_params budget of the block strategy")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "sensitivity" and (self.strategy != "block" or self.scope != "local"):
+            raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, local scope")
+        if not 0.0 <= self.layer_spread <= 1.0:
+            raise ValueError(f"layer_spread must be in [0, 1], got {self.layer_spread}")
         if self.compensate and self.strategy != "block":
             raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
@@ -124,10 +133,12 @@ def attention_kind(config: PruneConfig) -> str:
     return "qhead" if config.attn_granularity == "query-heads" else "attn"
 
 
-def _plan_query_heads(scores, ratio, layers, original_counts, kv_heads) -> dict[int, list[int]]:
-    """Per layer, the same number of best query heads in every KV group (uniform GQA)."""
+def _plan_query_heads(scores, ratios, original_counts, kv_heads) -> dict[int, list[int]]:
+    """Per layer, the same number of best query heads in every KV group (uniform GQA).
+
+    ratios: layer -> fraction of the layer's query heads to remove."""
     keep = {}
-    for layer in layers:
+    for layer, ratio in ratios.items():
         sub = scores[(scores.kind == "qhead") & (scores.layer == layer)]
         if sub.empty:
             continue
@@ -143,14 +154,28 @@ def _plan_query_heads(scores, ratio, layers, original_counts, kv_heads) -> dict[
     return keep
 
 
-def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads) -> Plan:
+def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None) -> dict[int, float]:
+    """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, or with
+    `config.allocation == "sensitivity"` the measured-sensitivity split of the same total."""
+    sizes = {layer: original_counts.get((kind, layer), int(((scores.kind == kind) & (scores.layer == layer)).sum()))
+             for layer in layers}
+    sizes = {layer: n for layer, n in sizes.items() if n}
+    if config.allocation != "sensitivity" or sensitivity is None:
+        return {layer: ratio for layer in sizes}
+    from .sensitivity import allocate
+
+    return allocate(sensitivity, kind, ratio, sizes, config.layer_spread)
+
+
+def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensitivity=None) -> Plan:
     plan = Plan()
     attn_kind = attention_kind(config)
     kinds = [k for k, on in ((attn_kind, config.prune_attn), ("mlp", config.prune_mlp)) if on]
     for kind in kinds:
         range_kind = "mlp" if kind == "mlp" else "attn"
+        ratios = layer_ratios(scores, config, ratio, ranges[range_kind], kind, original_counts, sensitivity)
         if kind == "qhead":
-            plan.qhead_keep = _plan_query_heads(scores, ratio, ranges["attn"], original_counts, kv_heads)
+            plan.qhead_keep = _plan_query_heads(scores, ratios, original_counts, kv_heads)
             continue
         target = plan.attn_keep if kind == "attn" else plan.mlp_keep
         subs = {layer: scores[(scores.kind == kind) & (scores.layer == layer)]
@@ -159,7 +184,7 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads) -> Pla
         if config.scope == "local":
             for layer, sub in subs.items():
                 n0 = original_counts.get((kind, layer), len(sub))
-                target[layer] = _top(sub, min(len(sub), _keep_count(n0, ratio)))
+                target[layer] = _top(sub, min(len(sub), _keep_count(n0, ratios[layer])))
             continue
         # global: one ranking per kind across the layer range; each layer keeps its best group
         n0 = sum(original_counts.get((kind, layer), len(s)) for layer, s in subs.items())
@@ -213,12 +238,14 @@ def model_shape(model) -> ModelShape:
 
 
 def plan_for_ratio(scores: pd.DataFrame, config: PruneConfig, ratio: float, shape: ModelShape,
-                   original_counts: dict | None = None) -> Plan:
-    """The plan removing `ratio` of the groups (of the original counts, when given)."""
+                   original_counts: dict | None = None, sensitivity: pd.DataFrame | None = None) -> Plan:
+    """The plan removing `ratio` of the groups (of the original counts, when given).
+
+    sensitivity: `sensitivity.layer_sensitivity` output, used by `allocation="sensitivity"`."""
     original_counts = original_counts or {}
     ranges = layer_ranges(config, shape.n_layers)
     if config.strategy == "block":
-        return _plan_block(scores, config, ratio, ranges, original_counts, shape.kv_heads)
+        return _plan_block(scores, config, ratio, ranges, original_counts, shape.kv_heads, sensitivity)
     if config.strategy == "channel":
         return _plan_channel(scores, ratio, original_counts, shape.channel_multiple)
     return _plan_layers(scores, ratio, ranges, original_counts)
@@ -246,7 +273,8 @@ def _merge(a: Plan, b: Plan) -> Plan:
 
 
 def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: int,
-                    original_counts: dict | None = None) -> tuple[Plan, float]:
+                    original_counts: dict | None = None,
+                    sensitivity: pd.DataFrame | None = None) -> tuple[Plan, float]:
     """Solve for the group ratio whose plan removes closest to `n_remove` parameters.
 
     With `attn_share`, attention and MLP are solved separately: attention gives
@@ -260,13 +288,13 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
                 continue
             sub = copy.copy(config)
             sub.attn_share, sub.prune_attn, sub.prune_mlp = None, only_attn, not only_attn
-            plan, ratio = plan_for_params(model, scores, sub, n, original_counts)
+            plan, ratio = plan_for_params(model, scores, sub, n, original_counts, sensitivity)
             parts, ratios = _merge(parts, plan), ratios + [ratio]
         return parts, max(ratios, default=0.0)
     shape = model_shape(model)
 
     def plan_at(r):
-        return plan_for_ratio(scores, config, r, shape, original_counts)
+        return plan_for_ratio(scores, config, r, shape, original_counts, sensitivity)
 
     def removed_at(r):
         return params_removed(model, scores, plan_at(r))
@@ -286,7 +314,8 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
     return plan_at(best), best
 
 
-def make_plan(model, scores: pd.DataFrame, config: PruneConfig) -> Plan:
+def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
+              sensitivity: pd.DataFrame | None = None) -> Plan:
     """One-step plan from `scores`: `config.ratio` of groups, or `config.target_params` of the
     model's parameters (what the dashboard marks on the heatmap before pruning)."""
     from .stats import count_params
@@ -294,8 +323,8 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig) -> Plan:
     config.validate(len(layers_of(model)))
     if config.target_params is not None:
         n_remove = int(round(count_params(model)["params"] * config.target_params))
-        return plan_for_params(model, scores, config, n_remove)[0]
-    return plan_for_ratio(scores, config, config.ratio, model_shape(model))
+        return plan_for_params(model, scores, config, n_remove, sensitivity=sensitivity)[0]
+    return plan_for_ratio(scores, config, config.ratio, model_shape(model), sensitivity=sensitivity)
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -543,6 +572,7 @@ class PruneResult:
     report: dict                  # params / MACs before and after (see `prune_report`)
     widths_before: pd.DataFrame
     widths_after: pd.DataFrame
+    sensitivity: pd.DataFrame | None = None   # per-layer loss increases (allocation="sensitivity")
 
 
 def _kinds_for(config: PruneConfig) -> tuple[str, ...]:
@@ -611,7 +641,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     steps = int(prune_config.iterative_steps)
     params0 = count_params(model)["params"]
     current, origin = model, list(range(n_layers0))
-    plans, ratios, counts0, scores = [], [], None, None
+    plans, ratios, counts0, scores, sensitivities = [], [], None, None, []
     for step in range(1, steps + 1):
         if progress:
             progress(step - 1, steps, f"step {step}/{steps}: scoring ({score_config.criterion})")
@@ -620,13 +650,16 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         config_now = _remap_ranges(prune_config, origin, n_layers0)
         if counts0 is None:
             counts0 = _original_counts(scores, prune_config, n_layers0)
-        if prune_config.target_params is not None:
-            goal = params0 * prune_config.target_params * step / steps
-            needed = int(round(goal - (params0 - count_params(current)["params"])))
-            plan, ratio = plan_for_params(current, scores, config_now, max(0, needed))
-        else:
-            ratio = prune_config.ratio * step / steps
-            plan = plan_for_ratio(scores, config_now, ratio, model_shape(current), counts0)
+
+        def plan_step(sens=None):
+            if prune_config.target_params is not None:
+                goal = params0 * prune_config.target_params * step / steps
+                needed = int(round(goal - (params0 - count_params(current)["params"])))
+                return plan_for_params(current, scores, config_now, max(0, needed), sensitivity=sens)
+            r = prune_config.ratio * step / steps
+            return plan_for_ratio(scores, config_now, r, model_shape(current), counts0, sens), r
+
+        plan, ratio = plan_step()
         stats = None
         if prune_config.compensate:
             from .activations import input_statistics
@@ -634,6 +667,14 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: activation means for compensation")
             stats = input_statistics(current, input_ids)
+        if prune_config.allocation == "sensitivity":
+            from .sensitivity import layer_sensitivity
+
+            if progress:
+                progress(step - 1, steps, f"step {step}/{steps}: per-layer sensitivity")
+            sensitivity = layer_sensitivity(current, input_ids, plan, stats).assign(step=step)
+            sensitivities.append(sensitivity)
+            plan, ratio = plan_step(sensitivity)
         if progress:
             progress(step - 1, steps, f"step {step}/{steps}: slicing")
         origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
@@ -643,4 +684,5 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     if progress:
         progress(steps, steps, "measuring")
     return PruneResult(current, plans, scores, ratios, prune_report(model, current),
-                       layer_widths(model), layer_widths(current))
+                       layer_widths(model), layer_widths(current),
+                       pd.concat(sensitivities, ignore_index=True) if sensitivities else None)

@@ -42,3 +42,15 @@ def test_bad_arguments_are_messages(tiny_folder, capsys):
     assert "unknown task" in capsys.readouterr().err
     assert main(["generate", "--model", tiny_folder, "--max-new-tokens", "100000"]) == 2
     assert "max_new_tokens" in capsys.readouterr().err
+
+
+def test_prune_with_sensitivity_allocation(tiny_folder, tmp_path, capsys):
+    assert main(["prune", "--model", tiny_folder, "--ratio", "0.3", "--allocation", "sensitivity",
+                 "--layers", "0:2", "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"),
+                 "--json"]) == 0
+    out = last_json(capsys)
+    assert out["recipe"]["allocation"] == "sensitivity"
+    assert [(r["kind"], r["layer"]) for r in out["sensitivity"]] == [("qhead", 0), ("qhead", 1),
+                                                                     ("mlp", 0), ("mlp", 1)]
+    assert {"loss_increase", "removed", "kept"} <= set(out["sensitivity"][0])
+    assert (tmp_path / "p" / "config.json").is_file()

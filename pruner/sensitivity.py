@@ -1,0 +1,127 @@
+"""Per-layer sensitivity to a pruning plan, and the per-layer ratios it implies.
+
+Sensitivity of (kind, layer): the calibration loss increase when only that layer's part of a
+plan is applied and every other layer stays dense. It is measured without slicing: the removed
+heads' / channels' inputs to o_proj / down_proj are replaced by zero, or by their calibration
+means when bias compensation is on -- exactly what slicing (+ folding W[:, removed] @ E[x] into
+the bias) computes, since a removed head or MLP channel reaches the rest of the model only
+through those inputs.
+
+Allocation: with each layer's loss increase modelled as s_l * (r_l / r_probe)^2, minimising the
+sum for a fixed number of removed groups gives r_l proportional to 1 / s_l; each ratio is kept
+within (1 -/+ spread) of the uniform ratio (OWL-style bounds: single-layer probes on a few
+calibration tokens are noisy, and no layer may be emptied), by water filling so the total holds.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .models import attention_shape, layers_of
+
+
+def kept_inputs(model, kind: str, layer: int, kept: list[int]) -> torch.Tensor:
+    """Input positions of o_proj (attn, qhead) or down_proj (mlp) that survive `kept` groups."""
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    if kind == "mlp":
+        return kept
+    n_q, n_kv, head_dim = attention_shape(model, layer)
+    width = head_dim * (n_q // n_kv if kind == "attn" else 1)
+    return (kept[:, None] * width + torch.arange(width)[None, :]).flatten()
+
+
+def _target(model, kind: str, layer: int) -> torch.nn.Linear:
+    block = layers_of(model)[layer]
+    return block.mlp.down_proj if kind == "mlp" else block.self_attn.o_proj
+
+
+def plan_parts(plan) -> list[tuple[str, int, list[int]]]:
+    """(kind, layer, kept groups) for every layer a plan changes."""
+    parts = []
+    for kind, keep in (("attn", plan.attn_keep), ("qhead", plan.qhead_keep), ("mlp", plan.mlp_keep)):
+        parts += [(kind, int(layer), list(kept)) for layer, kept in sorted(keep.items())]
+    return parts
+
+
+@torch.no_grad()
+def _mean_loss(model, input_ids: torch.Tensor, batch_size: int) -> float:
+    from .importance import causal_lm_loss
+
+    device = next(model.parameters()).device
+    batches = torch.split(input_ids, batch_size)
+    total = sum(float(causal_lm_loss(model, b.to(device))) * len(b) for b in batches)
+    return total / len(input_ids)
+
+
+@torch.no_grad()
+def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | None = None,
+                      batch_size: int = 8) -> pd.DataFrame:
+    """Loss increase of applying each layer's part of `plan` alone -> tidy DataFrame with
+    columns kind, layer, kept, removed, loss, loss_increase (the model is left unchanged).
+
+    input_stats: `activations.input_statistics(model, input_ids)` for compensated probes.
+    """
+    base = _mean_loss(model, input_ids, batch_size)
+    rows = []
+    for kind, layer, kept in plan_parts(plan):
+        linear = _target(model, kind, layer)
+        mask = torch.zeros(linear.in_features, dtype=torch.bool, device=linear.weight.device)
+        mask[kept_inputs(model, kind, layer, kept).to(mask.device)] = True
+        fill = torch.zeros(linear.in_features, dtype=linear.weight.dtype, device=mask.device)
+        if input_stats is not None:
+            name = "down_proj" if kind == "mlp" else "o_proj"
+            fill = input_stats[(layer, name)].mean.to(fill)
+
+        def probe(module, args, mask=mask, fill=fill):
+            x = args[0]                                                   # (B, L, in)
+            return (torch.where(mask, x, fill.to(x.dtype)),) + tuple(args[1:])
+
+        handle = linear.register_forward_pre_hook(probe)
+        try:
+            loss = _mean_loss(model, input_ids, batch_size)
+        finally:
+            handle.remove()
+        n_groups = _group_count(model, kind, layer)
+        rows.append({"kind": kind, "layer": layer, "kept": len(kept), "removed": n_groups - len(kept),
+                     "loss": loss, "loss_increase": loss - base})
+    return pd.DataFrame(rows, columns=["kind", "layer", "kept", "removed", "loss", "loss_increase"])
+
+
+def _group_count(model, kind: str, layer: int) -> int:
+    n_q, n_kv, _ = attention_shape(model, layer)
+    if kind == "mlp":
+        return layers_of(model)[layer].mlp.down_proj.in_features
+    return n_kv if kind == "attn" else n_q
+
+
+MAX_LAYER_RATIO = 0.95      # no allocation removes more than this share of one layer's groups
+
+
+def allocate(sensitivity: pd.DataFrame, kind: str, ratio: float, sizes: dict[int, int],
+             spread: float) -> dict[int, float]:
+    """Per-layer ratios of `kind` over the layers in `sizes` (layer -> group count) that remove
+    `ratio` of all their groups: r_l = c / s_l, clipped to ratio * (1 -/+ spread) (at most
+    MAX_LAYER_RATIO), with c found by water filling so the total is kept.
+
+    Layers without a measurement get the mean sensitivity; loss increases below 1% of the
+    largest are floored there (a layer that pruning happens to help is not emptied at once).
+    """
+    ratio = float(ratio)
+    sub = sensitivity[sensitivity.kind == kind].set_index("layer").loss_increase
+    if sub.empty or ratio <= 0.0 or spread <= 0.0:
+        return dict.fromkeys(sizes, ratio)
+    floor = max(1e-6, 0.01 * float(sub.max()))
+    s = {layer: max(floor, float(sub.get(layer, sub.mean()))) for layer in sizes}
+    low, high = ratio * (1.0 - spread), max(ratio, min(MAX_LAYER_RATIO, ratio * (1.0 + spread)))
+    total = ratio * sum(sizes.values())
+
+    def ratios(c):
+        return {layer: min(high, max(low, c / s[layer])) for layer in sizes}
+
+    lo, hi = 0.0, high * max(s.values())
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        removed = sum(sizes[layer] * r for layer, r in ratios(mid).items())
+        lo, hi = (mid, hi) if removed < total else (lo, mid)
+    return ratios(hi)
