@@ -243,7 +243,8 @@ def _controls(name: str) -> tuple:
     """The Prune tab's controls for a named recipe of pruner/recipes.py."""
     score_config, prune_config = RECIPES[name]
     return (prune_config.attn_granularity, prune_config.attn_share is None, prune_config.attn_share or 0.0,
-            prune_config.compensate, prune_config.allocation, score_config.criterion, score_config.aggregation)
+            prune_config.compensate, prune_config.allocation, score_config.criterion,
+            score_config.aggregation)
 
 
 RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
@@ -439,7 +440,8 @@ def build() -> gr.Blocks:
                     push_status = gr.Markdown()
 
         recipe_name.change(apply_recipe, recipe_name,
-                           [granularity, one_ratio, attn_share, compensate, allocation, criterion, aggregation],
+                           [granularity, one_ratio, attn_share, compensate, allocation, criterion,
+                            aggregation],
                            api_name="recipe")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         load_btn.click(load_model, [source_kind, custom],

@@ -100,7 +100,8 @@ def structure_figure(groups: pd.DataFrame, n_mlp_shown: int = 12) -> go.Figure:
     return fig
 
 
-def widths_figure(before: pd.DataFrame, after: pd.DataFrame, sensitivity: pd.DataFrame | None = None) -> go.Figure:
+def widths_figure(before: pd.DataFrame, after: pd.DataFrame,
+                  sensitivity: pd.DataFrame | None = None) -> go.Figure:
     """Per-layer kept query heads and MLP width, before vs after, as bars; with a sensitivity
     allocation, a third panel shows each layer's measured loss increase that set its share."""
     if after is None or after.empty:
@@ -116,7 +117,9 @@ def widths_figure(before: pd.DataFrame, after: pd.DataFrame, sensitivity: pd.Dat
         fig.add_trace(go.Bar(x=after.layer, y=after[field], name="pruned", marker_color="#4C78A8",
                              text=text, showlegend=col == 1), row=1, col=col)
     if len(titles) == 3:
-        first = sensitivity[sensitivity.step == sensitivity.step.min()] if "step" in sensitivity else sensitivity
+        first = sensitivity
+        if "step" in sensitivity:                    # iterative pruning: the first step's probes
+            first = sensitivity[sensitivity.step == sensitivity.step.min()]
         for kind, colour in (("attn", "#F58518"), ("qhead", "#F58518"), ("mlp", "#54A24B")):
             sub = first[first.kind == kind]
             if len(sub):

@@ -195,7 +195,8 @@ def generation_throughput(model, tokenizer, prompt: str = "The Leaning Tower of 
     return float(statistics.median(rates))
 
 
-def model_stats(model, tokenizer=None, seq_len: int = 128, throughput: bool = True) -> dict:
+def model_stats(model, tokenizer=None, seq_len: int = 128, throughput: bool = True,
+                new_tokens: int = 32, repeats: int = 3) -> dict:
     """Parameters, MACs/token, weight memory, forward peak memory and tokens/s for one model."""
     from .stats import count_params, macs_per_token, weight_bytes
 
@@ -204,5 +205,5 @@ def model_stats(model, tokenizer=None, seq_len: int = 128, throughput: bool = Tr
     stats["weight_mib"] = weight_bytes(model) / 2**20
     stats["forward_peak_mib"] = peak_forward_bytes(model, seq_len) / 2**20
     if throughput and tokenizer is not None:
-        stats["tokens_per_s"] = generation_throughput(model, tokenizer)
+        stats["tokens_per_s"] = generation_throughput(model, tokenizer, new_tokens=new_tokens, repeats=repeats)
     return stats

@@ -67,6 +67,10 @@ def test_sensitivity_allocation_prunes_least_sensitive_layers_most(calib, tmp_pa
     kept = widths[[0, 1, 2, 3]]
     assert kept.nunique() > 1 and (kept <= 96).all() and (kept >= 96 * (1 - 1.5 * 0.3)).all()
     assert result.report["ratio_params_removed"] == pytest.approx(0.2, abs=0.02)
+    from components.figures import widths_figure        # the dashboard draws the probes next to widths
+
+    fig = widths_figure(result.widths_before, result.widths_after, sens)
+    assert [t.name for t in fig.data][-1] == "mlp sensitivity"
     total = count_params(model)["params"]
     assert count_params(result.model)["params"] < total
     save(result.model, tmp_path)
