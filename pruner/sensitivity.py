@@ -56,12 +56,16 @@ def _mean_loss(model, input_ids: torch.Tensor, batch_size: int) -> float:
 
 @torch.no_grad()
 def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | None = None,
-                      batch_size: int = 8) -> pd.DataFrame:
+                      batch_size: int = 8, max_tokens: int | None = 4096) -> pd.DataFrame:
     """Loss increase of applying each layer's part of `plan` alone -> tidy DataFrame with
     columns kind, layer, kept, removed, loss, loss_increase (the model is left unchanged).
 
     input_stats: `activations.input_statistics(model, input_ids)` for compensated probes.
+    max_tokens: probe on the first calibration rows up to this many tokens (each probe is one
+    forward pass, one per pruned layer); None uses them all.
     """
+    if max_tokens is not None:
+        input_ids = input_ids[: max(1, max_tokens // input_ids.shape[1])]   # (n, L) -> (n', L)
     base = _mean_loss(model, input_ids, batch_size)
     rows = []
     for kind, layer, kept in plan_parts(plan):

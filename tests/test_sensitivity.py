@@ -33,6 +33,9 @@ def test_probe_loss_equals_the_sliced_model(calib, compensate):
         assert row.loss == pytest.approx(sliced, abs=1e-5)
         assert row.loss_increase == pytest.approx(sliced - base, abs=1e-5)
     assert loss(model, calib) == base               # hooks removed, model untouched
+    capped = layer_sensitivity(model, calib, plan, stats, max_tokens=32)     # first 2 rows of 16 tokens
+    assert capped.loss.tolist() == pytest.approx(
+        layer_sensitivity(model, calib[:2], plan, stats).loss.tolist(), abs=1e-6)
 
 
 def test_allocation_is_hand_solved_water_filling():
