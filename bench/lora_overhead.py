@@ -15,7 +15,7 @@ import torch
 
 import common  # noqa: F401  (puts the repo on sys.path)
 from pruner import load_model
-from pruner.recover import (LLM_PRUNER_TARGETS, LoraRecovery, LoraSettings, collate,
+from pruner.recover import (LLM_PRUNER_TARGETS, LoraRecovery, LoraSettings, batches, collate,
                             text_examples, tokenize_examples)
 
 
@@ -30,9 +30,10 @@ def main():
                             learning_rate=1e-4, seed=0)
     examples = text_examples("builtin", tok, 128)
     ours = LoraRecovery(model, tok, examples, settings)
-    tokenized = tokenize_examples(examples, tok, 128)          # the built-in text: ~12 pieces
-    batches = [collate([tokenized[(i + j) % len(tokenized)] for j in range(4)], tok.pad_token_id)
-               for i in range(0, 4 * (args.steps + 1), 4)]
+    # the bare loop gets exactly the batches ours draws, in the same order (same seeded shuffle),
+    # so both steps see the same token counts
+    same_order = batches(tokenize_examples(examples, tok, 128), settings.batch_size, settings.seed)
+    bare_batches = [collate(next(same_order), tok.pad_token_id) for _ in range(args.steps + 1)]
 
     base = copy.deepcopy(model)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
@@ -48,12 +49,12 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    bare_step(batches[0])
+    bare_step(bare_batches[0])
     ours.train_step()                                  # warm-up both
     t_ours, t_bare = [], []
     for i in range(1, args.steps + 1):
         t = time.perf_counter()
-        bare_step(batches[i % len(batches)])
+        bare_step(bare_batches[i])
         t_bare.append(time.perf_counter() - t)
         t = time.perf_counter()
         ours.train_step()
