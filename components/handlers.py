@@ -26,7 +26,7 @@ from pruner.importance import score_many
 from pruner.models import describe_model
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
-from pruner.stats import count_params, macs_per_token, weight_bytes
+from pruner.stats import count_params
 
 from . import figures
 from .session import Session, SessionRegistry

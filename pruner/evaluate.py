@@ -205,5 +205,6 @@ def model_stats(model, tokenizer=None, seq_len: int = 128, throughput: bool = Tr
     stats["weight_mib"] = weight_bytes(model) / 2**20
     stats["forward_peak_mib"] = peak_forward_bytes(model, seq_len) / 2**20
     if throughput and tokenizer is not None:
-        stats["tokens_per_s"] = generation_throughput(model, tokenizer, new_tokens=new_tokens, repeats=repeats)
+        stats["tokens_per_s"] = generation_throughput(model, tokenizer, new_tokens=new_tokens,
+                                                      repeats=repeats)
     return stats

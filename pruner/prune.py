@@ -72,7 +72,8 @@ class PruneConfig:
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.allocation == "sensitivity" and (self.strategy != "block" or self.scope != "local"):
-            raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, local scope")
+            raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, "
+                             "local scope")
         if not 0.0 <= self.layer_spread <= 1.0:
             raise ValueError(f"layer_spread must be in [0, 1], got {self.layer_spread}")
         if self.compensate and self.strategy != "block":
@@ -157,8 +158,8 @@ def _plan_query_heads(scores, ratios, original_counts, kv_heads) -> dict[int, li
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None) -> dict[int, float]:
     """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, or with
     `config.allocation == "sensitivity"` the measured-sensitivity split of the same total."""
-    sizes = {layer: original_counts.get((kind, layer), int(((scores.kind == kind) & (scores.layer == layer)).sum()))
-             for layer in layers}
+    present = scores[scores.kind == kind].groupby("layer").size()
+    sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
     sizes = {layer: n for layer, n in sizes.items() if n}
     if config.allocation != "sensitivity" or sensitivity is None:
         return {layer: ratio for layer in sizes}
