@@ -56,6 +56,8 @@ ROWS = [
      ("lambada", 128, 128)),
     ("MLP only, mix (element1 + element2, LLM-Pruner's param_mix), last-only + compensation",
      dict(criterion="taylor-mix", aggregation="last"), dict(attn_share=0.0, compensate=True), None),
+    ("MLP only, last-only + compensation, means recomputed layer by layer",
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, recompute_means=True), None),
 ]
 
 

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one group ratio for attention and MLP (LLM-Pruner), no budget split")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
                    help="fold removed channels' mean output into biases (FLAP)")
+    p.add_argument("--recompute-means", action="store_true", default=False,
+                   help="with compensation: re-measure the means layer by layer on the partly pruned model")
     p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                    help="per-layer ratios (local scope): uniform, or set by each layer's measured "
                         "calibration-loss increase when pruned alone")
@@ -222,7 +224,8 @@ def cmd_prune(args) -> dict:
         attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
         prune_attn=False if args.no_attn else None, prune_mlp=False if args.no_mlp else None,
         iterative_steps=args.iterative_steps, attn_granularity=args.granularity,
-        attn_share=args.attn_share, compensate=args.compensate, allocation=args.allocation,
+        attn_share=args.attn_share, compensate=args.compensate, recompute_means=args.recompute_means,
+        allocation=args.allocation,
         layer_spread=args.layer_spread)
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},
@@ -232,6 +235,7 @@ def cmd_prune(args) -> dict:
         config.attn_share = None
     if config.strategy != "block":
         config.compensate = False
+    config.recompute_means = config.recompute_means and config.compensate
     if config.strategy != "block" or config.scope != "local":
         config.allocation = "uniform"
     args.criterion, args.aggregation = score_config.criterion, score_config.aggregation
@@ -262,7 +266,8 @@ def cmd_prune(args) -> dict:
         "target_params": config.target_params, "group_ratios": result.group_ratios,
         "scope": config.scope, "strategy": config.strategy,
         "attn_granularity": config.attn_granularity, "attn_share": config.attn_share,
-        "compensate": config.compensate, "allocation": config.allocation,
+        "compensate": config.compensate, "recompute_means": config.recompute_means,
+        "allocation": config.allocation,
         "layer_spread": config.layer_spread,
         "attn_layers": list(config.attn_layers) if config.attn_layers else "default",
         "mlp_layers": list(config.mlp_layers) if config.mlp_layers else "default",

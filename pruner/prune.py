@@ -41,6 +41,7 @@ class PruneConfig:
     attn_granularity: str = "kv-group"       # kv-group (whole KV groups) | query-heads
     attn_share: float | None = None          # with target_params: share of removed params from attention
     compensate: bool = False                 # fold removed channels' mean output into biases (FLAP)
+    recompute_means: bool = False            # compensation means re-measured layer by layer while cutting
     allocation: str = "uniform"              # local per-layer ratios: uniform | sensitivity (measured)
     layer_spread: float = 0.5                # sensitivity: layer ratios within ratio * (1 -/+ spread)
 
@@ -76,6 +77,8 @@ class PruneConfig:
                              "local scope")
         if not 0.0 <= self.layer_spread <= 1.0:
             raise ValueError(f"layer_spread must be in [0, 1], got {self.layer_spread}")
+        if self.recompute_means and not self.compensate:
+            raise ValueError("recompute_means refines bias compensation: set compensate=True too")
         if self.compensate and self.strategy != "block":
             raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
@@ -525,34 +528,44 @@ def _add_zero_biases(model, attention: bool, mlp: bool) -> None:
         model.config.mlp_bias = True
 
 
-def apply_plan(model, plan: Plan, input_stats: dict | None = None):
+def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None):
     """A pruned deep copy of `model`; the original is never touched.
 
     input_stats: {(layer, "o_proj" | "down_proj"): ChannelStats} from
     `activations.input_statistics` on this model; when given, each removed head's / channel's
     mean contribution is folded into the o_proj / down_proj bias (FLAP's bias compensation).
+    recompute_ids: calibration tokens; when given, the means are instead measured again before
+    each layer is cut, on the copy whose earlier layers are already pruned and compensated
+    (one calibration forward per pruned layer).
     """
-    if input_stats is not None and model.config.model_type != "llama":
+    compensate = input_stats is not None or recompute_ids is not None
+    if compensate and model.config.model_type != "llama":
         raise ValueError("bias compensation needs a Llama config (attention_bias / mlp_bias switches); "
                          f"{model.config.model_type} has no o_proj / down_proj bias")
-
-    def mean(layer, name):
-        return None if input_stats is None else input_stats[(layer, name)].mean
+    for what, keep in (("query head", plan.qhead_keep), ("KV group", plan.attn_keep),
+                       ("MLP channel", plan.mlp_keep)):
+        for layer, kept in keep.items():
+            if len(kept) == 0:
+                raise ValueError(f"plan keeps no {what} in layer {layer}")
 
     pruned = copy.deepcopy(model)
-    for layer, kept in plan.qhead_keep.items():
-        if len(kept) == 0:
-            raise ValueError(f"plan keeps no query head in layer {layer}")
-        _prune_query_heads(pruned, layer, kept, mean(layer, "o_proj"))
-    for layer, kept in plan.attn_keep.items():
-        if len(kept) == 0:
-            raise ValueError(f"plan keeps no KV group in layer {layer}")
-        _prune_attention(pruned, layer, kept, mean(layer, "o_proj"))
-    for layer, kept in plan.mlp_keep.items():
-        if len(kept) == 0:
-            raise ValueError(f"plan keeps no MLP channel in layer {layer}")
-        _prune_mlp(pruned, layer, kept, mean(layer, "down_proj"))
-    if input_stats is not None:
+    stats = input_stats
+    for layer in sorted(set(plan.qhead_keep) | set(plan.attn_keep) | set(plan.mlp_keep)):
+        if recompute_ids is not None:
+            from .activations import input_statistics
+
+            stats = input_statistics(pruned, recompute_ids)      # on the partly pruned copy
+
+        def mean(name, layer=layer):
+            return None if stats is None else stats[(layer, name)].mean
+
+        if layer in plan.qhead_keep:
+            _prune_query_heads(pruned, layer, plan.qhead_keep[layer], mean("o_proj"))
+        if layer in plan.attn_keep:
+            _prune_attention(pruned, layer, plan.attn_keep[layer], mean("o_proj"))
+        if layer in plan.mlp_keep:
+            _prune_mlp(pruned, layer, plan.mlp_keep[layer], mean("down_proj"))
+    if compensate:
         _add_zero_biases(pruned, attention=bool(plan.attn_keep or plan.qhead_keep), mlp=bool(plan.mlp_keep))
     if plan.hidden_keep is not None:
         _prune_hidden(pruned, plan.hidden_keep)
@@ -679,7 +692,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         if progress:
             progress(step - 1, steps, f"step {step}/{steps}: slicing")
         origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
-        current = apply_plan(current, plan, stats)
+        current = apply_plan(current, plan, stats, input_ids if prune_config.recompute_means else None)
         plans.append(plan)
         ratios.append(float(ratio))
     if progress:

@@ -139,3 +139,29 @@ def test_lever_validation(model, calib):
         prune_model(model, calib, ScoreConfig("l1"), PruneConfig(ratio=0.2, attn_share=0.5))
     with pytest.raises(ValueError, match="granularity"):
         prune_model(model, calib, ScoreConfig("l1"), PruneConfig(attn_granularity="rows"))
+
+
+def test_recomputed_compensation_means_follow_the_partly_pruned_model(calib):
+    model = tiny_model(layers=3)
+    kept0, kept1 = list(range(0, 48, 2)), list(range(0, 48, 3))
+    removed1 = [c for c in range(48) if c not in kept1]
+    plan = Plan(mlp_keep={0: kept0, 1: kept1})
+    recomputed = apply_plan(model, plan, recompute_ids=calib)
+    dense_means = apply_plan(model, plan, input_statistics(model, calib))
+    # layer 0 is cut first: its means are the dense model's
+    torch.testing.assert_close(recomputed.model.layers[0].mlp.down_proj.bias,
+                               dense_means.model.layers[0].mlp.down_proj.bias)
+    # layer 1's means come from the model whose layer 0 is already pruned and compensated
+    first = apply_plan(model, Plan(mlp_keep={0: kept0}), input_statistics(model, calib))
+    mean1 = input_statistics(first, calib)[(1, "down_proj")].mean
+    w1 = model.model.layers[1].mlp.down_proj.weight.double()
+    expected = w1[:, removed1] @ mean1[removed1]
+    got = recomputed.model.layers[1].mlp.down_proj.bias.double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, dense_means.model.layers[1].mlp.down_proj.bias.double(), atol=1e-6)
+    result = prune_model(model, calib, ScoreConfig("taylor-element1"),
+                         PruneConfig(ratio=0.5, compensate=True, recompute_means=True, prune_attn=False,
+                                     mlp_layers=(0, 3)))
+    assert result.model.config.mlp_bias
+    with pytest.raises(ValueError, match="recompute_means"):
+        PruneConfig(recompute_means=True).validate(3)
