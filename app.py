@@ -138,29 +138,29 @@ def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind,
                                    seq_len, kind, scale)
 
 
-def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
-            a0, a1, m0, m1, steps):
+def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
+            allocation, a0, a1, m0, m1, steps):
     return handlers.prune_config(mode, amount, scope, strategy, granularity,
                                  None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps,
-                                 allocation)
+                                 allocation, recompute)
 
 
 @friendly
 @gpu
-def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
-                  a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
+def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
+                  allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
     config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     allocation, a0, a1, m0, m1, steps)
+                     recompute, allocation, a0, a1, m0, m1, steps)
     return handlers.preview(session_of(request), config, criterion, aggregation, scale)
 
 
 @friendly
 @gpu
-def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, allocation,
-              a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
+def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
+              allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
               progress=gr.Progress(track_tqdm=True)):
     config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     allocation, a0, a1, m0, m1, steps)
+                     recompute, allocation, a0, a1, m0, m1, steps)
     return handlers.run_prune(session_of(request), config, criterion, aggregation, scale, progress)
 
 
@@ -349,6 +349,7 @@ def build() -> gr.Blocks:
                     attn_share = gr.Slider(0.0, 1.0, value=0.0, step=0.05,
                                            label="attention's share of the removed parameters (0 = MLP only)")
                     compensate = gr.Checkbox(True, label="bias compensation (FLAP)")
+                    recompute = gr.Checkbox(False, label="re-measure the means layer by layer")
                     allocation = gr.Radio(["uniform", "sensitivity"], value=RECIPES["default"][1].allocation,
                                           label="per-layer ratios (local scope)",
                                           info="sensitivity: each layer's calibration-loss increase when "
@@ -455,7 +456,7 @@ def build() -> gr.Blocks:
                                            compare_kind, scale],
                           [map_a, map_b, corr_fig, disagree], api_name="compare_scores", **heavy)
         prune_inputs = [mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                        allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
+                        recompute, allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
         preview_btn.click(preview_prune, prune_inputs, [prune_attn_map, prune_mlp_map, prune_status],
                           api_name="preview", **heavy)
         prune_event = prune_btn.click(run_prune, prune_inputs,

@@ -176,7 +176,7 @@ def compare_scores(session: Session, crit_a, agg_a, crit_b, agg_b, source, sampl
 # ----------------------------------------------------------------------------- prune
 
 def prune_config(mode, amount, scope, strategy, granularity, attn_share, compensate, attn_start,
-                 attn_end, mlp_start, mlp_end, steps, allocation="uniform") -> PruneConfig:
+                 attn_end, mlp_start, mlp_end, steps, allocation="uniform", recompute=False) -> PruneConfig:
     amount = float(amount)
     if not 0 < amount < 0.95:
         raise ValueError(f"the pruning amount must be between 0 and 0.95, got {amount}")
@@ -186,6 +186,7 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
                        scope=scope, strategy=strategy, attn_granularity=granularity,
                        attn_share=share if by_params and strategy == "block" else None,
                        compensate=bool(compensate) and strategy == "block",
+                       recompute_means=bool(recompute) and bool(compensate) and strategy == "block",
                        allocation=allocation if strategy == "block" and scope == "local" else "uniform",
                        attn_layers=(int(attn_start), int(attn_end)),
                        mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))

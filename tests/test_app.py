@@ -11,14 +11,14 @@ from gradio_client import Client
 
 CUSTOM = "hub id or local folder"
 PRUNE_DEFAULTS = dict(mode="ratio of groups", scope="local", strategy="block", granularity="kv-group",
-                      one_ratio=True, attn_share=0.0, compensate=False, allocation="uniform", a0=0, a1=2, m0=0, m1=2, steps=1,
+                      one_ratio=True, attn_share=0.0, compensate=False, recompute=False, allocation="uniform", a0=0, a1=2, m0=0, m1=2, steps=1,
                       criterion="taylor-element1", aggregation="sum", scale="rank")
 
 
 def prune_args(amount, **kw):
     d = {**PRUNE_DEFAULTS, **kw}
     return (d["mode"], amount, d["scope"], d["strategy"], d["granularity"], d["one_ratio"], d["attn_share"],
-            d["compensate"], d["allocation"], d["a0"], d["a1"], d["m0"], d["m1"], d["steps"], d["criterion"],
+            d["compensate"], d["recompute"], d["allocation"], d["a0"], d["a1"], d["m0"], d["m1"], d["steps"], d["criterion"],
             d["aggregation"], d["scale"])
 
 
@@ -56,7 +56,8 @@ def test_whole_lesson_on_a_tiny_model(server, tiny_folder, tmp_path):
     assert attn is not None and mlp is not None
     *_, text = c.predict(*prune_args(0.5), api_name="/preview")
     assert "Will remove" in text
-    *_, text = c.predict(*prune_args(0.5, allocation="sensitivity", compensate=True), api_name="/preview")
+    *_, text = c.predict(*prune_args(0.5, allocation="sensitivity", compensate=True, recompute=True),
+                         api_name="/preview")
     assert "Will remove" in text
     table, widths, _, _, text = c.predict(*prune_args(0.5), api_name="/prune")
     metrics = {r[0]: r for r in table["data"]}
