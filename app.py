@@ -456,7 +456,8 @@ def build() -> gr.Blocks:
                                            compare_kind, scale],
                           [map_a, map_b, corr_fig, disagree], api_name="compare_scores", **heavy)
         prune_inputs = [mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                        recompute, allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion, aggregation, scale]
+                        recompute, allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion,
+                        aggregation, scale]
         preview_btn.click(preview_prune, prune_inputs, [prune_attn_map, prune_mlp_map, prune_status],
                           api_name="preview", **heavy)
         prune_event = prune_btn.click(run_prune, prune_inputs,

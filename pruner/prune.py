@@ -536,7 +536,7 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
     mean contribution is folded into the o_proj / down_proj bias (FLAP's bias compensation).
     recompute_ids: calibration tokens; when given, the means are instead measured again before
     each layer is cut, on the copy whose earlier layers are already pruned and compensated
-    (one calibration forward per pruned layer).
+    (one calibration forward per pruned layer; `input_stats`, if given, serves the first).
     """
     compensate = input_stats is not None or recompute_ids is not None
     if compensate and model.config.model_type != "llama":
@@ -549,12 +549,13 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
                 raise ValueError(f"plan keeps no {what} in layer {layer}")
 
     pruned = copy.deepcopy(model)
-    stats = input_stats
+    stats, fresh = input_stats, input_stats is not None      # fresh: measured on the copy as it is now
     for layer in sorted(set(plan.qhead_keep) | set(plan.attn_keep) | set(plan.mlp_keep)):
-        if recompute_ids is not None:
+        if recompute_ids is not None and not fresh:
             from .activations import input_statistics
 
             stats = input_statistics(pruned, recompute_ids)      # on the partly pruned copy
+        fresh = False                                            # this layer's cut changes them
 
         def mean(name, layer=layer):
             return None if stats is None else stats[(layer, name)].mean

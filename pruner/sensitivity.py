@@ -19,16 +19,15 @@ import pandas as pd
 import torch
 
 from .models import attention_shape, layers_of
+from .prune import _positions
 
 
 def kept_inputs(model, kind: str, layer: int, kept: list[int]) -> torch.Tensor:
     """Input positions of o_proj (attn, qhead) or down_proj (mlp) that survive `kept` groups."""
-    kept = torch.as_tensor(kept, dtype=torch.long)
     if kind == "mlp":
-        return kept
+        return torch.as_tensor(kept, dtype=torch.long)
     n_q, n_kv, head_dim = attention_shape(model, layer)
-    width = head_dim * (n_q // n_kv if kind == "attn" else 1)
-    return (kept[:, None] * width + torch.arange(width)[None, :]).flatten()
+    return _positions(kept, head_dim * (n_q // n_kv if kind == "attn" else 1))
 
 
 def _target(model, kind: str, layer: int) -> torch.nn.Linear:
