@@ -1,4 +1,5 @@
-"""Per-channel statistics of the inputs of o_proj and down_proj on calibration tokens.
+"""Per-channel statistics of the inputs of o_proj and down_proj (the last weight of an attention
+and an MLP block, wherever the family's `Arch` puts them) on calibration tokens.
 
 They drive FLAP's fluctuation criterion (variance of a channel's input x the squared norm of its
 weight column) and bias compensation (a removed channel's mean contribution W[:, c] * E[x_c] is
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .arch import arch_of
 from .models import layers_of
 
 
@@ -33,7 +35,7 @@ class ChannelStats:
 
 @torch.no_grad()
 def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
-    """{(layer, "o_proj" | "down_proj"): ChannelStats} over every calibration token."""
+    """{(layer, "attn" | "mlp"): ChannelStats} of o_proj / down_proj inputs over every token."""
     stats: dict[tuple[int, str], ChannelStats] = {}
     handles = []
 
@@ -49,9 +51,10 @@ def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dic
             entry.total_sq += x.square().sum(0)
         return hook
 
+    arch = arch_of(model)
     for i, layer in enumerate(layers_of(model)):
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook_for((i, "o_proj"))))
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook_for((i, "down_proj"))))
+        for block, path in (("attn", arch.o), ("mlp", arch.down)):
+            handles.append(layer.get_submodule(path).register_forward_pre_hook(hook_for((i, block))))
     device = next(model.parameters()).device
     try:
         for batch in torch.split(input_ids, batch_size):

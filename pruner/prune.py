@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .groups import group_param_counts, hidden_family
+from .arch import arch_of
+from .groups import Family, family, group_param_counts, hidden_family
 from .models import attention_shape, layers_of
 
 STRATEGIES = ("block", "channel", "layer")
@@ -83,6 +84,62 @@ class PruneConfig:
             raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
             raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
+
+
+    def compensated_blocks(self) -> set[str]:
+        """The blocks whose removed groups bias compensation folds into a bias."""
+        if self.strategy != "block" or not self.compensate:
+            return set()
+        blocks = set()
+        if self.prune_attn and self.attn_share != 0.0:
+            blocks.add("attn")
+        if self.prune_mlp and self.attn_share != 1.0:
+            blocks.add("mlp")
+        return blocks
+
+    def normalized(self, model=None) -> tuple["PruneConfig", list[str]]:
+        """A copy with the settings that cannot apply turned off, and one note per change.
+
+        The one place both fronts (CLI, dashboard) make these decisions: attention's share needs
+        a parameter target of the block strategy with both kinds pruned; compensation needs the
+        block strategy and a family whose config can hold the biases (`model` given); re-measured
+        means need compensation; sensitivity allocation needs the block strategy, local scope.
+        """
+        new, notes = copy.copy(self), []
+        if new.attn_share is not None and (new.strategy != "block" or new.target_params is None
+                                           or not (new.prune_attn and new.prune_mlp)):
+            new.attn_share = None
+            notes.append("attention's share applies to a parameter target of the block strategy with "
+                         "attention and MLP both pruned: ignored")
+        if new.compensate and new.strategy != "block":
+            new.compensate = False
+            notes.append(f"bias compensation applies to the block strategy, not {new.strategy!r}: off")
+        if new.compensate and model is not None:
+            from .arch import arch_of
+
+            arch = arch_of(model)
+            missing = sorted(b for b in new.compensated_blocks() if not arch.can_compensate(b))
+            if missing:
+                new.compensate = False
+                notes.append(f"bias compensation is not available for {arch.name} (its config has no "
+                             f"{' / '.join({'attn': 'o_proj', 'mlp': 'down_proj'}[b] for b in missing)} "
+                             "bias switch, so the export would not load in plain transformers): off")
+        if new.recompute_means and not new.compensate:
+            new.recompute_means = False
+            notes.append("re-measured compensation means need compensation: off")
+        if new.allocation != "uniform" and (new.strategy != "block" or new.scope != "local"):
+            new.allocation = "uniform"
+            notes.append("sensitivity allocation sets per-layer ratios of the block strategy, local "
+                         "scope: uniform")
+        return new, notes
+
+
+def needs_calibration(score_config, prune_config: "PruneConfig") -> bool:
+    """Whether scoring or pruning reads calibration tokens (gradients, activations, probes)."""
+    from .importance import CALIBRATION_FREE
+
+    return (score_config.criterion not in CALIBRATION_FREE or prune_config.compensate
+            or prune_config.allocation == "sensitivity")
 
 
 def default_layer_range(n_layers: int) -> tuple[int, int]:
@@ -220,8 +277,7 @@ def _plan_layers(scores, ratio, ranges, original_counts) -> Plan:
     block = scores[scores.kind.isin(["attn", "mlp"]) & scores.layer.isin(candidates)]
     per_layer = block.groupby("layer").score.sum()
     n0 = original_counts.get(("layer", -1), len(per_layer))
-    n_drop = max(0, len(per_layer) - (n0 - int(math.floor(n0 * ratio + 1e-9))))
-    n_drop = min(n_drop, len(per_layer))
+    n_drop = min(len(per_layer), max(0, len(per_layer) - _keep_count(n0, ratio)))   # same rounding as block
     drop = per_layer.sort_values(kind="stable").index[:n_drop]
     return Plan(drop_layers=sorted(int(i) for i in drop))
 
@@ -333,126 +389,6 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
 
 # ----------------------------------------------------------------------------- slicing
 
-def _slice_linear(linear: nn.Linear, dim: int, keep: torch.Tensor) -> None:
-    """Keep rows (dim 0, with the bias) or columns (dim 1) `keep` of a Linear, in place."""
-    keep = keep.to(linear.weight.device)
-    weight = linear.weight.data.index_select(dim, keep).clone()
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
-    if dim == 0:
-        linear.out_features = len(keep)
-        if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.data.index_select(0, keep).clone(),
-                                       requires_grad=linear.bias.requires_grad)
-    else:
-        linear.in_features = len(keep)
-
-
-def _positions(groups: list[int], width: int, device=None) -> torch.Tensor:
-    """Positions of blocks `groups` of size `width`: [g*width, (g+1)*width) for each g."""
-    g = torch.as_tensor(groups, dtype=torch.long)
-    return (g[:, None] * width + torch.arange(width)[None, :]).flatten()
-
-
-def _compensate(linear: nn.Linear, keep: torch.Tensor, input_mean: torch.Tensor | None) -> None:
-    """Add the removed input columns' mean contribution W[:, removed] @ E[x_removed] to the bias."""
-    if input_mean is None:
-        return
-    removed = torch.ones(linear.in_features, dtype=torch.bool)
-    removed[keep] = False
-    if not removed.any():
-        return
-    w = linear.weight.data
-    delta = (w[:, removed.to(w.device)].double() @ input_mean.to(w.device)[removed.to(w.device)].double())
-    bias = linear.bias.data.double() if linear.bias is not None else torch.zeros_like(delta)
-    linear.bias = nn.Parameter((bias + delta).to(w.dtype), requires_grad=w.requires_grad)
-
-
-def _prune_query_heads(model, layer: int, kept_heads: list[int], input_mean=None) -> None:
-    n_q, n_kv, head_dim = attention_shape(model, layer)
-    per_group = torch.bincount(torch.as_tensor(kept_heads) // (n_q // n_kv), minlength=n_kv)
-    if (per_group != per_group[0]).any():
-        raise ValueError(f"layer {layer}: query heads must stay uniform across {n_kv} KV groups, "
-                         f"got {per_group.tolist()} per group")
-    attn = layers_of(model)[layer].self_attn
-    keep = _positions(kept_heads, head_dim)
-    _compensate(attn.o_proj, keep, input_mean)
-    _slice_linear(attn.q_proj, 0, keep)
-    _slice_linear(attn.o_proj, 1, keep)
-    attn.num_key_value_groups = len(kept_heads) // n_kv
-    if hasattr(attn, "num_heads"):
-        attn.num_heads = len(kept_heads)
-
-
-def _prune_attention(model, layer: int, kept_kv: list[int], input_mean=None) -> None:
-    n_q, n_kv, head_dim = attention_shape(model, layer)
-    n_rep = n_q // n_kv
-    attn = layers_of(model)[layer].self_attn
-    q_keep = _positions(kept_kv, n_rep * head_dim)
-    kv_keep = _positions(kept_kv, head_dim)
-    _compensate(attn.o_proj, q_keep, input_mean)
-    _slice_linear(attn.q_proj, 0, q_keep)
-    _slice_linear(attn.k_proj, 0, kv_keep)
-    _slice_linear(attn.v_proj, 0, kv_keep)
-    _slice_linear(attn.o_proj, 1, q_keep)
-    for name, value in (("num_heads", len(kept_kv) * n_rep), ("num_key_value_heads", len(kept_kv))):
-        if hasattr(attn, name):
-            setattr(attn, name, value)
-
-
-def _prune_mlp(model, layer: int, kept: list[int], input_mean=None) -> None:
-    mlp = layers_of(model)[layer].mlp
-    keep = torch.as_tensor(kept, dtype=torch.long)
-    _compensate(mlp.down_proj, keep, input_mean)
-    _slice_linear(mlp.gate_proj, 0, keep)
-    _slice_linear(mlp.up_proj, 0, keep)
-    _slice_linear(mlp.down_proj, 1, keep)
-    if hasattr(mlp, "intermediate_size"):
-        mlp.intermediate_size = len(kept)
-
-
-def _prune_norm(norm: nn.Module, keep: torch.Tensor, scale: float) -> None:
-    """Keep channels of an RMSNorm and rescale it so removed zero channels change nothing.
-
-    RMS over d' = d - k channels differs from RMS over d channels of which k are zero by
-    sqrt(d/d'); weight * sqrt(d/d') and eps * d/d' make the pruned norm exact.
-    """
-    weight = norm.weight.data.index_select(0, keep.to(norm.weight.device)).clone() * math.sqrt(scale)
-    norm.weight = nn.Parameter(weight, requires_grad=norm.weight.requires_grad)
-    for attr in ("variance_epsilon", "eps"):
-        if isinstance(getattr(norm, attr, None), float):
-            setattr(norm, attr, getattr(norm, attr) * scale)
-
-
-def _prune_hidden(model, kept: list[int]) -> None:
-    config = model.config
-    d = model.model.embed_tokens.weight.shape[1]
-    keep = torch.as_tensor(kept, dtype=torch.long)
-    scale = d / len(kept)
-    if getattr(config, "head_dim", None) is None:
-        config.head_dim = d // config.num_attention_heads
-    embed = model.model.embed_tokens
-    tied = model.lm_head.weight is embed.weight
-    embed.weight = nn.Parameter(embed.weight.data.index_select(1, keep.to(embed.weight.device)).clone(),
-                                requires_grad=embed.weight.requires_grad)
-    embed.embedding_dim = len(kept)
-    for layer in layers_of(model):
-        _prune_norm(layer.input_layernorm, keep, scale)
-        _prune_norm(layer.post_attention_layernorm, keep, scale)
-        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                       layer.mlp.gate_proj, layer.mlp.up_proj):
-            _slice_linear(linear, 1, keep)
-        _slice_linear(layer.self_attn.o_proj, 0, keep)
-        _slice_linear(layer.mlp.down_proj, 0, keep)
-    _prune_norm(model.model.norm, keep, scale)
-    if tied:
-        model.lm_head.weight = embed.weight
-        model.lm_head.in_features = len(kept)
-    else:
-        _slice_linear(model.lm_head, 1, keep)
-    config.hidden_size = len(kept)
-    config.rms_norm_eps = float(config.rms_norm_eps) * scale
-
-
 def _drop_layers(model, drop: list[int]) -> None:
     config = model.config
     kept = [i for i in range(len(layers_of(model))) if i not in set(drop)]
@@ -471,11 +407,12 @@ def _drop_layers(model, drop: list[int]) -> None:
 
 def layer_widths(model) -> pd.DataFrame:
     """Per layer: query heads, KV heads, head_dim, MLP width (what a bar chart shows)."""
+    arch = arch_of(model)
     rows = []
     for i, layer in enumerate(layers_of(model)):
-        n_q, n_kv, head_dim = attention_shape(model, i)
+        n_q, n_kv, head_dim = arch.attention_shape(layer)
         rows.append({"layer": i, "heads": n_q, "kv_heads": n_kv, "head_dim": head_dim,
-                     "intermediate_size": layer.mlp.gate_proj.out_features})
+                     "intermediate_size": arch.mlp_width(layer)})
     return pd.DataFrame(rows)
 
 
@@ -506,70 +443,79 @@ def sync_config(model) -> None:
     config.pruning = record
 
 
-def _add_zero_biases(model, attention: bool, mlp: bool) -> None:
-    """Llama configs have one switch per block (attention_bias / mlp_bias) for every projection,
-    so once one layer carries a compensation bias every projection of that kind needs one."""
-    for layer in layers_of(model):
-        linears = []
-        if attention:
-            a = layer.self_attn
-            linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj]
-        if mlp:
-            m = layer.mlp
-            linears += [m.gate_proj, m.up_proj, m.down_proj]
-        for linear in linears:
-            if linear.bias is None:
-                w = linear.weight
-                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device),
-                                           requires_grad=w.requires_grad)
-    if attention:
-        model.config.attention_bias = True
-    if mlp:
-        model.config.mlp_bias = True
+def _add_zero_biases(model, blocks: set[str]) -> None:
+    """A config has one bias switch per block (attention_bias / mlp_bias) for all its projections,
+    so once one layer carries a compensation bias every projection of that block needs one."""
+    arch = arch_of(model)
+    for block in blocks:
+        for layer in layers_of(model):
+            for path in arch.bias_paths(block):
+                linear = layer.get_submodule(path)
+                if linear.bias is None:
+                    w = linear.weight
+                    linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device),
+                                               requires_grad=w.requires_grad)
+        setattr(model.config, arch.attn_bias_flag if block == "attn" else arch.mlp_bias_flag, True)
 
 
-def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None):
-    """A pruned deep copy of `model`; the original is never touched.
+def check_compensation(model, blocks: set[str]) -> None:
+    """Raise unless the family's config can carry o_proj / down_proj biases for `blocks`."""
+    arch = arch_of(model)
+    missing = sorted(b for b in blocks if not arch.can_compensate(b))
+    if missing:
+        what = {"attn": "o_proj", "mlp": "down_proj"}
+        raise ValueError(f"bias compensation is not available for {arch.name}: its config has no switch "
+                         f"that gives {', '.join(what[b] for b in missing)} a bias, so the export would "
+                         "not load in plain transformers. Prune without compensation.")
 
-    input_stats: {(layer, "o_proj" | "down_proj"): ChannelStats} from
-    `activations.input_statistics` on this model; when given, each removed head's / channel's
-    mean contribution is folded into the o_proj / down_proj bias (FLAP's bias compensation).
+
+def plan_families(model, plan: Plan) -> list[tuple[Family, list[int]]]:
+    """(family, kept groups) for every attention / MLP layer part a plan changes, layer order."""
+    parts = []
+    for kind, keep in (("qhead", plan.qhead_keep), ("attn", plan.attn_keep), ("mlp", plan.mlp_keep)):
+        parts += [(family(model, kind, int(layer)), list(kept)) for layer, kept in keep.items()]
+    return sorted(parts, key=lambda p: p[0].layer)
+
+
+def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None,
+               in_place: bool = False):
+    """The pruned model: a deep copy of `model` (the original is never touched), or `model`
+    itself with `in_place=True` (when the caller owns it, e.g. the CLI).
+
+    input_stats: {(layer, "attn" | "mlp"): ChannelStats} from `activations.input_statistics`
+    on this model; when given, each removed head's / channel's mean contribution is folded into
+    the o_proj / down_proj bias (FLAP's bias compensation).
     recompute_ids: calibration tokens; when given, the means are instead measured again before
     each layer is cut, on the copy whose earlier layers are already pruned and compensated
     (one calibration forward per pruned layer; `input_stats`, if given, serves the first).
     """
     compensate = input_stats is not None or recompute_ids is not None
-    if compensate and model.config.model_type != "llama":
-        raise ValueError("bias compensation needs a Llama config (attention_bias / mlp_bias switches); "
-                         f"{model.config.model_type} has no o_proj / down_proj bias")
-    for what, keep in (("query head", plan.qhead_keep), ("KV group", plan.attn_keep),
-                       ("MLP channel", plan.mlp_keep)):
-        for layer, kept in keep.items():
-            if len(kept) == 0:
-                raise ValueError(f"plan keeps no {what} in layer {layer}")
+    parts = plan_families(model, plan)
+    blocks = {fam.block for fam, _ in parts}
+    if compensate:
+        check_compensation(model, blocks)
+    for fam, kept in parts:
+        fam.check_keep(model, kept)
 
-    pruned = copy.deepcopy(model)
+    pruned = model if in_place else copy.deepcopy(model)
     stats, fresh = input_stats, input_stats is not None      # fresh: measured on the copy as it is now
-    for layer in sorted(set(plan.qhead_keep) | set(plan.attn_keep) | set(plan.mlp_keep)):
+    for layer in sorted({fam.layer for fam, _ in parts}):
         if recompute_ids is not None and not fresh:
             from .activations import input_statistics
 
             stats = input_statistics(pruned, recompute_ids)      # on the partly pruned copy
         fresh = False                                            # this layer's cut changes them
-
-        def mean(name, layer=layer):
-            return None if stats is None else stats[(layer, name)].mean
-
-        if layer in plan.qhead_keep:
-            _prune_query_heads(pruned, layer, plan.qhead_keep[layer], mean("o_proj"))
-        if layer in plan.attn_keep:
-            _prune_attention(pruned, layer, plan.attn_keep[layer], mean("o_proj"))
-        if layer in plan.mlp_keep:
-            _prune_mlp(pruned, layer, plan.mlp_keep[layer], mean("down_proj"))
+        for fam, kept in parts:
+            if fam.layer != layer:
+                continue
+            fam = family(pruned, fam.kind, layer)                # the copy's own (current) shapes
+            if stats is not None:
+                fam.compensate(pruned, kept, stats[(layer, fam.block)].mean)
+            fam.slice(pruned, kept)
     if compensate:
-        _add_zero_biases(pruned, attention=bool(plan.attn_keep or plan.qhead_keep), mlp=bool(plan.mlp_keep))
+        _add_zero_biases(pruned, blocks)
     if plan.hidden_keep is not None:
-        _prune_hidden(pruned, plan.hidden_keep)
+        hidden_family(pruned).slice(pruned, plan.hidden_keep)
     if plan.drop_layers:
         _drop_layers(pruned, plan.drop_layers)
     sync_config(pruned)

@@ -18,21 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .models import attention_shape, layers_of
-from .prune import _positions
-
-
-def kept_inputs(model, kind: str, layer: int, kept: list[int]) -> torch.Tensor:
-    """Input positions of o_proj (attn, qhead) or down_proj (mlp) that survive `kept` groups."""
-    if kind == "mlp":
-        return torch.as_tensor(kept, dtype=torch.long)
-    n_q, n_kv, head_dim = attention_shape(model, layer)
-    return _positions(kept, head_dim * (n_q // n_kv if kind == "attn" else 1))
-
-
-def _target(model, kind: str, layer: int) -> torch.nn.Linear:
-    block = layers_of(model)[layer]
-    return block.mlp.down_proj if kind == "mlp" else block.self_attn.o_proj
+from .groups import Family, family
 
 
 def plan_parts(plan) -> list[tuple[str, int, list[int]]]:
@@ -68,13 +54,13 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
     base = _mean_loss(model, input_ids, batch_size)
     rows = []
     for kind, layer, kept in plan_parts(plan):
-        linear = _target(model, kind, layer)
+        fam: Family = family(model, kind, layer)
+        linear = model.get_submodule(fam.last.module)            # o_proj / down_proj
         mask = torch.zeros(linear.in_features, dtype=torch.bool, device=linear.weight.device)
-        mask[kept_inputs(model, kind, layer, kept).to(mask.device)] = True
+        mask[fam.kept_inputs(kept).to(mask.device)] = True
         fill = torch.zeros(linear.in_features, dtype=linear.weight.dtype, device=mask.device)
         if input_stats is not None:
-            name = "down_proj" if kind == "mlp" else "o_proj"
-            fill = input_stats[(layer, name)].mean.to(fill)
+            fill = input_stats[(layer, fam.block)].mean.to(fill)
 
         def probe(module, args, mask=mask, fill=fill):
             x = args[0]                                                   # (B, L, in)
@@ -85,17 +71,9 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
             loss = _mean_loss(model, input_ids, batch_size)
         finally:
             handle.remove()
-        n_groups = _group_count(model, kind, layer)
-        rows.append({"kind": kind, "layer": layer, "kept": len(kept), "removed": n_groups - len(kept),
+        rows.append({"kind": kind, "layer": layer, "kept": len(kept), "removed": fam.n_groups - len(kept),
                      "loss": loss, "loss_increase": loss - base})
     return pd.DataFrame(rows, columns=["kind", "layer", "kept", "removed", "loss", "loss_increase"])
-
-
-def _group_count(model, kind: str, layer: int) -> int:
-    n_q, n_kv, _ = attention_shape(model, layer)
-    if kind == "mlp":
-        return layers_of(model)[layer].mlp.down_proj.in_features
-    return n_kv if kind == "attn" else n_q
 
 
 MAX_LAYER_RATIO = 0.95      # no allocation removes more than this share of one layer's groups

@@ -1,6 +1,8 @@
 """Importance criteria against independent references: finite differences, hand loops."""
 
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -78,15 +80,18 @@ def test_taylor_vector_is_directional_derivative(calib, monkeypatch):
             assert aggregate(st, "sum")[g].item() == pytest.approx(group_total, rel=1e-4)
 
 
-@pytest.mark.parametrize("criterion", ["taylor-element1", "taylor-element2", "taylor-mix", "l1", "l2"])
+@pytest.mark.parametrize("criterion", ["taylor-element1", "taylor-element2", "taylor-mix", "taylor-second",
+                                       "l1", "l2"])
 def test_elementwise_against_hand_loop(model, calib, criterion):
     fams = [attention_family(model, 0), mlp_family(model, 1), hidden_family(model)]
     grads = full_gradients(model, calib)
-    fisher = per_sample_fisher(model, calib) if criterion in ("taylor-element2", "taylor-mix") else {}
+    fisher = per_sample_fisher(model, calib) if criterion not in ("taylor-element1", "l1", "l2") else {}
     reference = {
         "taylor-element1": lambda n, w: (grads[n] * w).abs(),
-        "taylor-element2": lambda n, w: (grads[n] * w).abs() + 0.5 * fisher[n] * w ** 2,
+        # the paper's element-wise second order, Hessian diagonal ~ Fisher (official param_mix)
+        "taylor-element2": lambda n, w: (grads[n] * w - 0.5 * fisher[n] * w ** 2).abs(),
         "taylor-mix": lambda n, w: (grads[n] * w - 0.5 * fisher[n] * w ** 2).abs(),
+        "taylor-second": lambda n, w: fisher[n] * w ** 2,             # official param_second
         "l1": lambda n, w: w.abs(),
         "l2": lambda n, w: w ** 2,
     }[criterion]
@@ -98,11 +103,40 @@ def test_elementwise_against_hand_loop(model, calib, criterion):
 
 def test_aggregations_hand_example():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    expected = {"sum": [9, 12], "mean": [3, 4], "max": [5, 6], "prod": [15, 48],
+    expected = {"sum": [9, 12], "mean": [3, 4], "max": [5, 6], "prod": [math.log(15), math.log(48)],
                 "first": [1, 2], "last": [5, 6]}
     assert set(expected) == set(AGGREGATIONS)
     for how, values in expected.items():
-        assert aggregate(x, how).tolist() == values
+        assert aggregate(x, how).tolist() == pytest.approx(values)
+
+
+def test_prod_stays_finite_and_ranks_like_the_product():
+    # 272 members (9 x 30 layers + 2, like hidden channels of the default model): float32 products
+    # of l1 scores ~50 overflow to inf, of Taylor scores ~1e-3 underflow to 0; the log keeps the order
+    gen = torch.Generator().manual_seed(0)
+    for scale in (50.0, 1e-3):
+        x = scale * (0.5 + torch.rand(272, 6, generator=gen))
+        assert not torch.isfinite(x.prod(0)).all() or (x.prod(0) == 0).all()
+        got = aggregate(x, "prod")
+        assert torch.isfinite(got).all()
+        expected = x.double().log().sum(0)
+        torch.testing.assert_close(got, expected)
+        assert got.argsort().tolist() == expected.argsort().tolist()
+
+
+def test_vector_rows_is_the_official_vectorize(model, calib):
+    """sum over a member's rows (columns for o / down) of |sum of g*w along the row|."""
+    fams = [attention_family(model, 0), mlp_family(model, 1)]
+    grads = full_gradients(model, calib)
+    params = dict(model.named_parameters())
+    stats = member_statistics(model, calib, "taylor-vector-rows", fams)
+    for fam, st in zip(fams, stats):
+        for m, member in enumerate(fam.members):
+            gw = grads[member.param] * params[member.param].detach()
+            per_position = gw.sum(1 - member.dim).abs()
+            for g in range(fam.n_groups):
+                assert st[m, g].item() == pytest.approx(per_position[member.indices(g)].sum().item(),
+                                                        rel=1e-4, abs=1e-8)
 
 
 def test_last_is_o_and_down():
@@ -172,10 +206,9 @@ def test_float16_model_accumulates_fisher_in_float32(calib):
     model = tiny_model(dtype=torch.float16)
     fams = [mlp_family(model, 0)]
     e1 = member_statistics(model, calib, "taylor-element1", fams)[0]
-    e2 = member_statistics(model, calib, "taylor-element2", fams)[0]
-    assert e1.dtype == torch.float32 and torch.isfinite(e2).all()
-    fisher_part = e2 - e1
-    assert (fisher_part > 0).all()
+    second = member_statistics(model, calib, "taylor-second", fams)[0]
+    assert e1.dtype == torch.float32 and torch.isfinite(second).all()
+    assert (second > 0).all()
     up = model.model.layers[0].mlp.up_proj.weight
     g = full_gradients(model, calib[:1])["model.layers.0.mlp.up_proj.weight"]
     naive = (g * g / calib.shape[0]) * up.detach() * up.detach()     # float16 arithmetic

@@ -153,7 +153,7 @@ def test_recomputed_compensation_means_follow_the_partly_pruned_model(calib):
                                dense_means.model.layers[0].mlp.down_proj.bias)
     # layer 1's means come from the model whose layer 0 is already pruned and compensated
     first = apply_plan(model, Plan(mlp_keep={0: kept0}), input_statistics(model, calib))
-    mean1 = input_statistics(first, calib)[(1, "down_proj")].mean
+    mean1 = input_statistics(first, calib)[(1, "mlp")].mean
     w1 = model.model.layers[1].mlp.down_proj.weight.double()
     expected = w1[:, removed1] @ mean1[removed1]
     got = recomputed.model.layers[1].mlp.down_proj.bias.double()
