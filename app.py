@@ -138,20 +138,21 @@ def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind,
                                    seq_len, kind, scale)
 
 
-def _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
-            allocation, a0, a1, m0, m1, steps):
+def _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+            recompute, allocation, a0, a1, m0, m1, steps):
     return handlers.prune_config(mode, amount, scope, strategy, granularity,
                                  None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps,
-                                 allocation, recompute)
+                                 allocation, recompute, model=session.original)
 
 
 @friendly
 @gpu
 def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
                   allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
-    config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     recompute, allocation, a0, a1, m0, m1, steps)
-    return handlers.preview(session_of(request), config, criterion, aggregation, scale)
+    session = session_of(request)
+    config, _ = _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
+                        recompute, allocation, a0, a1, m0, m1, steps)
+    return handlers.preview(session, config, criterion, aggregation, scale)
 
 
 @friendly
@@ -159,9 +160,10 @@ def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_sh
 def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
               allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
               progress=gr.Progress(track_tqdm=True)):
-    config = _config(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
-                     recompute, allocation, a0, a1, m0, m1, steps)
-    return handlers.run_prune(session_of(request), config, criterion, aggregation, scale, progress)
+    session = session_of(request)
+    config, notes = _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share,
+                            compensate, recompute, allocation, a0, a1, m0, m1, steps)
+    return handlers.run_prune(session, config, criterion, aggregation, scale, progress, notes)
 
 
 @friendly

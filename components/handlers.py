@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
+from pruner.prune import needs_calibration
+from pruner.recipes import recipe_record
 from pruner.activations import input_statistics
 from pruner.data import DataUnavailableError, calibration_ids
 from pruner.evaluate import evaluate, model_stats, perplexity
@@ -176,20 +178,21 @@ def compare_scores(session: Session, crit_a, agg_a, crit_b, agg_b, source, sampl
 # ----------------------------------------------------------------------------- prune
 
 def prune_config(mode, amount, scope, strategy, granularity, attn_share, compensate, attn_start,
-                 attn_end, mlp_start, mlp_end, steps, allocation="uniform", recompute=False) -> PruneConfig:
+                 attn_end, mlp_start, mlp_end, steps, allocation="uniform", recompute=False,
+                 model=None) -> tuple[PruneConfig, list[str]]:
+    """The PruneConfig the Prune tab's controls describe, normalised by the engine for `model`
+    (settings that cannot apply are turned off), and the notes saying what was turned off."""
     amount = float(amount)
     if not 0 < amount < 0.95:
         raise ValueError(f"the pruning amount must be between 0 and 0.95, got {amount}")
     share = None if attn_share is None or float(attn_share) < 0 else float(attn_share)
     by_params = mode == "share of parameters"
-    return PruneConfig(ratio=0.0 if by_params else amount, target_params=amount if by_params else None,
-                       scope=scope, strategy=strategy, attn_granularity=granularity,
-                       attn_share=share if by_params and strategy == "block" else None,
-                       compensate=bool(compensate) and strategy == "block",
-                       recompute_means=bool(recompute) and bool(compensate) and strategy == "block",
-                       allocation=allocation if strategy == "block" and scope == "local" else "uniform",
-                       attn_layers=(int(attn_start), int(attn_end)),
-                       mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))
+    config = PruneConfig(ratio=0.0 if by_params else amount, target_params=amount if by_params else None,
+                         scope=scope, strategy=strategy, attn_granularity=granularity, attn_share=share,
+                         compensate=bool(compensate), recompute_means=bool(recompute),
+                         allocation=allocation, attn_layers=(int(attn_start), int(attn_end)),
+                         mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))
+    return config.normalized(model)
 
 
 def _scores_for(session: Session, config: PruneConfig, criterion: str, aggregation: str):
@@ -255,17 +258,19 @@ def comparison_table(before: dict, after: dict, label_after: str = "pruned") -> 
     return pd.DataFrame(rows)
 
 
-def run_prune(session: Session, config: PruneConfig, criterion, aggregation, scale="linear", progress=None):
+def run_prune(session: Session, config: PruneConfig, criterion, aggregation, scale="linear", progress=None,
+              notes: list[str] | None = None):
     scores = _scores_for(session, config, criterion, aggregation)
-    needs_calibration = criterion not in ("random", "l1", "l2") or config.compensate
-    ids = session.calibration if needs_calibration else None
+    score_config = ScoreConfig(criterion, aggregation)
+    calibrated = needs_calibration(score_config, config)
+    ids = session.calibration if calibrated else None
 
     def report(step, total, message):
         if progress:
             progress((step + 0.5) / (total + 1), desc=message)
 
     with accelerated(session.original):
-        result = prune_model(session.original, ids, ScoreConfig(criterion, aggregation), config, report)
+        result = prune_model(session.original, ids, score_config, config, report)
         pruned = result.model
         if progress:
             progress(0.9, desc="measuring before / after")
@@ -274,14 +279,17 @@ def run_prune(session: Session, config: PruneConfig, criterion, aggregation, sca
         after = measure(pruned, session.tokenizer)
     pruned.to(next(session.original.parameters()).device)   # on ZeroGPU: back to the CPU with the rest
     session.pruned, session.prune_result, session.recovery, session.merged = pruned, result, None, None
-    session.recipe = {**session.score_settings, "criterion": criterion, "aggregation": aggregation,
-                      **{k: v for k, v in vars(config).items()}, "base_model": session.source,
-                      "group_ratios": result.group_ratios}
+    calibration = {"source": session.score_settings.get("calibration"),
+                   "samples": session.score_settings.get("samples"),
+                   "seq_len": session.score_settings.get("seq_len"), "seed": 0} if calibrated else None
+    session.recipe = recipe_record(score_config, config, calibration, session.source, result.group_ratios,
+                                   notes=notes)
     removed = result.plans[0].removed_groups(scores) if len(result.plans) == 1 else None
     text = (f"Removed {100 * result.report['ratio_params_removed']:.1f}% of the parameters "
             f"({result.report['params_before']:,} -> {result.report['params_after']:,}); "
             f"MACs per token {result.report['macs_per_token_before']:,.0f} -> "
-            f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged.")
+            f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged."
+            + "".join(f"\n\nNote: {n}." for n in notes or []))
     return (comparison_table(before, after),
             figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity),
             *heatmaps(session, scale, removed), text)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from .data import DataUnavailableError
-from .importance import AGGREGATIONS, CRITERIA
+from .importance import AGGREGATIONS, ALIASES, CRITERIA
 from .models import ModelLoadError
 from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
 from .recipes import RECIPES
@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA)
+    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA + tuple(ALIASES))
     p.add_argument("--aggregation", default="sum" if defaults else None, choices=AGGREGATIONS)
     p.add_argument("--calib-data", default="builtin",
                    help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
@@ -156,12 +156,10 @@ def _load(args):
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
-def _calib_ids(args, tokenizer, criterion: str, also_needed: bool = False):
-    """Calibration tokens, or None when nothing needs them (magnitude / random, no compensation)."""
+def _calib_ids(args, tokenizer):
+    """The calibration tokens the flags describe."""
     from .data import calibration_ids
 
-    if criterion in ("random", "l1", "l2") and not also_needed:
-        return None
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
                            args.seed, args.data_dir)
 
@@ -191,13 +189,13 @@ def cmd_inspect(args) -> dict:
 
 
 def cmd_score(args) -> dict:
-    from .importance import ScoreConfig, score
+    from .importance import CALIBRATION_FREE, ScoreConfig, score
 
     model, tokenizer = _load(args)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     start = time.perf_counter()
-    df = score(model, _calib_ids(args, tokenizer, args.criterion),
-               ScoreConfig(args.criterion, args.aggregation, kinds=kinds, seed=args.seed))
+    config = ScoreConfig(args.criterion, args.aggregation, kinds=kinds, seed=args.seed)
+    df = score(model, None if config.criterion in CALIBRATION_FREE else _calib_ids(args, tokenizer), config)
     seconds = time.perf_counter() - start
     summary = df.groupby("kind").score.describe()[["count", "mean", "min", "max"]]
     print(f"{args.criterion} / {args.aggregation} scores in {seconds:.1f}s\n{summary.to_string()}")
@@ -215,8 +213,8 @@ def cmd_score(args) -> dict:
 
 def cmd_prune(args) -> dict:
     from .export import save
-    from .prune import prune_model
-    from .recipes import recipe
+    from .prune import needs_calibration, prune_model
+    from .recipes import recipe, recipe_record
 
     model, tokenizer = _load(args)
     prune_changes = dict(
@@ -230,23 +228,20 @@ def cmd_prune(args) -> dict:
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},
                                   prune_changes)
-    if args.one_ratio or config.strategy != "block" or config.target_params is None \
-            or args.no_attn or args.no_mlp:
+    if args.one_ratio or args.no_attn or args.no_mlp:
         config.attn_share = None
-    if config.strategy != "block":
-        config.compensate = False
-    config.recompute_means = config.recompute_means and config.compensate
-    if config.strategy != "block" or config.scope != "local":
-        config.allocation = "uniform"
+    config, notes = config.normalized(model)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     args.criterion, args.aggregation = score_config.criterion, score_config.aggregation
     start = time.perf_counter()
 
     def progress(step, total, message):
         print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
-    ids = _calib_ids(args, tokenizer, args.criterion,
-                     also_needed=config.compensate or config.allocation == "sensitivity")
-    result = prune_model(model, ids, score_config, config, progress)
+    calibrated = needs_calibration(score_config, config)
+    ids = _calib_ids(args, tokenizer) if calibrated else None
+    result = prune_model(model, ids, score_config, config, progress, in_place=True)
     seconds = time.perf_counter() - start
     report = dict(result.report)
     print(f"pruned in {seconds:.1f}s (preset {args.preset}: {config.strategy}, {config.scope}, "
@@ -260,23 +255,10 @@ def cmd_prune(args) -> dict:
     if result.sensitivity is not None:
         print("per-layer sensitivity (calibration loss increase when pruned alone):\n"
               + result.sensitivity.round(5).to_string(index=False))
-    recipe = {
-        "preset": args.preset, "criterion": args.criterion, "aggregation": args.aggregation,
-        "ratio": config.ratio if config.target_params is None else None,
-        "target_params": config.target_params, "group_ratios": result.group_ratios,
-        "scope": config.scope, "strategy": config.strategy,
-        "attn_granularity": config.attn_granularity, "attn_share": config.attn_share,
-        "compensate": config.compensate, "recompute_means": config.recompute_means,
-        "allocation": config.allocation,
-        "layer_spread": config.layer_spread,
-        "attn_layers": list(config.attn_layers) if config.attn_layers else "default",
-        "mlp_layers": list(config.mlp_layers) if config.mlp_layers else "default",
-        "prune_attn": config.prune_attn, "prune_mlp": config.prune_mlp,
-        "iterative_steps": config.iterative_steps, "seed": args.seed,
-        "calibration": {"source": args.calib_data, "samples": args.calib_samples,
-                        "seq_len": args.calib_len},
-        "base_model": args.model,
-    }
+    calibration = {"source": args.calib_data, "samples": args.calib_samples, "seq_len": args.calib_len,
+                   "seed": args.seed} if calibrated else None
+    recipe = recipe_record(score_config, config, calibration, args.model, result.group_ratios,
+                           args.preset, notes)
     if args.out:
         save(result.model, args.out, tokenizer, recipe)
         print(f"saved to {args.out}")

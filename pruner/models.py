@@ -127,6 +127,9 @@ def build_from_state(config, state: dict, dtype: torch.dtype):
     arch = arch_of(model)
     for layer in model.model.layers:
         arch.sync_layer(layer, model.config)
+    for name, eps in ((getattr(config, "pruning", None) or {}).get("norm_eps") or {}).items():
+        norm = model.get_submodule(name)
+        setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", float(eps))
     model.eval()
     return model
 
@@ -168,7 +171,8 @@ def load_pruned(directory, device="auto", dtype=None):
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    if (getattr(config, "pruning", None) or {}).get("layer_widths"):
+    record = getattr(config, "pruning", None) or {}
+    if record.get("layer_widths") or record.get("norm_eps"):
         state = {k: v.to(torch_dtype) for k, v in _read_state(folder).items()}
         model = build_from_state(config, state, torch_dtype)
     else:
@@ -214,7 +218,7 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype):
         raise ModelLoadError(f"model folder {source!r} does not exist")
     if local and (path / "config.json").is_file():
         record = json.loads((path / "config.json").read_text()).get("pruning", {})
-        if record.get("layer_widths"):
+        if record.get("layer_widths") or record.get("norm_eps"):
             return load_pruned(path, device="cpu", dtype=dtype)   # per-layer widths
     where = f"folder {source!r}" if local else f"hub id {source!r}"
     try:

@@ -440,7 +440,24 @@ def sync_config(model) -> None:
         record["layer_widths"] = [
             {"heads": int(w.heads), "kv_heads": int(w.kv_heads),
              "intermediate_size": int(w.intermediate_size)} for w in widths.itertuples()]
+    eps = _norm_eps_overrides(model)
+    if eps:
+        record["norm_eps"] = eps
+    else:
+        record.pop("norm_eps", None)
     config.pruning = record
+
+
+def _norm_eps_overrides(model) -> dict[str, float]:
+    """Norms whose epsilon differs from config.rms_norm_eps (rescaled when sliced: OLMo 2's q/k
+    norms over all heads; head-dim q/k norms after hidden channels go), for `load_pruned`."""
+    base = float(getattr(model.config, "rms_norm_eps", 0.0) or 0.0)
+    out = {}
+    for name, module in model.named_modules():
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        if isinstance(eps, float) and "norm" in name and abs(eps - base) > 1e-12 * max(base, 1e-30):
+            out[name] = eps
+    return out
 
 
 def _add_zero_biases(model, blocks: set[str]) -> None:
@@ -565,25 +582,33 @@ def _remap_ranges(config: PruneConfig, origin: list[int], n_layers0: int) -> Pru
     return new
 
 
-def prune_report(before, after, seq_len: int = 128) -> dict:
-    """Params (total, non-embedding) and MACs per token of two models, and the removed share."""
+def model_size(model, seq_len: int = 128) -> dict:
+    """Params (total, non-embedding) and MACs per token: one side of a before / after report."""
     from .stats import count_params, macs_per_token
 
-    b, a = count_params(before), count_params(after)
+    return {**count_params(model), "macs_per_token": macs_per_token(model, seq_len)}
+
+
+def prune_report(before, after, seq_len: int = 128) -> dict:
+    """Params (total, non-embedding) and MACs per token of two models (or their `model_size`
+    dicts), and the removed share."""
+    b = before if isinstance(before, dict) else model_size(before, seq_len)
+    a = after if isinstance(after, dict) else model_size(after, seq_len)
     return {
         "params_before": b["params"], "params_after": a["params"],
         "params_non_embedding_before": b["params_non_embedding"],
         "params_non_embedding_after": a["params_non_embedding"],
         "ratio_params_removed": 1.0 - a["params"] / b["params"],
         "ratio_non_embedding_removed": 1.0 - a["params_non_embedding"] / b["params_non_embedding"],
-        "macs_per_token_before": macs_per_token(before, seq_len),
-        "macs_per_token_after": macs_per_token(after, seq_len),
+        "macs_per_token_before": b["macs_per_token"],
+        "macs_per_token_after": a["macs_per_token"],
     }
 
 
 def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig | None = None,
-                progress=None) -> PruneResult:
-    """Score, plan and slice `iterative_steps` times; the original `model` is never modified.
+                progress=None, in_place: bool = False) -> PruneResult:
+    """Score, plan and slice `iterative_steps` times. The original `model` is never modified,
+    unless `in_place=True` (the caller owns it: no copy of the model is made then).
 
     input_ids: (n_samples, seq_len) calibration tokens (unused by random / l1 / l2).
     progress: optional callable(step, total_steps, message) for UIs.
@@ -601,6 +626,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     score_config.validate()
     steps = int(prune_config.iterative_steps)
     params0 = count_params(model)["params"]
+    size_before, widths_before = model_size(model), layer_widths(model)
     current, origin = model, list(range(n_layers0))
     plans, ratios, counts0, scores, sensitivities = [], [], None, None, []
     for step in range(1, steps + 1):
@@ -639,11 +665,12 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         if progress:
             progress(step - 1, steps, f"step {step}/{steps}: slicing")
         origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
-        current = apply_plan(current, plan, stats, input_ids if prune_config.recompute_means else None)
+        current = apply_plan(current, plan, stats, input_ids if prune_config.recompute_means else None,
+                             in_place=in_place or step > 1)      # later steps slice our own copy
         plans.append(plan)
         ratios.append(float(ratio))
     if progress:
         progress(steps, steps, "measuring")
-    return PruneResult(current, plans, scores, ratios, prune_report(model, current),
-                       layer_widths(model), layer_widths(current),
+    return PruneResult(current, plans, scores, ratios, prune_report(size_before, current),
+                       widths_before, layer_widths(current),
                        pd.concat(sensitivities, ignore_index=True) if sensitivities else None)

@@ -9,7 +9,7 @@ summed over each group, no compensation.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from .importance import ScoreConfig
 from .prune import PruneConfig
@@ -36,3 +36,20 @@ def recipe(name: str, score_overrides: dict | None = None,
         if prune_config.attn_share is not None:
             changes.setdefault("attn_share", None)
     return score_config, replace(prune_config, **changes)
+
+
+def recipe_record(score_config: ScoreConfig, prune_config: PruneConfig, calibration: dict | None,
+                  base_model: str, group_ratios: list[float] | None = None, preset: str | None = None,
+                  notes: list[str] | None = None) -> dict:
+    """The one schema both fronts store with an export (config.json `pruning.recipe`, pruning.json).
+
+    calibration: {"source", "samples", "seq_len", "seed"} or None when nothing read calibration text.
+    """
+    prune = asdict(prune_config)
+    for key in ("attn_layers", "mlp_layers"):
+        prune[key] = list(prune[key]) if prune[key] is not None else "default"
+    return {"preset": preset, "base_model": base_model,
+            "score": {"criterion": score_config.criterion, "aggregation": score_config.aggregation,
+                      "seed": score_config.seed},
+            "prune": prune, "group_ratios": list(group_ratios or []), "calibration": calibration,
+            "notes": list(notes or [])}

@@ -281,9 +281,13 @@ class LoraRecovery:
         base = copy.deepcopy(model)
         for p in base.parameters():
             p.requires_grad_(False)
+        targets = tuple(self.settings.target_modules)
+        if set(targets) == set(LLM_PRUNER_TARGETS):      # "every projection", in this family's names
+            from .arch import arch_of
+
+            targets = arch_of(model).lora_targets()
         config = LoraConfig(r=self.settings.r, lora_alpha=self.settings.alpha,
-                            lora_dropout=self.settings.dropout,
-                            target_modules=list(self.settings.target_modules),
+                            lora_dropout=self.settings.dropout, target_modules=list(targets),
                             bias="none", task_type="CAUSAL_LM")
         self.model = get_peft_model(base, config)
         self.device = next(self.model.parameters()).device

@@ -50,7 +50,7 @@ def test_prune_with_sensitivity_allocation(tiny_folder, tmp_path, capsys):
                  "--layers", "0:2", "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"),
                  "--json"]) == 0
     out = last_json(capsys)
-    assert out["recipe"]["allocation"] == "sensitivity" and out["recipe"]["recompute_means"]
+    assert out["recipe"]["prune"]["allocation"] == "sensitivity" and out["recipe"]["prune"]["recompute_means"]
     assert [(r["kind"], r["layer"]) for r in out["sensitivity"]] == [("qhead", 0), ("qhead", 1),
                                                                      ("mlp", 0), ("mlp", 1)]
     assert {"loss_increase", "removed", "kept"} <= set(out["sensitivity"][0])
