@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import traceback
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -20,6 +21,7 @@ import torch
 
 from components import figures, handlers
 from components.session import SessionError, SessionRegistry
+from components.store import CapacityError, Store
 from pruner.data import DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.importance import AGGREGATIONS, CRITERIA
@@ -31,7 +33,8 @@ from pruner.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 log = logging.getLogger("pruning-studio")
-REGISTRY = SessionRegistry()
+STORE = Store()
+REGISTRY = SessionRegistry(STORE)
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
@@ -43,119 +46,158 @@ except ImportError:
         return fn
 
 CRITERION_HELP = {"random": "random baseline", "l1": "sum |w|", "l2": "sum w^2",
-                  "taylor-vector": "|sum g*w| per slice", "taylor-element1": "sum |g*w|",
-                  "taylor-element2": "+ 0.5 Fisher w^2", "taylor-mix": "LLM-Pruner param_mix",
-                  "fluctuation": "FLAP: Var[x] ||W||^2"}
+                  "taylor-vector": "|sum g*w| per slice", "taylor-vector-rows": "official: sum of |sum g*w| per row",
+                  "taylor-element1": "sum |g*w|", "taylor-element2": "sum |g*w - F w^2 / 2| (param_mix)",
+                  "taylor-second": "official param_second: sum F w^2", "fluctuation": "FLAP: Var[x] ||W||^2"}
 
 
-def friendly(fn):
-    """Every failure becomes a readable gr.Error, never a stack trace; out-of-memory frees the
-    GPU cache and says so. Works for plain functions and generators."""
-    def translate(err: Exception) -> gr.Error:
-        if isinstance(err, gr.Error):
-            return err
-        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return gr.Error("Out of memory: the GPU cache was freed. Try fewer samples, a shorter "
-                            "sequence, a smaller limit, or a smaller model.")
-        if isinstance(err, (SessionError, ModelLoadError, DataUnavailableError, ValueError)):
-            return gr.Error(str(err))
-        log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
-        return gr.Error(f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). "
-                        "Your session and the original model are unchanged.")
+def message_of(err: Exception) -> str:
+    """A readable message for any failure; out-of-memory frees the GPU cache and says so."""
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return ("Out of memory: the GPU cache was freed. Try fewer samples, a shorter sequence, a smaller "
+                "limit, or a smaller model.")
+    if isinstance(err, (SessionError, ModelLoadError, DataUnavailableError, ValueError, CapacityError)):
+        return str(err)
+    if isinstance(err, gr.Error):
+        return str(err.message)
+    log.error("unexpected error:\n%s", traceback.format_exc())
+    return (f"Something went wrong ({type(err).__name__}: {str(err)[:300]}). Your session and the original "
+            "model are unchanged.")
 
-    if inspect.isgeneratorfunction(fn):
+
+def friendly(n_outputs: int):
+    """Every failure becomes a message in the event's status line (its last output) and a toast;
+    the other outputs keep their previous, good values (no stale error badges on panels). Works
+    for plain functions and generators."""
+    def wrap(fn):
+        def failed(err: Exception):
+            text = message_of(err)
+            gr.Warning(text)
+            updates = [gr.skip()] * (n_outputs - 1) + [f"**Error:** {text}"]
+            return updates[0] if n_outputs == 1 else tuple(updates)
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as err:  # noqa: BLE001 - shown to the visitor
+                    yield failed(err)
+            return gen_wrapper
+
         @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
+        def wrapper(*args, **kwargs):
             try:
-                yield from fn(*args, **kwargs)
-            except Exception as err:
-                raise translate(err) from None
-        return gen_wrapper
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - shown to the visitor
+                return failed(err)
+        return wrapper
+    return wrap
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            raise translate(err) from None
-    return wrapper
+
+def visitor_of(request: gr.Request) -> str:
+    return REGISTRY.visitor(request.session_hash)
 
 
 def session_of(request: gr.Request):
-    return REGISTRY.get(request.session_hash)
+    return REGISTRY.get(visitor_of(request))
 
 
 # ----------------------------------------------------------------------------- event functions
 
-@friendly
+def restore(visitor_key, request: gr.Request):
+    """Page load: remember this browser's visitor key (a new one on a first visit) and say what
+    this visitor's session still holds, so a reload loses nothing."""
+    key = visitor_key or f"v-{uuid.uuid4().hex}"
+    REGISTRY.alias(request.session_hash, key)
+    session = REGISTRY.find(key)
+    if session is None:
+        return key, "Press **Load model** to start."
+    held = ["model"] + [what for what, have in (("scores", session.scores is not None),
+                                                ("a pruned model", session.prune_key),
+                                                ("a LoRA recovery", session.recovery or session.recovery_key),
+                                                ("pruned + LoRA", session.merged_key)) if have]
+    return key, (f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
+                 f"({', '.join(held)}). Carry on where you left off.")
+
+
+@friendly(10)
 @gpu
 def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     source = "default" if source_kind.startswith("built-in") else (custom or "").strip()
     if not source:
         raise ValueError("type a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a local folder")
-    session, table = handlers.load(REGISTRY, request.session_hash, source, progress)
+    session, table, shared = handlers.load(REGISTRY, STORE, visitor_of(request), source, progress)
     n = session.info["layers"]
     start, end = default_layer_range(n)
-    status = (f"Loaded **{session.info['name']}** on {session.info['device']} "
-              f"({session.info['dtype']}). Next: look at its coupled structures, then score them.")
-    fig, groups = handlers.structure(session, min(start, n - 1))
+    fig, groups = handlers.structure(STORE, session, min(start, n - 1))
     slider = gr.update(maximum=n - 1, value=min(start, n - 1))
     ranges = [gr.update(maximum=n, value=v) for v in (start, end, start, end)]
-    return (table, status, slider, fig, groups, *ranges)
+    config, notes = RECIPES["default"][1].normalized(session.original(STORE).model)
+    compensate_box = gr.update(value=config.compensate, info=notes[0] if notes else None)
+    status = (f"Loaded **{session.info['name']}** ({session.info['family']}) on {session.info['device']} "
+              f"({session.info['dtype']}). Next: look at its coupled structures, then score them."
+              + (" *(shared: already loaded on this server, no new copy)*" if shared else ""))
+    return (table, slider, fig, groups, *ranges, compensate_box, status)
 
 
-@friendly
+@friendly(3)
 def show_structure(layer, request: gr.Request):
-    return handlers.structure(session_of(request), layer)
+    fig, table = handlers.structure(STORE, session_of(request), layer)
+    return fig, table, f"Layer {int(layer)}."
 
 
-@friendly
+@friendly(4)
 @gpu
 def run_score(criterion, aggregation, source, samples, seq_len, scale, request: gr.Request,
               progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    progress(0.1, desc=f"scoring with {criterion}")
-    scores = handlers.run_score(session, criterion, aggregation, source, samples, seq_len)
+    progress(0.1, desc=f"scoring with {criterion} (forward + backward on the calibration tokens)")
+    scores, hit = handlers.run_score(STORE, session, criterion, aggregation, source, samples, seq_len)
     attn, mlp = handlers.heatmaps(session, scale)
     top = scores.groupby("kind").score.agg(["min", "median", "max"]).round(6).reset_index()
     return attn, mlp, top, (f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
-                            f"{int(samples)} x {int(seq_len)} calibration tokens ({source}).")
+                            f"{int(samples)} x {int(seq_len)} calibration tokens ({source})."
+                            + handlers.cache_note(hit))
 
 
-@friendly
+@friendly(3)
 def redraw(scale, request: gr.Request):
-    return handlers.heatmaps(session_of(request), scale)
+    return (*handlers.heatmaps(session_of(request), scale), f"Colour: {scale}.")
 
 
-@friendly
+@friendly(5)
 @gpu
 def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind, scale,
                    request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     progress(0.1, desc="scoring both")
-    return handlers.compare_scores(session_of(request), crit_a, agg_a, crit_b, agg_b, source, samples,
-                                   seq_len, kind, scale)
+    *out, hit = handlers.compare_scores(STORE, session_of(request), crit_a, agg_a, crit_b, agg_b, source,
+                                        samples, seq_len, kind, scale)
+    return (*out, "Compared." + handlers.cache_note(hit))
 
 
 def _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
             recompute, allocation, a0, a1, m0, m1, steps):
     return handlers.prune_config(mode, amount, scope, strategy, granularity,
                                  None if one_ratio else attn_share, compensate, a0, a1, m0, m1, steps,
-                                 allocation, recompute, model=session.original)
+                                 allocation, recompute, model=session.original(STORE).model)
 
 
-@friendly
+@friendly(3)
 @gpu
 def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
-                  allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request):
+                  allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
+                  progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
     config, _ = _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
                         recompute, allocation, a0, a1, m0, m1, steps)
-    return handlers.preview(session, config, criterion, aggregation, scale)
+    progress(0.2, desc="planning which groups go")
+    return handlers.preview(STORE, session, config, criterion, aggregation, scale)
 
 
-@friendly
+@friendly(5)
 @gpu
 def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
               allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
@@ -163,35 +205,43 @@ def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share,
     session = session_of(request)
     config, notes = _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share,
                             compensate, recompute, allocation, a0, a1, m0, m1, steps)
-    return handlers.run_prune(session, config, criterion, aggregation, scale, progress, notes)
+    return handlers.run_prune(STORE, session, config, criterion, aggregation, scale, progress, notes)
 
 
-@friendly
+@friendly(2)
 @gpu
 def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-    progress(0.2, desc="magnitude pruning a copy")
-    return handlers.magnitude_contrast(session_of(request), amount)
+    progress(0.2, desc="magnitude pruning a copy, then measuring it")
+    return handlers.magnitude_contrast(STORE, session_of(request), amount)
 
 
-@friendly
+@friendly(2)
 @gpu
 def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
                 progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    recovery, n_examples = handlers.start_recovery(session, preset_name, steps, lr, distill, data_source,
-                                                   progress)
-    yield figures.loss_figure([]), f"Training LoRA on {n_examples} examples ..."
-    with handlers.accelerated(session.original, recovery.model):
+    recovery, hit, _ = handlers.start_recovery(STORE, session, preset_name, steps, lr, distill, data_source,
+                                               progress)
+    if hit:
+        yield (figures.loss_figure(recovery.history),
+               f"Recovered: {recovery.step} steps, final loss {recovery.history[-1]['loss']:.3f}."
+               + handlers.cache_note(True) + " Press **Merge** to fold LoRA into the weights.")
+        return
+    yield figures.loss_figure([]), f"Training LoRA on {len(recovery.tokenized)} examples ..."
+    original = session.original(STORE).model
+    with handlers.accelerated(original, recovery.model):
         for figures_now in recovery.train():
             s = recovery.settings
             yield (figures.loss_figure(recovery.history),
                    f"step {figures_now['step']}/{s.max_steps}  loss {figures_now['loss']:.3f}  "
                    f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
+    handlers.finish_recovery(STORE, session, recovery)
     yield (figures.loss_figure(recovery.history),
-           f"Stopped after {recovery.step} steps. Press **Merge** to fold LoRA into the weights.")
+           f"Stopped after {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s). "
+           "Press **Merge** to fold LoRA into the weights.")
 
 
-@friendly
+@friendly(1)
 def stop_recover(request: gr.Request):
     session = session_of(request)
     if session.recovery is not None:
@@ -199,13 +249,14 @@ def stop_recover(request: gr.Request):
     return "Stopping after the current step ..."
 
 
-@friendly
+@friendly(1)
 @gpu
-def run_merge(request: gr.Request):
-    return handlers.merge(session_of(request))
+def run_merge(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    progress(0.2, desc="merging LoRA into the weights, then a quick perplexity of both")
+    return handlers.merge(STORE, session_of(request))
 
 
-@friendly
+@friendly(4)
 @gpu
 def run_compare(prompt, max_tokens, sample, seed, chat, request: gr.Request):
     session = session_of(request)
@@ -214,31 +265,38 @@ def run_compare(prompt, max_tokens, sample, seed, chat, request: gr.Request):
     settings.validate()
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type something for the models to continue")
-    for texts, rates in handlers.compare_stream(session, prompt, settings):
-        line = "  |  ".join(f"{name}: {rate:.1f} tokens/s" for name, rate in rates.items())
+    for texts, rates, cached in handlers.compare_stream(STORE, session, prompt, settings):
+        line = "  |  ".join(f"{name}: {rate:.1f} tokens/s" + (" (cached)" if name in cached else "")
+                            for name, rate in rates.items())
         yield texts["original"], texts["pruned"], texts["pruned + LoRA"], line or "generating ..."
 
 
-@friendly
+@friendly(3)
 @gpu
 def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
                  progress=gr.Progress(track_tqdm=True)):
-    table = handlers.run_evaluation(session_of(request), list(which or []), list(corpora or []),
-                                    list(tasks or []), windows, limit, progress)
-    return table.round(4), figures.evaluation_figure(table)
+    table, hits = handlers.run_evaluation(STORE, session_of(request), list(which or []), list(corpora or []),
+                                          list(tasks or []), windows, limit, progress)
+    note = f" ({hits} of them from the class cache)" if hits else ""
+    return table.round(4), figures.evaluation_figure(table), f"Evaluated {len(table)} model(s){note}."
 
 
-@friendly
-def run_export(which, request: gr.Request):
-    archive, recipe, adapter = handlers.export(session_of(request), which)
+@friendly(4)
+def run_export(which, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    archive, recipe, adapter, hit = handlers.export(STORE, session_of(request), which, progress)
     note = ("Unzip and load with `AutoModelForCausalLM.from_pretrained(folder)` (uniform widths) or "
-            "`pruner.load_model(folder)` (per-layer widths: recorded in config.json).")
+            "`pruner.load_model(folder)` (per-layer widths: recorded in config.json)." + handlers.cache_note(hit))
     return archive, recipe, adapter, note
 
 
-@friendly
+@friendly(1)
 def run_push(which, repo_id, token, request: gr.Request):
-    return handlers.push_to_hub(session_of(request), which, repo_id, token)
+    return handlers.push_to_hub(STORE, session_of(request), which, repo_id, token)
+
+
+def server_stats():
+    """The class cache and memory at a glance (hits, entries, GB used of the budget)."""
+    return {**STORE.stats(), "sessions": len(REGISTRY)}
 
 
 def _controls(name: str) -> tuple:
@@ -257,10 +315,6 @@ def apply_recipe(name):
     return RECIPE_CONTROLS[name]
 
 
-def free_session(request: gr.Request):
-    REGISTRY.drop(request.session_hash)
-
-
 # ----------------------------------------------------------------------------- layout
 
 def explain(text: str):
@@ -270,6 +324,7 @@ def explain(text: str):
 def build() -> gr.Blocks:
     prompts = [line.strip() for line in (ASSETS / "prompts.txt").read_text().splitlines() if line.strip()]
     with gr.Blocks(title="Pruning Studio") as demo:
+        visitor = gr.BrowserState("", storage_key="pruning-studio-visitor")
         gr.Markdown("# Pruning Studio\nWatch **LLM-Pruner** structural pruning happen: find the coupled "
                     "structures of a decoder, score them, cut them out, recover with LoRA, and compare.",
                     elem_classes="ps-header")
@@ -281,10 +336,13 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     source_kind = gr.Radio(["built-in default (SmolLM2-135M-Instruct)", "hub id or local folder"],
                                            value="built-in default (SmolLM2-135M-Instruct)", label="source")
-                    custom = gr.Textbox(label="hub id or folder", placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
+                    custom = gr.Textbox("", label="hub id or folder", placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
                 load_btn = gr.Button("Load model", variant="primary")
                 load_status = gr.Markdown(elem_classes="ps-status")
                 facts = gr.Dataframe(label="architecture", interactive=False)
+                with gr.Accordion("Server (for teachers): class cache and memory", open=False):
+                    stats_btn = gr.Button("Refresh")
+                    stats_json = gr.JSON(label="cache hits, entries, memory used of the budget")
             # 2 ---------------------------------------------------------------- Structure
             with gr.Tab("2 · Structure"):
                 explain("LLM-Pruner's **dependency groups**: removing a neuron forces removing every neuron "
@@ -295,6 +353,7 @@ def build() -> gr.Blocks:
                 layer = gr.Slider(0, 29, value=3, step=1, label="layer")
                 structure_fig = gr.Plot(label="coupled structures of the layer")
                 structure_table = gr.Dataframe(label="groups and their parameters", interactive=False)
+                structure_status = gr.Markdown(elem_classes="ps-status")
             # 3 ---------------------------------------------------------------- Importance
             with gr.Tab("3 · Importance"):
                 explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
@@ -328,6 +387,7 @@ def build() -> gr.Blocks:
                         map_b = gr.Plot(label="B")
                     corr_fig = gr.Plot(label="rank correlation per layer")
                     disagree = gr.Dataframe(label="groups where A and B disagree most", interactive=False)
+                    compare_status = gr.Markdown(elem_classes="ps-status")
             # 4 ---------------------------------------------------------------- Prune
             with gr.Tab("4 · Prune"):
                 explain("Choose how much to remove and where. **Preview** marks the groups that will go on "
@@ -425,6 +485,7 @@ def build() -> gr.Blocks:
                     eval_cancel = gr.Button("Cancel")
                 eval_table = gr.Dataframe(label="results", interactive=False)
                 eval_fig = gr.Plot(label="results")
+                eval_status = gr.Markdown(elem_classes="ps-status")
             # 8 ---------------------------------------------------------------- Export
             with gr.Tab("8 · Export"):
                 explain("Download a folder archive of safetensors + config + tokenizer that "
@@ -437,8 +498,8 @@ def build() -> gr.Blocks:
                     adapter_file = gr.File(label="LoRA adapter (zip)")
                 export_note = gr.Markdown()
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
-                    repo_id = gr.Textbox(label="repository", placeholder="your-name/smollm2-pruned")
-                    token = gr.Textbox(label="write token", type="password")
+                    repo_id = gr.Textbox("", label="repository", placeholder="your-name/smollm2-pruned")
+                    token = gr.Textbox("", label="write token", type="password")
                     push_btn = gr.Button("Push")
                     push_status = gr.Markdown()
 
@@ -448,15 +509,15 @@ def build() -> gr.Blocks:
                            api_name="recipe")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         load_btn.click(load_model, [source_kind, custom],
-                       [facts, load_status, layer, structure_fig, structure_table,
-                        attn_start, attn_end, mlp_start, mlp_end], api_name="load_model", **heavy)
-        layer.release(show_structure, layer, [structure_fig, structure_table], api_name="structure")
+                       [facts, layer, structure_fig, structure_table,
+                        attn_start, attn_end, mlp_start, mlp_end, compensate, load_status], api_name="load_model", **heavy)
+        layer.release(show_structure, layer, [structure_fig, structure_table, structure_status], api_name="structure")
         score_btn.click(run_score, [criterion, aggregation, calib, samples, seq_len, scale],
                         [attn_map, mlp_map, score_summary, score_status], api_name="score", **heavy)
-        scale.change(redraw, scale, [attn_map, mlp_map], api_name="redraw")
+        scale.change(redraw, scale, [attn_map, mlp_map, score_status], api_name="redraw")
         compare_btn.click(compare_scores, [criterion, aggregation, crit_b, agg_b, calib, samples, seq_len,
                                            compare_kind, scale],
-                          [map_a, map_b, corr_fig, disagree], api_name="compare_scores", **heavy)
+                          [map_a, map_b, corr_fig, disagree, compare_status], api_name="compare_scores", **heavy)
         prune_inputs = [mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
                         recompute, allocation, attn_start, attn_end, mlp_start, mlp_end, steps, criterion,
                         aggregation, scale]
@@ -473,7 +534,7 @@ def build() -> gr.Blocks:
         generate_event = generate_btn.click(run_compare, [prompt, max_tokens, sample, seed, chat],
                            [out_original, out_pruned, out_lora, speed], api_name="compare", **heavy)
         eval_event = eval_btn.click(run_evaluate, [which, corpora, tasks, windows, limit],
-                                    [eval_table, eval_fig], api_name="evaluate", **heavy)
+                                    [eval_table, eval_fig, eval_status], api_name="evaluate", **heavy)
         # cancelling stops the job between steps; the session keeps what was there before
         for button, event in ((prune_cancel, prune_event), (generate_cancel, generate_event),
                               (eval_cancel, eval_event)):
@@ -481,7 +542,9 @@ def build() -> gr.Blocks:
         export_btn.click(run_export, export_which, [model_file, recipe_file, adapter_file, export_note],
                          api_name="export", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
-        demo.unload(free_session)
+        # the visitor's key lives in the browser: a reload finds the same session
+        demo.load(restore, visitor, [visitor, load_status], api_visibility="private")
+        stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
     demo.queue(default_concurrency_limit=4)
     return demo
 

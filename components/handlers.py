@@ -1,40 +1,50 @@
-"""What each dashboard button does: read the visitor's session, call the engine, return tidy
-DataFrames and figures. Errors are raised as readable exceptions; app.py turns them into
-gr.Error messages. No gradio layout here, and no tensor math beyond calling the engine."""
+"""What each dashboard button does: find the visitor's session, ask the shared store for the result
+(computing it once for the whole class), return tidy DataFrames and figures plus a note saying
+whether it came from the cache. Errors are raised as readable exceptions; app.py shows them in the
+tab's status line. No gradio layout here, and no tensor math beyond calling the engine."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
-from pruner.prune import needs_calibration
-from pruner.recipes import recipe_record
 from pruner.activations import input_statistics
 from pruner.data import DataUnavailableError, calibration_ids
 from pruner.evaluate import evaluate, model_stats, perplexity
 from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_layer
-from pruner.importance import score_many
-from pruner.models import describe_model
+from pruner.importance import canonical, score_many
+from pruner.models import default_model_file, describe_model
+from pruner.prune import needs_calibration
+from pruner.recipes import recipe_record
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params
 
 from . import figures
-from .session import Session, SessionRegistry
+from .session import Session, SessionError, SessionRegistry
+from .store import Store, size_of
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT_ROOT = Path(tempfile.gettempdir()) / "pruning-studio-exports"
+# with `spaces` (Hugging Face Spaces, ZeroGPU) models live on the CPU between calls and move to the
+# GPU only inside a @spaces.GPU call; elsewhere they load where they run (cuda > mps > cpu)
+SPACES = importlib.util.find_spec("spaces") is not None
+LOAD_DEVICE = "cpu" if SPACES else "auto"
+FROM_CACHE = " *(from the class cache: computed once, shared)*"
 
 
 def data_dir() -> str | None:
@@ -43,6 +53,10 @@ def data_dir() -> str | None:
         return os.environ["PRUNER_DATA_DIR"]
     shared = REPO.parent / "shared" / "data"
     return str(shared) if shared.is_dir() else None
+
+
+def cache_note(hit: bool) -> str:
+    return FROM_CACHE if hit else ""
 
 
 @contextlib.contextmanager
@@ -67,7 +81,7 @@ def accelerated(*models):
 # ----------------------------------------------------------------------------- model
 
 def facts_table(info: dict) -> pd.DataFrame:
-    labels = {"name": "model", "architecture": "architecture", "layers": "decoder layers",
+    labels = {"name": "model", "architecture": "architecture", "family": "family", "layers": "decoder layers",
               "heads": "query heads", "kv_heads": "KV heads (grouped-query attention)",
               "head_dim": "head dim", "hidden_size": "hidden size", "intermediate_size": "MLP width",
               "vocab_size": "vocabulary", "params": "parameters (total)",
@@ -81,27 +95,53 @@ def facts_table(info: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load(registry: SessionRegistry, key: str, source: str, progress=None) -> tuple[Session, pd.DataFrame]:
-    """Load into a new session; the visitor's previous session survives a failed load."""
+def source_key(source: str) -> tuple[str, int]:
+    """(identity of a model source's weights, estimated bytes once loaded in float32)."""
+    if source == "default":
+        path = default_model_file()
+        if path is None:
+            return "hub:HuggingFaceTB/SmolLM2-135M-Instruct", 0
+        stat = path.stat()
+        return f"default:{path.name}:{stat.st_size}", 135_000_000 * 4
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        files = sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
+        signature = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+        digest = hashlib.sha256(json.dumps(signature).encode()).hexdigest()[:16]
+        weights = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
+        return f"folder:{folder.resolve()}:{digest}", 2 * weights
+    return f"hub:{source}@main", 0
+
+
+def load(registry: SessionRegistry, store: Store, key: str, source: str, progress=None):
+    """Give the visitor a new session on `source`; the original is loaded once per server and
+    shared. A failed load leaves the visitor's previous session as it was."""
     source = (source or "").strip() or "default"
-    registry.check_capacity(key)
+    identity, estimate = source_key(source)
     if progress:
-        progress(0.1, desc=f"loading {source}")
-    model, tokenizer = load_model(source)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    session = Session(source=source, original=model, tokenizer=tokenizer, info=describe_model(model))
-    return registry.put(key, session), facts_table(session.info)
+        progress(0.05, desc="checking the server's memory")
+
+    def read():
+        if progress:
+            progress(0.2, desc=f"loading {source}" + (" (dequantizing the GGUF file)" if source == "default" else ""))
+        model, tokenizer = load_model(source, device=LOAD_DEVICE)
+        if progress:
+            progress(0.8, desc="reading the coupled structure")
+        return model, tokenizer, describe_model(model)
+
+    original, shared = store.original(identity, source, read, estimate)
+    session = Session(key=key, source=source, original_key=original.key, info=dict(original.info))
+    return registry.put(session), facts_table(session.info), shared
 
 
 # ----------------------------------------------------------------------------- structure
 
-def structure(session: Session, layer: int):
+def structure(store: Store, session: Session, layer: int):
     layer = int(layer)
     n = session.info["layers"]
     if not 0 <= layer < n:
         raise ValueError(f"layer must be between 0 and {n - 1}")
-    groups = describe_layer(session.original, layer)
+    groups = describe_layer(session.original(store).model, layer)
     attn = groups[groups.kind == "attn"]
     summary = (attn.groupby("group").agg(query_heads=("indices", lambda s: s.iloc[0]),
                                          params=("n_params", "sum")).reset_index())
@@ -119,21 +159,42 @@ def structure(session: Session, layer: int):
 
 # ----------------------------------------------------------------------------- importance
 
-def _calibration(session: Session, source: str, samples: int, seq_len: int, seed: int = 0):
-    return calibration_ids(session.tokenizer, source, int(samples), int(seq_len), seed, data_dir())
-
-
-def run_score(session: Session, criterion, aggregation, source, samples, seq_len, scale="linear",
-              kinds=("attn", "mlp")):
+def _calibration_spec(source, samples, seq_len, seed: int = 0) -> dict:
     if not 1 <= int(samples) <= 256 or not 8 <= int(seq_len) <= 1024:
         raise ValueError("calibration needs 1-256 samples of 8-1024 tokens")
-    ids = _calibration(session, source, samples, seq_len)
-    with accelerated(session.original):
-        scores = score(session.original, ids, ScoreConfig(criterion, aggregation, kinds=tuple(kinds)))
-    session.scores, session.calibration = scores, ids
+    return {"source": source, "samples": int(samples), "seq_len": int(seq_len), "seed": int(seed)}
+
+
+def calibration(store: Store, session: Session, spec: dict):
+    """Calibration token ids, tokenised once per (original, spec)."""
+    original = session.original(store)
+    ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec},
+                              lambda: calibration_ids(original.tokenizer, spec["source"], spec["samples"],
+                                                      spec["seq_len"], spec["seed"], data_dir()))
+    return ids
+
+
+def run_score(store: Store, session: Session, criterion, aggregation, source, samples, seq_len,
+              kinds=("attn", "mlp")) -> tuple[pd.DataFrame, bool]:
+    calib = _calibration_spec(source, samples, seq_len)
+    criterion = canonical(criterion)
+    config = ScoreConfig(criterion, aggregation, kinds=tuple(kinds))
+    config.validate()
+    spec = {"model": session.original_key, "criterion": criterion, "aggregation": aggregation,
+            "kinds": list(kinds), "calibration": calib}
+    original = session.original(store)
+
+    def compute():
+        ids = calibration(store, session, calib)
+        with accelerated(original.model):
+            return score(original.model, ids, config)
+
+    scores, hit, key = store.compute("scores", spec, compute)
+    session.remember(key, "scores", spec, compute)
+    session.scores, session.calibration = scores, calibration(store, session, calib)
     session.score_settings = {"criterion": criterion, "aggregation": aggregation, "calibration": source,
-                              "samples": int(samples), "seq_len": int(seq_len)}
-    return scores
+                              "samples": int(samples), "seq_len": int(seq_len), "key": key}
+    return scores, hit
 
 
 def heatmaps(session: Session, scale="linear", removed=None):
@@ -146,14 +207,21 @@ def heatmaps(session: Session, scale="linear", removed=None):
             figures.importance_heatmap(session.scores, "mlp", scale, removed))
 
 
-def compare_scores(session: Session, crit_a, agg_a, crit_b, agg_b, source, samples, seq_len,
+def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b, source, samples, seq_len,
                    kind="mlp", scale="rank"):
-    ids = _calibration(session, source, samples, seq_len)
-    with accelerated(session.original):
-        frames = {}
-        for crit in {crit_a, crit_b}:
-            frames.update({(crit, agg): df for agg, df in
-                           score_many(session.original, ids, [crit], list({agg_a, agg_b})).groupby("aggregation")})
+    calib = _calibration_spec(source, samples, seq_len)
+    original = session.original(store)
+    crit_a, crit_b = canonical(crit_a), canonical(crit_b)
+
+    def compute():
+        ids = calibration(store, session, calib)
+        with accelerated(original.model):
+            return score_many(original.model, ids, sorted({crit_a, crit_b}), sorted({agg_a, agg_b}))
+
+    spec = {"model": session.original_key, "criteria": sorted({crit_a, crit_b}),
+            "aggregations": sorted({agg_a, agg_b}), "calibration": calib}
+    both, hit, _ = store.compute("score_many", spec, compute)
+    frames = dict(iter(both.groupby(["criterion", "aggregation"])))
     a, b = frames[(crit_a, agg_a)], frames[(crit_b, agg_b)]
     rows, disagreements = [], []
     for (k, layer), sub_a in a.groupby(["kind", "layer"]):
@@ -172,7 +240,7 @@ def compare_scores(session: Session, crit_a, agg_a, crit_b, agg_b, source, sampl
     title_a, title_b = f"A: {crit_a} / {agg_a}", f"B: {crit_b} / {agg_b}"
     return (figures.importance_heatmap(a, kind, scale, title=title_a),
             figures.importance_heatmap(b, kind, scale, title=title_b),
-            figures.rank_correlation_figure(corr), table)
+            figures.rank_correlation_figure(corr), table, hit)
 
 
 # ----------------------------------------------------------------------------- prune
@@ -195,29 +263,34 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
     return config.normalized(model)
 
 
-def _scores_for(session: Session, config: PruneConfig, criterion: str, aggregation: str):
-    """Scores of the kinds this plan needs (re-scored if the heatmap shows other kinds)."""
-    kinds = {"channel": ("hidden",), "layer": ("attn", "mlp")}.get(
+def _score_kinds(config: PruneConfig) -> tuple[str, ...]:
+    return {"channel": ("hidden",), "layer": ("attn", "mlp")}.get(
         config.strategy, ("qhead" if config.attn_granularity == "query-heads" else "attn", "mlp"))
+
+
+def _scores_for(store: Store, session: Session, config: PruneConfig, criterion: str, aggregation: str):
+    """Scores of the kinds this plan needs (re-scored if the heatmap shows other kinds)."""
+    kinds = _score_kinds(config)
     have = set(session.scores.kind) if session.scores is not None else set()
-    if not set(kinds) <= have or session.score_settings.get("criterion") != criterion \
+    if not set(kinds) <= have or session.score_settings.get("criterion") != canonical(criterion) \
             or session.score_settings.get("aggregation") != aggregation:
-        source = session.score_settings.get("calibration", "builtin")
-        run_score(session, criterion, aggregation, source, session.score_settings.get("samples", 10),
-                  session.score_settings.get("seq_len", 64), kinds=kinds)
+        s = session.score_settings
+        run_score(store, session, criterion, aggregation, s.get("calibration", "builtin"), s.get("samples", 10),
+                  s.get("seq_len", 64), kinds=kinds)
     return session.scores
 
 
-def preview(session: Session, config: PruneConfig, criterion, aggregation, scale="linear"):
-    scores = _scores_for(session, config, criterion, aggregation)
+def preview(store: Store, session: Session, config: PruneConfig, criterion, aggregation, scale="linear"):
+    scores = _scores_for(store, session, config, criterion, aggregation)
     config.validate(session.info["layers"])
-    plan = make_plan(session.original, scores, config)
+    original = session.original(store).model
+    plan = make_plan(original, scores, config)
     if config.allocation == "sensitivity":          # measured on the uniform plan, as prune_model does
-        stats = input_statistics(session.original, session.calibration) if config.compensate else None
-        sensitivity = layer_sensitivity(session.original, session.calibration, plan, stats)
-        plan = make_plan(session.original, scores, config, sensitivity=sensitivity)
+        stats = input_statistics(original, session.calibration) if config.compensate else None
+        sensitivity = layer_sensitivity(original, session.calibration, plan, stats)
+        plan = make_plan(original, scores, config, sensitivity=sensitivity)
     removed = plan.removed_groups(scores)
-    total = count_params(session.original)["params"]
+    total = count_params(original)["params"]
     if plan.drop_layers:
         text = f"Will remove decoder layers {plan.drop_layers}."
     else:
@@ -248,6 +321,12 @@ def measure(model, tokenizer, ppl_windows: int = 16) -> dict:
             "WikiText-2 ppl (quick)": _quick_ppl(model, tokenizer, ppl_windows)}
 
 
+def measured(store: Store, session: Session, model_key: str, model) -> dict:
+    """`measure` of one model, once per model content."""
+    tokenizer = session.original(store).tokenizer
+    return store.compute("measure", {"model": model_key}, lambda: measure(model, tokenizer))[0]
+
+
 def comparison_table(before: dict, after: dict, label_after: str = "pruned") -> pd.DataFrame:
     rows = []
     for key in before:
@@ -258,179 +337,285 @@ def comparison_table(before: dict, after: dict, label_after: str = "pruned") -> 
     return pd.DataFrame(rows)
 
 
-def run_prune(session: Session, config: PruneConfig, criterion, aggregation, scale="linear", progress=None,
-              notes: list[str] | None = None):
-    scores = _scores_for(session, config, criterion, aggregation)
+def run_prune(store: Store, session: Session, config: PruneConfig, criterion, aggregation, scale="linear",
+              progress=None, notes: list[str] | None = None):
+    criterion = canonical(criterion)
+    scores = _scores_for(store, session, config, criterion, aggregation)
     score_config = ScoreConfig(criterion, aggregation)
     calibrated = needs_calibration(score_config, config)
+    s = session.score_settings
+    calib = {"source": s.get("calibration"), "samples": s.get("samples"), "seq_len": s.get("seq_len"),
+             "seed": 0} if calibrated else None
+    spec = {"model": session.original_key, "criterion": criterion, "aggregation": aggregation,
+            "calibration": calib, "prune": asdict(config)}
+    original = session.original(store)
     ids = session.calibration if calibrated else None
 
     def report(step, total, message):
         if progress:
-            progress((step + 0.5) / (total + 1), desc=message)
+            progress((step + 0.5) / (total + 1) * 0.7, desc=message)
 
-    with accelerated(session.original):
-        result = prune_model(session.original, ids, score_config, config, report)
-        pruned = result.model
-        if progress:
-            progress(0.9, desc="measuring before / after")
-        before = session.info.get("measure") or measure(session.original, session.tokenizer)
-        session.info["measure"] = before
-        after = measure(pruned, session.tokenizer)
-    pruned.to(next(session.original.parameters()).device)   # on ZeroGPU: back to the CPU with the rest
-    session.pruned, session.prune_result, session.recovery, session.merged = pruned, result, None, None
-    calibration = {"source": session.score_settings.get("calibration"),
-                   "samples": session.score_settings.get("samples"),
-                   "seq_len": session.score_settings.get("seq_len"), "seed": 0} if calibrated else None
-    session.recipe = recipe_record(score_config, config, calibration, session.source, result.group_ratios,
+    def compute():
+        store.reserve(size_of(original.model))            # the copy pruning makes
+        with accelerated(original.model):
+            result = prune_model(original.model, ids, score_config, config, report)
+        result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU
+        return {"model": result.model, "result": result}
+
+    value, hit, key = store.compute("pruned", spec, compute)
+    session.remember(key, "pruned", spec, compute)
+    result = value["result"]
+    if progress:
+        progress(0.75, desc="measuring before / after (parameters, MACs, memory, tokens/s, perplexity)")
+    with accelerated(original.model, value["model"]):
+        before = measured(store, session, session.original_key, original.model)
+        after = measured(store, session, key, value["model"])
+    session.prune_key, session.recovery, session.recovery_key, session.merged_key = key, None, None, None
+    session.recipe = recipe_record(score_config, config, calib, session.source, result.group_ratios,
                                    notes=notes)
     removed = result.plans[0].removed_groups(scores) if len(result.plans) == 1 else None
     text = (f"Removed {100 * result.report['ratio_params_removed']:.1f}% of the parameters "
             f"({result.report['params_before']:,} -> {result.report['params_after']:,}); "
             f"MACs per token {result.report['macs_per_token_before']:,.0f} -> "
             f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged."
-            + "".join(f"\n\nNote: {n}." for n in notes or []))
+            + cache_note(hit) + "".join(f"\n\nNote: {n}." for n in notes or []))
     return (comparison_table(before, after),
             figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity),
             *heatmaps(session, scale, removed), text)
 
 
-def magnitude_contrast(session: Session, share: float):
-    """The seed's unstructured magnitude pruning at the same share: zeros, not smaller matrices."""
+def magnitude_contrast(store: Store, session: Session, share: float):
+    """Unstructured magnitude pruning at the same share: zeros, not smaller matrices."""
     from torch.nn.utils import prune as torch_prune
 
     share = float(share)
     if not 0 < share < 0.95:
         raise ValueError("the share must be between 0 and 0.95")
-    sparse = copy.deepcopy(session.original)
-    linears = [m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
-    for m in linears:
-        torch_prune.l1_unstructured(m, "weight", amount=share)
-        torch_prune.remove(m, "weight")
-    with accelerated(sparse, session.original):
-        before = session.info.get("measure") or measure(session.original, session.tokenizer)
-        session.info["measure"] = before
-        after = measure(sparse, session.tokenizer)
-    del sparse
+    original = session.original(store)
+
+    def compute():
+        store.reserve(size_of(original.model))
+        sparse = copy.deepcopy(original.model)
+        linears = [m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+        for m in linears:
+            torch_prune.l1_unstructured(m, "weight", amount=share)
+            torch_prune.remove(m, "weight")
+        with accelerated(sparse):
+            return measure(sparse, original.tokenizer)
+
+    after, hit, _ = store.compute("contrast", {"model": session.original_key, "share": share}, compute)
+    with accelerated(original.model):
+        before = measured(store, session, session.original_key, original.model)
     table = comparison_table(before, after, f"{100 * share:.0f}% magnitude-sparse")
     text = ("Unstructured L1 pruning zeroes weights inside the same matrices: the parameter count, "
             "weight memory, MACs and tokens/s stay (almost) the same; only the non-zero count drops. "
-            "Structural pruning removes whole heads and channels, so the model really shrinks.")
+            "Structural pruning removes whole heads and channels, so the model really shrinks." + cache_note(hit))
     return table, text
 
 
 # ----------------------------------------------------------------------------- recover
 
-def start_recovery(session: Session, preset_name, steps, lr, distill, data_source, progress=None):
-    if session.pruned is None:
+def _pruned_model(store: Store, session: Session):
+    if session.prune_key is None:
         raise ValueError("prune the model first (Prune tab)")
+    return session.value(store, session.prune_key)["model"]
+
+
+def start_recovery(store: Store, session: Session, preset_name, steps, lr, distill, data_source, progress=None):
+    """A cached finished recovery of the same pruned model and settings (returned as `hit`), or a
+    new LoraRecovery for this visitor to train."""
+    pruned = _pruned_model(store, session)
     overrides = {"max_steps": int(steps), "learning_rate": float(lr), "distill_weight": float(distill)}
     settings = preset(preset_name, **overrides)
+    settings.validate()
+    spec = {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source}
+    key = f"recovery:{hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]}"
+    session.merged_key = None
+    if store.peek(key) is not None:
+        session.recovery, session.recovery_key = None, key
+        store.hits += 1
+        return store.peek(key), True, key
+    original = session.original(store)
     if progress:
-        progress(0.05, desc=f"preparing '{data_source}' data")
-    with accelerated(session.original, session.pruned):
-        examples = recovery_examples(data_source, session.tokenizer, settings.seq_len, session.original,
+        progress(0.05, desc=f"preparing '{data_source}' data"
+                 + (" (the original model answers the built-in prompts)" if data_source == "self" else ""))
+
+    def examples():
+        with accelerated(original.model):
+            return recovery_examples(data_source, original.tokenizer, settings.seq_len, original.model,
                                      data_dir(), limit=2000)
-        session.recovery = LoraRecovery(session.pruned, session.tokenizer, examples, settings,
-                                        teacher=session.original if settings.distill_weight > 0 else None)
-    session.merged = None
-    return session.recovery, len(examples)
+
+    data, _, _ = store.compute("examples", {"model": session.original_key, "data": data_source,
+                                            "seq_len": settings.seq_len}, examples)
+    if progress:
+        progress(0.5, desc="setting up LoRA on a copy of the pruned model")
+    store.reserve(size_of(pruned))
+    with accelerated(original.model, pruned):
+        recovery = LoraRecovery(pruned, original.tokenizer, data, settings,
+                                teacher=original.model if settings.distill_weight > 0 else None)
+    recovery.cache_key = key
+    session.recovery, session.recovery_key = recovery, None
+    return recovery, False, key
 
 
-def merge(session: Session):
-    if session.recovery is None or not session.recovery.history:
+def finish_recovery(store: Store, session: Session, recovery) -> None:
+    """A recovery that ran all its steps is shared with the class; a stopped one stays this visitor's."""
+    recovery.teacher = None     # the shared original is not part of the result
+    if recovery.step >= recovery.settings.max_steps:
+        store.put(recovery.cache_key, "recovery", recovery)
+        session.recovery, session.recovery_key = None, recovery.cache_key
+
+
+def current_recovery(store: Store, session: Session):
+    if session.recovery is not None:
+        return session.recovery
+    if session.recovery_key:
+        return session.value(store, session.recovery_key)
+    return None
+
+
+def merge(store: Store, session: Session):
+    recovery = current_recovery(store, session)
+    if recovery is None or not recovery.history:
         raise ValueError("run recovery first")
-    session.merged = session.recovery.merge()
-    ppl_before = _quick_ppl(session.pruned, session.tokenizer)
-    ppl_after = _quick_ppl(session.merged, session.tokenizer)
+    original = session.original(store)
+    if session.recovery_key:
+        merged, hit, key = store.compute("merged", {"recovery": session.recovery_key}, recovery.merge)
+    else:   # this visitor's own (stopped early) recovery
+        key = f"merged:{session.key}:{recovery.step}"
+        merged, hit = recovery.merge(), False
+        store.put(key, "merged", merged)
+    session.merged_key = key
+    ppl_before = _quick_ppl(_pruned_model(store, session), original.tokenizer)
+    ppl_after = _quick_ppl(merged, original.tokenizer)
     if ppl_before is None:
-        return "Merged the LoRA weights into the pruned model (pruned + LoRA)."
-    return (f"Merged after {session.recovery.step} steps. Quick WikiText-2 perplexity: pruned "
-            f"{ppl_before:.2f} -> pruned + LoRA {ppl_after:.2f}.")
+        return "Merged the LoRA weights into the pruned model (pruned + LoRA)." + cache_note(hit)
+    return (f"Merged after {recovery.step} steps. Quick WikiText-2 perplexity (first 16 windows): pruned "
+            f"{ppl_before:.2f} -> pruned + LoRA {ppl_after:.2f}." + cache_note(hit))
 
 
 # ----------------------------------------------------------------------------- compare
 
-def compare_stream(session: Session, prompt: str, settings: GenerationSettings):
-    """Yield (texts dict, stats dict) while the models generate one after another."""
-    models = session.models()
+def compare_stream(store: Store, session: Session, prompt: str, settings: GenerationSettings):
+    """Yield (texts dict, rates dict, cached names) while the models generate one after another;
+    a generation already made with the same model, prompt and settings is served from the cache."""
+    models = session.models(store)
+    keys = session.model_keys()
+    tokenizer = session.original(store).tokenizer
     texts = {name: "" for name in ("original", "pruned", "pruned + LoRA")}
-    rates = {}
+    rates, cached = {}, []
     for name, model in models.items():
+        spec = {"model": keys[name], "prompt": prompt, "settings": asdict(settings)}
+        done = store.peek(_generation_key(spec))
+        if done is not None:
+            store.hits += 1
+            texts[name], rates[name] = done["text"], done["tokens_per_s"]
+            cached.append(name)
+            yield texts, rates, cached
+            continue
+        last = None
         with accelerated(model):
-            for item in stream(model, session.tokenizer, prompt, settings):
-                texts[name] = item["text"]
-                if item["done"]:
-                    rates[name] = item["tokens_per_s"]
-                yield texts, rates
+            for last in stream(model, tokenizer, prompt, settings):
+                texts[name] = last["text"]
+                yield texts, rates, cached
+        rates[name] = last["tokens_per_s"]
+        store.put(_generation_key(spec), "generation", {"text": last["text"], "tokens_per_s": last["tokens_per_s"]},
+                  miss=True)
+        yield texts, rates, cached
     for name in texts:
         if name not in models:
             texts[name] = "(not available yet: prune" + (" and recover)" if "LoRA" in name else ")")
-    yield texts, rates
+    yield texts, rates, cached
+
+
+def _generation_key(spec: dict) -> str:
+    from .store import content_key
+
+    return content_key("generation", spec)
 
 
 # ----------------------------------------------------------------------------- evaluate
 
-def run_evaluation(session: Session, which: list[str], corpora: list[str], tasks: list[str],
-                   windows: int, limit: int, progress=None) -> pd.DataFrame:
-    models = session.models()
+def run_evaluation(store: Store, session: Session, which: list[str], corpora: list[str], tasks: list[str],
+                   windows: int, limit: int, progress=None) -> tuple[pd.DataFrame, int]:
+    models, keys = session.models(store), session.model_keys()
     chosen = [w for w in which if w in models]
     if not chosen:
         raise ValueError("none of the chosen models exist yet (prune / recover first)")
     if not corpora and not tasks:
         raise ValueError("choose at least one perplexity corpus or task")
-    rows = []
+    tokenizer = session.original(store).tokenizer
+    rows, hits = [], 0
     for i, name in enumerate(chosen):
         if progress:
-            progress(i / len(chosen), desc=f"evaluating {name}")
-        with accelerated(models[name]):
-            res = evaluate(models[name], session.tokenizer, corpora, tasks, max_windows=int(windows),
-                           limit=int(limit), data_dir_path=data_dir(), progress=False)
-        row = {"model": name, "params": count_params(models[name])["params"]}
-        row.update({f"{c} ppl": v for c, v in res["ppl"].items()})
-        row.update(res["acc"])
-        if res.get("acc_mean") is not None and len(res["acc"]) > 1:
-            row["average"] = res["acc_mean"]
-        rows.append(row)
+            progress(i / len(chosen), desc=f"evaluating {name} ({', '.join(corpora + tasks)})")
+
+        def compute(name=name):
+            with accelerated(models[name]):
+                res = evaluate(models[name], tokenizer, corpora, tasks, max_windows=int(windows),
+                               limit=int(limit), data_dir_path=data_dir(), progress=False)
+            row = {"params": count_params(models[name])["params"]}
+            row.update({f"{c} ppl": v for c, v in res["ppl"].items()})
+            row.update(res["acc"])
+            if res.get("acc_mean") is not None and len(res["acc"]) > 1:
+                row["average"] = res["acc_mean"]
+            return row
+
+        spec = {"model": keys[name], "corpora": sorted(corpora), "tasks": sorted(tasks),
+                "windows": int(windows), "limit": int(limit)}
+        row, hit, _ = store.compute("evaluation", spec, compute)
+        hits += hit
+        rows.append({"model": name, **row})
     session.evaluations = [r for r in session.evaluations if r["model"] not in chosen] + rows
-    return pd.DataFrame(session.evaluations)
+    return pd.DataFrame(session.evaluations), hits
 
 
 # ----------------------------------------------------------------------------- export
 
-def export(session: Session, which: str) -> tuple[str, str, str | None]:
-    models = session.models()
+def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, bool]:
+    models, keys = session.models(store), session.model_keys()
     if which not in models or which == "original":
         raise ValueError("prune (and optionally recover + merge) before exporting")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = EXPORT_ROOT / f"{stamp}-{abs(hash(id(session))) % 10**6}"
-    name = "pruned" if which == "pruned" else "pruned-lora"
-    model_dir = folder / name
     recipe = dict(session.recipe)
-    if which != "pruned" and session.recovery is not None:
-        from dataclasses import asdict
+    recovery = current_recovery(store, session) if which != "pruned" else None
+    if recovery is not None:
+        recipe["recovery"] = asdict(recovery.settings) | {"steps": recovery.step}
+    tokenizer = session.original(store).tokenizer
 
-        recipe["recovery"] = asdict(session.recovery.settings) | {"steps": session.recovery.step}
-    save(models[which], model_dir, session.tokenizer, recipe=json.loads(json.dumps(recipe, default=str)))
-    archive = shutil.make_archive(str(folder / name), "zip", root_dir=folder, base_dir=name)
-    recipe_path = folder / "recipe.json"
-    recipe_path.write_text(json.dumps(recipe, indent=2, default=str) + "\n")
-    adapter = None
-    if session.recovery is not None:
-        session.recovery.save_adapter(folder / "adapter")
-        adapter = shutil.make_archive(str(folder / "lora-adapter"), "zip", root_dir=folder, base_dir="adapter")
-    return archive, str(recipe_path), adapter
+    def compute():
+        folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:{time.time()}".encode()).hexdigest()[:16]
+        name = "pruned" if which == "pruned" else "pruned-lora"
+        if progress:
+            progress(0.2, desc="writing safetensors, config and tokenizer")
+        save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)))
+        if progress:
+            progress(0.6, desc="zipping the folder")
+        archive = shutil.make_archive(str(folder / name), "zip", root_dir=folder, base_dir=name)
+        recipe_path = folder / "recipe.json"
+        recipe_path.write_text(json.dumps(recipe, indent=2, default=str) + "\n")
+        adapter = None
+        if recovery is not None:
+            if progress:
+                progress(0.85, desc="saving the LoRA adapter")
+            recovery.save_adapter(folder / "adapter")
+            adapter = shutil.make_archive(str(folder / "lora-adapter"), "zip", root_dir=folder, base_dir="adapter")
+        return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter}
+
+    spec = {"model": keys[which], "recipe": recipe}
+    files, hit, _ = store.compute("export", spec, compute)
+    if not Path(files["archive"]).is_file():        # the temporary folder was cleaned: write again
+        files = compute()
+    return files["archive"], files["recipe"], files["adapter"], hit
 
 
-def push_to_hub(session: Session, which: str, repo_id: str, token: str) -> str:
+def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token: str) -> str:
     if not repo_id or "/" not in repo_id:
         raise ValueError("give a repository id like your-name/smollm2-pruned")
     if not token:
         raise ValueError("a Hugging Face write token is needed to push")
-    models = session.models()
-    if which not in models or which == "original":
+    if which not in session.models(store) or which == "original":
         raise ValueError("prune before pushing")
-    archive, _, _ = export(session, which)
+    archive, _, _, _ = export(store, session, which)
     folder = Path(archive).with_suffix("")
     try:
         from huggingface_hub import HfApi
@@ -441,3 +626,6 @@ def push_to_hub(session: Session, which: str, repo_id: str, token: str) -> str:
     except Exception as err:
         raise ValueError(f"could not push to {repo_id}: {type(err).__name__}: {str(err)[:200]}") from err
     return f"Pushed to https://huggingface.co/{repo_id}"
+
+
+__all__ = ["SessionError", "Store", "SessionRegistry"]
