@@ -21,6 +21,7 @@ import torch
 
 from components import figures, handlers
 from components.session import SessionError, SessionRegistry
+from components.lesson import start_warm_start, warm_start_enabled
 from components.store import CapacityError, Store
 from pruner.data import DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
@@ -311,6 +312,12 @@ RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
                    "llm-pruner (the paper)": _controls("llm-pruner")}
 
 
+def preset_controls(name):
+    """A recovery preset's steps, learning rate and distillation weight, shown on the controls."""
+    s = PRESETS[name]
+    return s.max_steps, s.learning_rate, s.distill_weight
+
+
 def apply_recipe(name):
     return RECIPE_CONTROLS[name]
 
@@ -440,9 +447,9 @@ def build() -> gr.Blocks:
                         "distillation term pulls the pruned model towards it. Works offline.")
                 with gr.Row():
                     preset_name = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
-                    rec_steps = gr.Slider(5, 400, value=60, step=5, label="steps")
-                    rec_lr = gr.Number(5e-4, label="learning rate")
-                    rec_distill = gr.Slider(0, 2, value=1.0, step=0.1, label="distillation weight")
+                    rec_steps = gr.Slider(1, 400, value=PRESETS["quick"].max_steps, step=1, label="steps")
+                    rec_lr = gr.Number(PRESETS["quick"].learning_rate, label="learning rate")
+                    rec_distill = gr.Slider(0, 2, value=PRESETS["quick"].distill_weight, step=0.1, label="distillation weight")
                     rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value="self", label="data")
                 with gr.Row():
                     recover_btn = gr.Button("Start recovery", variant="primary")
@@ -527,6 +534,7 @@ def build() -> gr.Blocks:
                         [before_after, widths_fig, prune_attn_map, prune_mlp_map, prune_status],
                         api_name="prune", **heavy)
         contrast_btn.click(run_contrast, amount, [before_after, prune_status], api_name="contrast", **heavy)
+        preset_name.change(preset_controls, preset_name, [rec_steps, rec_lr, rec_distill], api_visibility="private")
         recover_btn.click(run_recover, [preset_name, rec_steps, rec_lr, rec_distill, rec_data],
                                           [loss_fig, recover_status], api_name="recover", **heavy)
         stop_btn.click(stop_recover, None, recover_status, api_name="stop_recover")
@@ -558,4 +566,6 @@ def launch_kwargs() -> dict:
 demo = build()
 
 if __name__ == "__main__":
+    if warm_start_enabled():      # walk the default lesson once so a class finds it cached
+        start_warm_start(lambda: getattr(demo, "local_url", None), log.warning)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), **launch_kwargs())

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -590,7 +589,7 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
         save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)))
         if progress:
             progress(0.6, desc="zipping the folder")
-        archive = shutil.make_archive(str(folder / name), "zip", root_dir=folder, base_dir=name)
+        archive = zip_folder(folder, name)
         recipe_path = folder / "recipe.json"
         recipe_path.write_text(json.dumps(recipe, indent=2, default=str) + "\n")
         adapter = None
@@ -598,7 +597,7 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
             if progress:
                 progress(0.85, desc="saving the LoRA adapter")
             recovery.save_adapter(folder / "adapter")
-            adapter = shutil.make_archive(str(folder / "lora-adapter"), "zip", root_dir=folder, base_dir="adapter")
+            adapter = zip_folder(folder, "adapter", "lora-adapter")
         return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter}
 
     spec = {"model": keys[which], "recipe": recipe}
@@ -606,6 +605,19 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
     if not Path(files["archive"]).is_file():        # the temporary folder was cleaned: write again
         files = compute()
     return files["archive"], files["recipe"], files["adapter"], hit
+
+
+def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
+    """root/name -> root/archive_name.zip, stored uncompressed: safetensors weights barely
+    compress, and deflating hundreds of MB took most of an export's time on a CPU."""
+    import zipfile
+
+    archive = root / f"{archive_name or name}.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(root))
+    return str(archive)
 
 
 def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token: str) -> str:

@@ -55,6 +55,7 @@ AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
 LOSS_CHUNK = 256   # tokens per vocabulary-projection chunk in low-memory scoring
+FP16_LOSS_SCALE = 1024.0   # float16 models: loss x this before backward, gradients / this in float32
 
 
 @dataclass
@@ -173,11 +174,14 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
     saved = {id(p): p.requires_grad for p in model.parameters()}
     state = {"act": False}
     handles = []
+    # float16 gradients of a small loss underflow: scale the loss up, the gradients back down in float32
+    scale = FP16_LOSS_SCALE if any(params[n].dtype == torch.float16 for n in names) else 1.0
 
     def hook_for(name):
         def hook(p):
             if state["act"]:
-                on_grad(name, p.detach(), p.grad.detach())
+                grad = p.grad.detach()
+                on_grad(name, p.detach(), grad if scale == 1.0 else grad.float() / scale)
                 p.grad = None
         return hook
 
@@ -192,7 +196,7 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
             for i, (batch, weight) in enumerate(zip(batches, weights)):
                 state["act"] = (not accumulate) or i == len(batches) - 1
                 loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
-                loss.backward()
+                (loss * scale).backward()
     finally:
         for h in handles:
             h.remove()

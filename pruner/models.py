@@ -41,7 +41,8 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """float32 on cpu; bfloat16 on cuda when supported, else float16; explicit dtype wins."""
+    """float32 on cpu; bfloat16 on a GPU that computes it natively, else float16 (a T4: scoring
+    and LoRA then scale the loss so gradients do not underflow); an explicit dtype wins."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None and dtype != "auto":
@@ -52,10 +53,16 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
         return names[dtype]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bfloat16(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
+    newer); `torch.cuda.is_bf16_supported()` also says yes where it is only emulated (a T4)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def default_model_file() -> Path | None:

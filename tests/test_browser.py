@@ -3,9 +3,11 @@ default model: load -> importance -> prune -> recover -> compare, with a screens
 test-output/. Asserts what a visitor sees: a heatmap drawn, the parameter count dropped, three
 generations shown."""
 
+import json
 import re
 import shutil
 import socket
+import time
 
 import pytest
 
@@ -32,9 +34,12 @@ def url(default_model):
 
 
 def test_lesson_in_the_browser(url):
+    """The default lesson, every button at its default, as a student clicks it; each step's time
+    goes to test-output/lesson-timings.json (the README's table), and a reload keeps the work."""
     from playwright.sync_api import expect, sync_playwright
 
     OUT.mkdir(exist_ok=True)
+    timings = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -49,48 +54,61 @@ def test_lesson_in_the_browser(url):
         def shot(name):
             page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
 
+        def step(name, button, done, timeout=LONG, **kw):
+            start = time.perf_counter()
+            page.get_by_role("button", name=button, **kw).click()
+            expect(done).to_be_visible(timeout=timeout)
+            timings[name] = round(time.perf_counter() - start, 1)
+
         # 1 Model
-        page.get_by_role("button", name="Load model").click()
-        expect(page.get_by_text(re.compile(r"^Loaded ")).first).to_be_visible(timeout=LONG)
+        step("load", "Load model", page.get_by_text(re.compile(r"^Loaded ")).first)
         expect(page.locator("body")).to_contain_text("KV heads (grouped-query attention)")
         shot("1-model")
         # 2 Structure
+        start = time.perf_counter()
         tab("2 · Structure")
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        timings["structure"] = round(time.perf_counter() - start, 1)
         shot("2-structure")
         # 3 Importance
         tab("3 · Importance")
-        page.get_by_role("button", name="Score groups").click()
-        expect(page.get_by_text(re.compile(r"Scored [\d,]+ groups"))).to_be_visible(timeout=LONG)
+        step("importance", "Score groups", page.get_by_text(re.compile(r"Scored [\d,]+ groups")))
         heatmaps = page.locator(".js-plotly-plot .heatmaplayer")
         expect(heatmaps.first).to_be_attached(timeout=60_000)
         assert heatmaps.count() >= 2                        # attention and MLP heatmaps drawn
         shot("3-importance")
-        # 4 Prune (defaults: 20% of parameters)
+        # 4 Prune (defaults: 20% of parameters): preview, prune, contrast
         tab("4 · Prune")
-        page.get_by_role("button", name="Prune", exact=True).click()
-        expect(page.get_by_text(re.compile(r"Removed [\d.]+% of the parameters"))).to_be_visible(timeout=LONG)
+        step("preview", "Preview", page.get_by_text(re.compile(r"Will remove .* of all parameters")))
+        step("prune", "Prune", page.get_by_text(re.compile(r"Removed [\d.]+% of the parameters")), exact=True)
         table = page.locator("#before-after")                # parameters row: about -20%
         expect(table).to_contain_text(re.compile(r"parameters\s*134,515,008\s*10\d,\d{3},\d{3}\s*-(19|20)\.\d%"))
         shot("4-prune")
-        # 5 Recover: a few steps on the built-in text, then merge
+        step("contrast", "Contrast: unstructured magnitude pruning",
+             page.get_by_text(re.compile(r"Unstructured L1 pruning zeroes weights")))
+        # 5 Recover: the quick preset as it is, then merge
         tab("5 · Recover")
-        steps = page.get_by_label("number input for steps", exact=True)
-        steps.fill("5")
-        steps.press("Enter")
-        page.get_by_label("data", exact=True).click()
-        page.get_by_role("option", name="builtin", exact=True).click()
-        page.get_by_role("button", name="Start recovery").click()
-        expect(page.get_by_text(re.compile(r"Stopped after 5 steps"))).to_be_visible(timeout=LONG)
-        page.get_by_role("button", name="Merge").click()
-        expect(page.get_by_text(re.compile(r"^Merged"))).to_be_visible(timeout=LONG)
+        step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"Stopped after \d+ steps|^Recovered")))
+        step("merge", "Merge", page.get_by_text(re.compile(r"^Merged")))
         shot("5-recover")
+        # a reload keeps the session (the visitor key lives in the browser)
+        page.reload()
+        expect(page.get_by_text(re.compile(r"Welcome back"))).to_be_visible(timeout=60_000)
         # 6 Compare
         tab("6 · Compare")
-        page.get_by_role("button", name="Generate").click()
-        expect(page.get_by_text(re.compile(r"pruned \+ LoRA: [\d.]+ tokens/s"))).to_be_visible(timeout=LONG)
+        step("compare", "Generate", page.get_by_text(re.compile(r"pruned \+ LoRA: [\d.]+ tokens/s")))
         boxes = [page.get_by_label(name, exact=True) for name in ("original", "pruned", "pruned + LoRA")]
         texts = [b.input_value() for b in boxes]
         assert all(len(t.strip()) > 0 and not t.startswith("(not available") for t in texts), texts
         shot("6-compare")
+        # 7 Evaluate (the default subset), 8 Export
+        tab("7 · Evaluate")
+        step("evaluate", "Evaluate", page.get_by_text(re.compile(r"^Evaluated \d+ model")), exact=True)
+        shot("7-evaluate")
+        tab("8 · Export")
+        step("export", "Export", page.get_by_text(re.compile(r"Unzip and load")), exact=True)
+        shot("8-export")
         browser.close()
+    timings["total"] = round(sum(timings.values()), 1)
+    (OUT / "lesson-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print("lesson timings (s):", timings)

@@ -233,3 +233,24 @@ def test_low_memory_mode_gives_the_same_scores(calib):
         for a, b in zip(fast, lean):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert not hasattr(model.model.layers[0], "__dict__") or "forward" not in model.model.layers[0].__dict__
+
+
+def test_float16_scoring_scales_the_loss_and_matches_float32(calib):
+    """A float16 model (a GPU without native bfloat16) is scored with a scaled loss and its
+    gradients unscaled in float32: the scores agree with the float32 model's."""
+    fp32 = tiny_model()
+    fp16 = tiny_model(dtype=torch.float16)
+    fams32, fams16 = [mlp_family(fp32, 1)], [mlp_family(fp16, 1)]
+    s32 = member_statistics(fp32, calib, "taylor-element1", fams32)[0]
+    s16 = member_statistics(fp16, calib, "taylor-element1", fams16)[0]
+    assert s16.dtype == torch.float32 and (s16 > 0).all()
+    torch.testing.assert_close(s16, s32, rtol=0.05, atol=1e-5)
+
+
+def test_native_bfloat16_only_from_ampere(monkeypatch):
+    from pruner import models
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))    # a T4
+    assert models.pick_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))    # an H100
+    assert models.pick_dtype(torch.device("cuda")) == torch.bfloat16
