@@ -115,13 +115,17 @@ def restore(visitor_key, request: gr.Request):
     REGISTRY.alias(request.session_hash, key)
     session = REGISTRY.find(key)
     if session is None:
-        return key, "Press **Load model** to start."
+        if REGISTRY.expired(key):
+            return key, gr.skip(), (f"Your previous session expired after {REGISTRY.ttl_s / 60:.0f} idle minutes "
+                                    "and its models were freed: press **Load model** to start again.")
+        return key, gr.skip(), "Press **Load model** to start."
     held = ["model"] + [what for what, have in (("scores", session.scores is not None),
                                                 ("a pruned model", session.prune_key),
                                                 ("a LoRA recovery", session.recovery or session.recovery_key),
                                                 ("pruned + LoRA", session.merged_key)) if have]
-    return key, (f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
-                 f"({', '.join(held)}). Carry on where you left off.")
+    return key, handlers.facts_table(session.info), (
+        f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
+        f"({', '.join(held)}). Carry on where you left off.")
 
 
 @friendly(10)
@@ -555,7 +559,7 @@ def build() -> gr.Blocks:
                          api_name="export", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
         # the visitor's key lives in the browser: a reload finds the same session
-        demo.load(restore, visitor, [visitor, load_status], api_visibility="private")
+        demo.load(restore, visitor, [visitor, facts, load_status], api_visibility="private")
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
     demo.queue(default_concurrency_limit=4)
     return demo

@@ -143,6 +143,11 @@ class SessionRegistry:
                                "freed for other visitors: load a model again in the Model tab.")
         raise SessionError("No model loaded in this session yet: load one in the Model tab.")
 
+    def expired(self, key: str) -> bool:
+        with self._lock:
+            self._sweep()
+            return key in self._expired
+
     def drop(self, key: str) -> None:
         with self._lock:
             self._sessions.pop(key, None)

@@ -165,10 +165,10 @@ def test_a_reload_keeps_the_session(server, tiny_folder):
     key = server.REGISTRY.visitor(old_hash)
     session = server.REGISTRY.get(key)
     new_connection = "reloaded-page-hash"
-    visitor, message = server.restore(key, type("Request", (), {"session_hash": new_connection})())
+    visitor, facts, message = server.restore(key, type("Request", (), {"session_hash": new_connection})())
     assert visitor == key and "Welcome back" in message and "a pruned model" in message
     assert server.REGISTRY.get(server.REGISTRY.visitor(new_connection)) is session
-    fresh, message = server.restore("", type("Request", (), {"session_hash": "someone-new"})())
+    fresh, _, message = server.restore("", type("Request", (), {"session_hash": "someone-new"})())
     assert fresh != key and "Load model" in message
 
 

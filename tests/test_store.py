@@ -1,0 +1,113 @@
+"""The class's shared store and the session registry, without a server: content keys, compute
+once under concurrency, eviction order inside the memory budget, refusal with a reason, rebuild of
+an evicted result, and honest expiry messages."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from components.session import Session, SessionError, SessionRegistry
+from components.store import CapacityError, Store, content_key, size_of
+
+
+def tensor(n_bytes):
+    return torch.zeros(n_bytes // 4, dtype=torch.float32)
+
+
+def test_content_key_is_stable_and_order_free():
+    assert content_key("scores", {"a": 1, "b": [1, 2]}) == content_key("scores", {"b": [1, 2], "a": 1})
+    assert content_key("scores", {"a": 1}) != content_key("scores", {"a": 2})
+    assert content_key("scores", {"a": 1}) != content_key("pruned", {"a": 1})
+
+
+def test_size_of_models_counts_tied_weights_once():
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    both = torch.nn.ModuleDict({"emb": emb, "head": head})
+    assert size_of(both) == 10 * 4 * 4
+
+
+def test_identical_requests_compute_once_even_at_the_same_time():
+    store, calls = Store(budget_bytes=10**9), []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return tensor(400)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.compute("x", {"k": 1}, slow)))
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(hit for _, hit, _ in results) == [False, True, True, True, True]
+    assert len({id(v) for v, _, _ in results}) == 1
+    assert store.stats()["hits"] == 4 and store.stats()["misses"] == 1
+
+
+def test_eviction_prefers_unreferenced_then_least_recent():
+    store = Store(budget_bytes=3000)
+    keys = [store.compute("x", {"i": i}, lambda: tensor(1000))[2] for i in range(3)]
+    store.in_use = lambda: {keys[0]}              # a live session still refers to the oldest
+    store.peek(keys[1])                           # touched: more recent than keys[2]
+    store.compute("x", {"i": 3}, lambda: tensor(1000))
+    assert store.peek(keys[0]) is not None        # referenced: kept though oldest
+    assert store.peek(keys[1]) is not None
+    assert store.peek(keys[2]) is None            # unreferenced and least recent: evicted
+
+
+def test_full_budget_refuses_with_reason_and_retry_hint():
+    store = Store(budget_bytes=2000)
+    store.compute("x", {"i": 0}, lambda: tensor(1000))
+    store.in_use = lambda: {content_key("x", {"i": 0})}
+    with pytest.raises(CapacityError, match="memory is full.*retry"):
+        store.compute("x", {"i": 1}, lambda: tensor(4000))
+
+
+def test_original_is_loaded_once_and_shared():
+    store, loads = Store(budget_bytes=10**9), []
+
+    def load():
+        loads.append(1)
+        return torch.nn.Linear(4, 4), "tok", {"name": "m"}
+
+    first, shared_first = store.original("src", "src", load)
+    second, shared_second = store.original("src", "src", load)
+    assert first is second and len(loads) == 1 and (shared_first, shared_second) == (False, True)
+    assert not any(p.requires_grad for p in first.model.parameters())
+
+
+def test_an_evicted_result_is_rebuilt_for_the_session_that_needs_it():
+    store = Store(budget_bytes=10**9)
+    session = Session(key="v")
+    value, _, key = store.compute("x", {"i": 1}, lambda: {"model": tensor(40)})
+    session.remember(key, "x", {"i": 1}, lambda: {"model": tensor(40)})
+    store.drop(key)
+    rebuilt = session.value(store, key)
+    assert torch.equal(rebuilt["model"], value["model"]) and store.peek(key) is not None
+
+
+def test_expired_sessions_say_so():
+    registry = SessionRegistry(Store(budget_bytes=10**9), ttl_s=0.05)
+    registry.put(Session(key="v1", source="default"))
+    assert registry.get("v1").source == "default"
+    time.sleep(0.1)
+    with pytest.raises(SessionError, match="expired after"):
+        registry.get("v1")
+    assert registry.expired("v1")
+    with pytest.raises(SessionError, match="No model loaded in this session yet"):
+        registry.get("never-seen")
+
+
+def test_a_reconnection_reaches_the_same_session():
+    registry = SessionRegistry(Store(budget_bytes=10**9))
+    session = registry.put(Session(key="visitor-1"))
+    registry.alias("connection-after-reload", "visitor-1")
+    assert registry.get(registry.visitor("connection-after-reload")) is session
+    assert registry.visitor("api-client") == "api-client"       # no browser key: the connection itself
