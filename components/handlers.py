@@ -28,7 +28,7 @@ from pruner.groups import describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.prune import needs_calibration
-from pruner.recipes import recipe_record
+from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params
@@ -431,7 +431,7 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     key = f"recovery:{hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]}"
     session.merged_key = None
     if store.peek(key) is not None:
-        session.recovery, session.recovery_key = None, key
+        session.recovery, session.recovery_key, session.recovery_data = None, key, data_source
         store.hits += 1
         return store.peek(key), True, key
     original = session.original(store)
@@ -453,7 +453,7 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
         recovery = LoraRecovery(pruned, original.tokenizer, data, settings,
                                 teacher=original.model if settings.distill_weight > 0 else None)
     recovery.cache_key = key
-    session.recovery, session.recovery_key = recovery, None
+    session.recovery, session.recovery_key, session.recovery_data = recovery, None, data_source
     return recovery, False, key
 
 
@@ -578,7 +578,7 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
     recipe = dict(session.recipe)
     recovery = current_recovery(store, session) if which != "pruned" else None
     if recovery is not None:
-        recipe["recovery"] = asdict(recovery.settings) | {"steps": recovery.step}
+        recipe = with_recovery(recipe, recovery.settings, recovery.step, session.recovery_data)
     tokenizer = session.original(store).tokenizer
 
     def compute():

@@ -40,6 +40,7 @@ class Session:
     recipe: dict = field(default_factory=dict)
     recovery: Any = None                # a LoraRecovery being trained (this visitor's own)
     recovery_key: str | None = None     # a finished recovery in the store
+    recovery_data: str = ""             # the data source of this session's recovery
     merged_key: str | None = None
     evaluations: list = field(default_factory=list)
     rebuild: dict = field(default_factory=dict)   # store key -> (kind, spec, fn) to recompute if evicted

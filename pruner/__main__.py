@@ -321,11 +321,11 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_recover(args) -> dict:
-    from dataclasses import asdict
 
     from .evaluate import perplexity
     from .export import save
     from .models import load_model
+    from .recipes import with_recovery
     from .recover import LoraRecovery, preset, recovery_examples
 
     model, tokenizer = _load(args)
@@ -360,8 +360,8 @@ def cmd_recover(args) -> dict:
     if before is not None:
         print(f"WikiText-2 ppl ({args.ppl_windows} windows): {before:.2f} -> {after:.2f}")
     if args.out:
-        save(merged, args.out, tokenizer, recipe={"recovery": asdict(settings), "data": args.data,
-                                                  "base": args.model})
+        before_recipe = (getattr(model.config, "pruning", None) or {}).get("recipe") or {"base_model": args.model}
+        save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data))
         rec.save_adapter(f"{args.out}/adapter")
         print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
     return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,

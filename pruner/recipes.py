@@ -53,3 +53,8 @@ def recipe_record(score_config: ScoreConfig, prune_config: PruneConfig, calibrat
                       "seed": score_config.seed},
             "prune": prune, "group_ratios": list(group_ratios or []), "calibration": calibration,
             "notes": list(notes or [])}
+
+
+def with_recovery(record: dict, settings, steps: int, data: str) -> dict:
+    """`record` (a recipe_record) with the LoRA recovery that followed it, in the same schema."""
+    return {**record, "recovery": {**asdict(settings), "steps": int(steps), "data": data}}
