@@ -358,8 +358,9 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
         store.reserve(size_of(original.model))            # the copy pruning makes
         with accelerated(original.model):
             result = prune_model(original.model, ids, score_config, config, report)
-        result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU
-        return {"model": result.model, "result": result}
+        pruned = result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU
+        result.model = None            # held once, under "model" (and counted once by the store)
+        return {"model": pruned, "result": result}
 
     value, hit, key = store.compute("pruned", spec, compute)
     session.remember(key, "pruned", spec, compute)

@@ -37,12 +37,17 @@ def content_key(kind: str, spec: dict) -> str:
     return f"{kind}:{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
-def size_of(value: Any) -> int:
-    """Bytes a cached value holds: model weights (tied once), DataFrames, nested containers."""
+def size_of(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
+    """Bytes a cached value holds: model weights and tensors (each storage once, tied weights
+    included), DataFrames, and what containers / plain objects hold, a few levels deep."""
     import torch
 
+    seen = set() if _seen is None else _seen
+    if id(value) in seen or _depth > 4:
+        return 0
+    seen.add(id(value))
     if isinstance(value, torch.nn.Module):
-        seen, total = set(), 0
+        total = 0
         for t in list(value.parameters()) + list(value.buffers()):
             if id(t) not in seen:
                 seen.add(id(t))
@@ -52,14 +57,14 @@ def size_of(value: Any) -> int:
         return value.numel() * value.element_size()
     if isinstance(value, pd.DataFrame):
         return int(value.memory_usage(deep=True).sum())
-    if isinstance(value, dict):
-        return sum(size_of(v) for v in value.values()) + 64 * len(value)
-    if isinstance(value, (list, tuple)):
-        return sum(size_of(v) for v in value) + 16 * len(value)
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return sum(size_of(v) for v in vars(value).values())
     if isinstance(value, (str, bytes)):
         return len(value)
+    if isinstance(value, dict):
+        return 64 * len(value) + sum(size_of(v, seen, _depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return 16 * len(value) + sum(size_of(v, seen, _depth + 1) for v in value[:10_000])
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return sum(size_of(v, seen, _depth + 1) for v in vars(value).values())
     return 64
 
 

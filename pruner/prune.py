@@ -85,7 +85,6 @@ class PruneConfig:
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
             raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
 
-
     def compensated_blocks(self) -> set[str]:
         """The blocks whose removed groups bias compensation folds into a bias."""
         if self.strategy != "block" or not self.compensate:
@@ -115,8 +114,6 @@ class PruneConfig:
             new.compensate = False
             notes.append(f"bias compensation applies to the block strategy, not {new.strategy!r}: off")
         if new.compensate and model is not None:
-            from .arch import arch_of
-
             arch = arch_of(model)
             missing = sorted(b for b in new.compensated_blocks() if not arch.can_compensate(b))
             if missing:
