@@ -54,7 +54,7 @@ ROWS = [
     ("MLP only, last-only + compensation, sensitivity allocation, 128 x 128 LAMBADA",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, allocation="sensitivity"),
      ("lambada", 128, 128)),
-    ("MLP only, mix (element1 + element2, LLM-Pruner's param_mix), last-only + compensation",
+    ("MLP only, param_mix (LLM-Pruner's name for element2), last-only + compensation",
      dict(criterion="taylor-mix", aggregation="last"), dict(attn_share=0.0, compensate=True), None),
     ("MLP only, last-only + compensation, means recomputed layer by layer",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, recompute_means=True), None),

@@ -1,4 +1,4 @@
-"""Pruning Studio's engine: LLM-Pruner structural pruning for Llama-family decoders.
+"""Pruning Studio's engine: LLM-Pruner structural pruning for the decoder families of `arch.py`.
 
     from pruner import load_model, calibration_ids, recipe, prune_model, save
     model, tok = load_model("default")
