@@ -288,9 +288,8 @@ def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
 
 @friendly(4)
 def run_export(which, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-    archive, recipe, adapter, hit = handlers.export(STORE, session_of(request), which, progress)
-    note = ("Unzip and load with `AutoModelForCausalLM.from_pretrained(folder)` (uniform widths) or "
-            "`pruner.load_model(folder)` (per-layer widths: recorded in config.json)." + handlers.cache_note(hit))
+    archive, recipe, adapter, loader, hit = handlers.export(STORE, session_of(request), which, progress)
+    note = f"Unzip and load it: this export has {loader}." + handlers.cache_note(hit)
     return archive, recipe, adapter, note
 
 
@@ -504,7 +503,10 @@ def build() -> gr.Blocks:
             # 8 ---------------------------------------------------------------- Export
             with gr.Tab("8 · Export"):
                 explain("Download a folder archive of safetensors + config + tokenizer that "
-                        "`from_pretrained` loads, the recipe as JSON, and the LoRA adapter (peft format).")
+                        "`from_pretrained` loads (uniform widths: plain transformers; per-layer widths, "
+                        "as the default recipe makes: `trust_remote_code=True` with the small "
+                        "modeling_pruned.py the export carries, or `pruner.load_model`), the recipe as "
+                        "JSON, and the LoRA adapter (peft format).")
                 export_which = gr.Radio(["pruned", "pruned + LoRA"], value="pruned", label="model")
                 export_btn = gr.Button("Export", variant="primary")
                 with gr.Row():

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
+from pruner.export import loader_of
 from pruner.activations import input_statistics
 from pruner.data import DataUnavailableError, calibration_ids
 from pruner.evaluate import evaluate, model_stats, perplexity
@@ -572,7 +573,7 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
 
 # ----------------------------------------------------------------------------- export
 
-def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, bool]:
+def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, str, bool]:
     models, keys = session.models(store), session.model_keys()
     if which not in models or which == "original":
         raise ValueError("prune (and optionally recover + merge) before exporting")
@@ -599,13 +600,14 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
                 progress(0.85, desc="saving the LoRA adapter")
             recovery.save_adapter(folder / "adapter")
             adapter = zip_folder(folder, "adapter", "lora-adapter")
-        return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter}
+        return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter,
+                "loader": loader_of(folder / name)}
 
     spec = {"model": keys[which], "recipe": recipe}
     files, hit, _ = store.compute("export", spec, compute)
     if not Path(files["archive"]).is_file():        # the temporary folder was cleaned: write again
         files = compute()
-    return files["archive"], files["recipe"], files["adapter"], hit
+    return files["archive"], files["recipe"], files["adapter"], files["loader"], hit
 
 
 def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
@@ -628,7 +630,7 @@ def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token:
         raise ValueError("a Hugging Face write token is needed to push")
     if which not in session.models(store) or which == "original":
         raise ValueError("prune before pushing")
-    archive, _, _, _ = export(store, session, which)
+    archive, *_ = export(store, session, which)
     folder = Path(archive).with_suffix("")
     try:
         from huggingface_hub import HfApi

@@ -212,7 +212,7 @@ def cmd_score(args) -> dict:
 
 
 def cmd_prune(args) -> dict:
-    from .export import save
+    from .export import loader_of, save
     from .prune import needs_calibration, prune_model
     from .recipes import recipe, recipe_record
 
@@ -261,7 +261,8 @@ def cmd_prune(args) -> dict:
                            args.preset, notes)
     if args.out:
         save(result.model, args.out, tokenizer, recipe)
-        print(f"saved to {args.out}")
+        report["loader"] = loader_of(args.out)
+        print(f"saved to {args.out}; load it with {report['loader']}")
     if result.sensitivity is not None:
         report["sensitivity"] = result.sensitivity.to_dict("records")
     report.update(out=args.out, seconds=seconds, group_ratios=result.group_ratios,

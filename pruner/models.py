@@ -122,7 +122,7 @@ def build_from_state(config, state: dict, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     _reshape_to_state(model, state)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -171,3 +171,42 @@ def test_mixture_of_experts_is_refused_clearly(model_type):
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(UnsupportedModelError, match="mixture of experts"):
         check_supported(model)
+
+
+def test_per_layer_exports_load_in_plain_transformers_with_their_modeling_file(tmp_path, ids):
+    """Per-layer widths: the export carries modeling_pruned.py (auto_map), so transformers alone
+    loads it with trust_remote_code=True, checked in a fresh interpreter where this project is not
+    importable (python -I, run from another folder); logits are identical."""
+    import subprocess
+    import sys
+
+    plan = Plan(attn_keep={1: [0]}, mlp_keep={0: list(range(40)), 2: list(range(0, 48, 2))})
+    expected = {}
+    for name in FAMILIES:
+        pruned = apply_plan(tiny_family_model(name), plan)
+        folder = save(pruned, tmp_path / name)
+        assert (folder / "modeling_pruned.py").is_file()
+        assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+        expected[name] = logits(pruned, ids)
+    torch.save({"ids": ids}, tmp_path / "ids.pt")
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "assert 'pruner' not in sys.modules\n"
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r})['ids']\n"
+        "out = {}\n"
+        f"for name in {list(FAMILIES)!r}:\n"
+        f"    m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + '/' + name, trust_remote_code=True,\n"
+        "                                             dtype=torch.float32)\n"
+        "    with torch.no_grad():\n"
+        "        torch.save(m(input_ids=ids).logits, " f"{str(tmp_path)!r}" " + '/' + name + '/logits.pt')\n"
+        "    out[name] = type(m).__name__\n"
+        "print(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    classes = json.loads(run.stdout.strip().splitlines()[-1])
+    for name in FAMILIES:
+        assert classes[name] == "PrunedForCausalLM"
+        got = torch.load(tmp_path / name / "logits.pt")
+        torch.testing.assert_close(got, expected[name], atol=1e-5, rtol=1e-5)
