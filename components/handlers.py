@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
+from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.activations import input_statistics
 from pruner.data import DataUnavailableError, calibration_ids
@@ -588,7 +589,17 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
         name = "pruned" if which == "pruned" else "pruned-lora"
         if progress:
             progress(0.2, desc="writing safetensors, config and tokenizer")
-        save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)))
+        if progress:
+            progress(0.1, desc="measuring both models for the model card")
+        before = measured(store, session, session.original_key, models["original"])
+        after = measured(store, session, keys[which], models[which])
+        stats = card_stats({"params_before": before["parameters"], "params_after": after["parameters"],
+                            "macs_per_token_before": before["MACs / token"],
+                            "macs_per_token_after": after["MACs / token"]},
+                           before["WikiText-2 ppl (quick)"], after["WikiText-2 ppl (quick)"],
+                           "WikiText-2, first 16 windows of 128 tokens (the dashboard's quick figure)")
+        save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
+             stats=stats)
         if progress:
             progress(0.6, desc="zipping the folder")
         archive = zip_folder(folder, name)
@@ -624,23 +635,12 @@ def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
 
 
 def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token: str) -> str:
-    if not repo_id or "/" not in repo_id:
-        raise ValueError("give a repository id like your-name/smollm2-pruned")
     if not token:
         raise ValueError("a Hugging Face write token is needed to push")
     if which not in session.models(store) or which == "original":
         raise ValueError("prune before pushing")
     archive, *_ = export(store, session, which)
-    folder = Path(archive).with_suffix("")
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
-    except Exception as err:
-        raise ValueError(f"could not push to {repo_id}: {type(err).__name__}: {str(err)[:200]}") from err
-    return f"Pushed to https://huggingface.co/{repo_id}"
+    return f"Pushed to {push(Path(archive).with_suffix(''), repo_id, token)}"
 
 
 __all__ = ["SessionError", "Store", "SessionRegistry"]

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the merged model (+ adapter/ inside)")
 
+    p = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub (token: $HF_TOKEN)")
+    p.add_argument("--model", required=True, help="an export folder (prune / recover --out)")
+    p.add_argument("--repo-id", required=True, help="owner/name")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+
     p = sub.add_parser("generate", help="stream a generation")
     _common(p)
     p.add_argument("--prompt", default=None, help="default: the paper's Leaning Tower of Pisa prompt")
@@ -212,6 +218,7 @@ def cmd_score(args) -> dict:
 
 
 def cmd_prune(args) -> dict:
+    from .card import card_stats
     from .export import loader_of, save
     from .prune import needs_calibration, prune_model
     from .recipes import recipe, recipe_record
@@ -260,7 +267,7 @@ def cmd_prune(args) -> dict:
     recipe = recipe_record(score_config, config, calibration, args.model, result.group_ratios,
                            args.preset, notes)
     if args.out:
-        save(result.model, args.out, tokenizer, recipe)
+        save(result.model, args.out, tokenizer, recipe, stats=card_stats(report))
         report["loader"] = loader_of(args.out)
         print(f"saved to {args.out}; load it with {report['loader']}")
     if result.sensitivity is not None:
@@ -362,7 +369,13 @@ def cmd_recover(args) -> dict:
         print(f"WikiText-2 ppl ({args.ppl_windows} windows): {before:.2f} -> {after:.2f}")
     if args.out:
         before_recipe = (getattr(model.config, "pruning", None) or {}).get("recipe") or {"base_model": args.model}
-        save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data))
+        from .card import card_stats
+        from .stats import count_params
+
+        sizes = {"params_before": count_params(model)["params"], "params_after": count_params(merged)["params"]}
+        protocol = f"WikiText-2, first {args.ppl_windows} windows of 128 tokens, before / after recovery"
+        save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data),
+             stats=card_stats(sizes, before, after, protocol if before is not None else None))
         rec.save_adapter(f"{args.out}/adapter")
         print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
     return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,
@@ -371,7 +384,15 @@ def cmd_recover(args) -> dict:
             "loss_curve": [round(h["loss"], 4) for h in rec.history]}
 
 
-COMMANDS = {"inspect": cmd_inspect, "score": cmd_score, "prune": cmd_prune, "eval": cmd_eval,
+def cmd_push(args) -> dict:
+    from .card import push
+
+    url = push(args.model, args.repo_id, private=args.private)
+    print(f"pushed {args.model} to {url}")
+    return {"url": url, "repo_id": args.repo_id}
+
+
+COMMANDS = {"inspect": cmd_inspect, "push": cmd_push, "score": cmd_score, "prune": cmd_prune, "eval": cmd_eval,
             "recover": cmd_recover, "generate": cmd_generate}
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .arch import arch_of
+from .card import model_card
 from .models import load_pruned
 
 __all__ = ["save", "load_pruned", "loader_of"]
@@ -39,12 +40,13 @@ def _write_modeling_file(model, out: Path) -> None:
     (out / "modeling_pruned.py").write_text(text)
 
 
-def save(model, directory, tokenizer=None, recipe: dict | None = None) -> Path:
+def save(model, directory, tokenizer=None, recipe: dict | None = None, stats: dict | None = None) -> Path:
     """Write safetensors weights, config (with the pruning record), tokenizer and pruning.json.
 
     Per-layer widths: config.json also gets `auto_map` to the modeling_pruned.py written beside it,
     so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads the export where
     this project is not installed; `pruner.load_model(dir)` loads it without remote code.
+    A Hub-style model card (README.md) describes the recipe and `stats` (see `card.card_stats`).
     """
     out = Path(directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +68,8 @@ def save(model, directory, tokenizer=None, recipe: dict | None = None) -> Path:
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     (out / "pruning.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (out / "README.md").write_text(model_card(json.loads(json.dumps(record, default=str)), stats,
+                                              per_layer=bool(record.get("layer_widths"))))
     return out
 
 

@@ -52,3 +52,55 @@ def test_hidden_and_layer_pruned_round_trip(tmp_path, calib):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.hidden_size == 16 and reloaded.config.num_hidden_layers == 3
     torch.testing.assert_close(logits(reloaded, calib), logits(pruned, calib), rtol=0, atol=0)
+
+
+def test_every_export_has_a_model_card(tmp_path, calib):
+    from pruner.card import card_stats
+    from pruner.recipes import recipe, recipe_record
+
+    model = tiny_model(n_heads=4, n_kv=2)
+    pruned = apply_plan(model, Plan(mlp_keep={1: list(range(24))}))          # per-layer widths
+    score_config, prune_config = recipe("default")
+    record = recipe_record(score_config, prune_config, {"source": "builtin", "samples": 10, "seq_len": 64,
+                                                        "seed": 0}, "default", [0.3])
+    stats = card_stats({"params_before": 1000, "params_after": 800, "macs_per_token_before": 900.0,
+                        "macs_per_token_after": 700.0}, 55.0, 128.3, "WikiText-2, 16 windows")
+    save(pruned, tmp_path, recipe=record, stats=stats)
+    card = (tmp_path / "README.md").read_text()
+    meta = card.split("---")[1]
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in meta
+    assert "library_name: transformers" in meta and "pipeline_tag: text-generation" in meta
+    assert "- llm-pruner" in meta and "- pruned" in meta
+    assert "taylor-element1" in card and "| parameters | 1,000 | 800 |" in card
+    assert "| perplexity | 55.00 | 128.30 |" in card and "trust_remote_code=True" in card
+
+
+def test_push_uploads_the_folder_and_never_shows_the_token(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from pruner.card import push
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, exist_ok, private):
+            calls["repo"] = repo_id
+
+        def upload_folder(self, folder_path, repo_id):
+            calls["folder"] = folder_path
+            raise RuntimeError(f"403 forbidden for token {calls['token']}")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    save(apply_plan(tiny_model(), Plan(mlp_keep={0: [0, 1]})), tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        push(tmp_path, "me/model")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret123")
+    with pytest.raises(ValueError) as err:
+        push(tmp_path, "me/model")
+    assert "hf_secret123" not in str(err.value) and "***" in str(err.value)
+    assert calls == {"token": "hf_secret123", "repo": "me/model", "folder": str(tmp_path)}
