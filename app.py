@@ -32,7 +32,7 @@ from pruner.recipes import RECIPES
 from pruner.recover import PRESETS
 from pruner.tasks import TASKS
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "components" / "assets"
 log = logging.getLogger("pruning-studio")
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
@@ -575,7 +575,12 @@ def launch_kwargs() -> dict:
 
 demo = build()
 
-if __name__ == "__main__":
+def main() -> None:
+    """Serve the dashboard (the `pruning-studio` console script and `python app.py`)."""
     if warm_start_enabled():      # walk the default lesson once so a class finds it cached
         start_warm_start(lambda: getattr(demo, "local_url", None), log.warning)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), **launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """Calibration and evaluation text: a local data directory, the hub through `datasets`, or the
-project's own built-in text (assets/) for calibration offline.
+project's own built-in text (pruner/assets/) for calibration offline.
 
 Local data directory layout (the shared evaluation data): `wikitext-2-raw.wiki.test.raw`,
 `ptb.valid.txt`, `ptb.test.txt`, ... Set it with `data_dir=` or the PRUNER_DATA_DIR variable.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_CALIBRATION = ASSETS / "calibration.txt"
 DATA_DIR_ENV = "PRUNER_DATA_DIR"
 

@@ -7,7 +7,7 @@
 
 Data: alpaca-style instructions (hub yahma/alpaca-cleaned, or a local .json/.jsonl with
 instruction/input/output), plain text, or **self-generated**: the original model answers the
-built-in prompts (assets/instructions.txt), so recovery works offline and teaches the pruned
+built-in prompts (pruner/assets/instructions.txt), so recovery works offline and teaches the pruned
 model to follow its parent; `distill_weight` adds a KL term to the original model's logits.
 The original and pruned models are never modified: training runs on a copy.
 """
