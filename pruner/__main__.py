@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-spread", type=float, default=None,
                    help="with --allocation sensitivity: layer ratios stay within ratio * (1 -/+ this); "
                         "default 0.5")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="kept MLP channels per layer: a multiple of this (default 1; see bench/decode_speed.py)")
     p.add_argument("--layers", type=_range, default=None,
                    help="START:END layers pruned (both kinds; default skips first 3, last 2)")
     p.add_argument("--attn-layers", type=_range, default=None)
@@ -231,7 +233,7 @@ def cmd_prune(args) -> dict:
         iterative_steps=args.iterative_steps, attn_granularity=args.granularity,
         attn_share=args.attn_share, compensate=args.compensate, recompute_means=args.recompute_means,
         allocation=args.allocation,
-        layer_spread=args.layer_spread)
+        layer_spread=args.layer_spread, round_to=args.round_to)
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},
                                   prune_changes)

@@ -45,6 +45,7 @@ class PruneConfig:
     recompute_means: bool = False            # compensation means re-measured layer by layer while cutting
     allocation: str = "uniform"              # local per-layer ratios: uniform | sensitivity (measured)
     layer_spread: float = 0.5                # sensitivity: layer ratios within ratio * (1 -/+ spread)
+    round_to: int = 1                        # kept MLP channels per layer: a multiple of this (kernels)
 
     def validate(self, n_layers: int) -> None:
         if self.strategy not in STRATEGIES:
@@ -76,6 +77,8 @@ class PruneConfig:
         if self.allocation == "sensitivity" and (self.strategy != "block" or self.scope != "local"):
             raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, "
                              "local scope")
+        if int(self.round_to) < 1:
+            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if not 0.0 <= self.layer_spread <= 1.0:
             raise ValueError(f"layer_spread must be in [0, 1], got {self.layer_spread}")
         if self.recompute_means and not self.compensate:
@@ -181,6 +184,13 @@ def _keep_count(n_original: int, ratio: float) -> int:
     return max(1, int(math.floor(n_original * (1.0 - ratio) + 1e-9)))
 
 
+def _round_keep(keep: int, n_original: int, multiple: int) -> int:
+    """`keep` rounded down to a multiple of `multiple` (at least one multiple, at most n)."""
+    if multiple <= 1:
+        return keep
+    return min(n_original, max(multiple, keep // multiple * multiple))
+
+
 def _top(sub: pd.DataFrame, k: int) -> list[int]:
     """Group ids of the k highest scores (ties: lower group id first), sorted."""
     order = sub.sort_values(["score", "group"], ascending=[False, True], kind="stable")
@@ -242,7 +252,10 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
         if config.scope == "local":
             for layer, sub in subs.items():
                 n0 = original_counts.get((kind, layer), len(sub))
-                target[layer] = _top(sub, min(len(sub), _keep_count(n0, ratios[layer])))
+                keep = _keep_count(n0, ratios[layer])
+                if kind == "mlp":
+                    keep = _round_keep(keep, n0, int(config.round_to))
+                target[layer] = _top(sub, min(len(sub), keep))
             continue
         # global: one ranking per kind across the layer range; each layer keeps its best group
         n0 = sum(original_counts.get((kind, layer), len(s)) for layer, s in subs.items())

@@ -169,3 +169,15 @@ def test_named_recipes_and_overrides():
     assert s.criterion == "l2" and p.target_params == 0.1 and p.attn_share == 0.0 and p.compensate
     with pytest.raises(ValueError, match="recipe"):
         recipe("best-ever")
+
+
+def test_round_to_keeps_mlp_widths_a_multiple(calib):
+    model = tiny_model(layers=3)
+    scores = score(model, calib, ScoreConfig("l1"))
+    plan = make_plan(model, scores, PruneConfig(ratio=0.3, round_to=8, prune_attn=False))
+    # 48 channels at 0.3 keep floor(33.6) = 33, rounded down to 32
+    assert {len(k) for k in plan.mlp_keep.values()} == {32}
+    plan = make_plan(model, scores, PruneConfig(ratio=0.95, round_to=16, prune_attn=False))
+    assert {len(k) for k in plan.mlp_keep.values()} == {16}       # never below one multiple
+    with pytest.raises(ValueError, match="round_to"):
+        PruneConfig(round_to=0).validate(3)
