@@ -335,8 +335,10 @@ def cmd_recover(args) -> dict:
     from .evaluate import perplexity
     from .export import save
     from .models import load_model
+    from .card import card_stats
     from .recipes import with_recovery
     from .recover import LoraRecovery, preset, recovery_examples
+    from .stats import count_params
 
     model, tokenizer = _load(args)
     teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)[0] if args.teacher else None
@@ -359,26 +361,25 @@ def cmd_recover(args) -> dict:
                           data_dir_path=args.data_dir, progress=False)["ppl"]
 
     before = ppl(model)
-    rec = LoraRecovery(model, tokenizer, examples, settings, teacher)
+    size_before = count_params(model)["params"]
+    before_recipe = (getattr(model.config, "pruning", None) or {}).get("recipe") or {"base_model": args.model}
+    rec = LoraRecovery(model, tokenizer, examples, settings, teacher, in_place=True)    # we own the model
     print(f"{len(examples)} examples, {rec.trainable_params:,} LoRA parameters, "
           f"{settings.max_steps} steps", file=sys.stderr)
     for f in rec.train():
         print(f"step {f['step']:4d}  loss {f['loss']:.4f}  ce {f['ce']:.4f}  kl {f['kl']:.4f}  "
               f"lr {f['lr']:.2e}  {f['elapsed']:.0f}s", flush=True)
-    merged = rec.merge()
+    if args.out:
+        rec.save_adapter(f"{args.out}/adapter")          # before the in-place merge consumes it
+    merged = rec.merge(in_place=True)
     after = ppl(merged)
     if before is not None:
         print(f"WikiText-2 ppl ({args.ppl_windows} windows): {before:.2f} -> {after:.2f}")
     if args.out:
-        before_recipe = (getattr(model.config, "pruning", None) or {}).get("recipe") or {"base_model": args.model}
-        from .card import card_stats
-        from .stats import count_params
-
-        sizes = {"params_before": count_params(model)["params"], "params_after": count_params(merged)["params"]}
+        sizes = {"params_before": size_before, "params_after": count_params(merged)["params"]}
         protocol = f"WikiText-2, first {args.ppl_windows} windows of 128 tokens, before / after recovery"
         save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data),
              stats=card_stats(sizes, before, after, protocol if before is not None else None))
-        rec.save_adapter(f"{args.out}/adapter")
         print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
     return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,
             "ppl_before": before, "ppl_after": after, "examples": len(examples),

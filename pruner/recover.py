@@ -271,7 +271,8 @@ class LoraRecovery:
     """LoRA fine-tuning of a copy of `model`; `train()` yields progress, `merge()` folds it in."""
 
     def __init__(self, model, tokenizer, examples: list[Example], settings: LoraSettings | None = None,
-                 teacher=None):
+                 teacher=None, in_place: bool = False):
+        """in_place: train on `model` itself instead of a copy (the caller owns it, e.g. the CLI)."""
         from peft import LoraConfig, get_peft_model
 
         self.settings = settings or LoraSettings()
@@ -282,7 +283,7 @@ class LoraRecovery:
         self.tokenized = tokenize_examples(examples, tokenizer, self.settings.seq_len,
                                            self.settings.train_on_inputs)
         torch.manual_seed(self.settings.seed)
-        base = copy.deepcopy(model)
+        base = model if in_place else copy.deepcopy(model)
         for p in base.parameters():
             p.requires_grad_(False)
         targets = tuple(self.settings.target_modules)
@@ -380,9 +381,10 @@ class LoraRecovery:
              "history": self.history[-200:]}, indent=2, default=str) + "\n")
         return out
 
-    def merge(self):
-        """A plain model with the LoRA deltas merged (the adapter model stays usable)."""
-        merged = copy.deepcopy(self.model).merge_and_unload()
+    def merge(self, in_place: bool = False):
+        """A plain model with the LoRA deltas merged. The adapter model stays usable, unless
+        `in_place` (no copy: the adapter model is consumed; save the adapter first)."""
+        merged = (self.model if in_place else copy.deepcopy(self.model)).merge_and_unload()
         merged.eval()
         for p in merged.parameters():
             p.requires_grad_(False)

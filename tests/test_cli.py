@@ -27,6 +27,12 @@ def test_recover_saves_merged_model_and_adapter(tiny_folder, data_dir, tmp_path,
     assert out["steps"] == 3 and len(out["loss_curve"]) == 3 and out["ppl_after"] > 0
     assert (out_dir / "model.safetensors").is_file()
     assert (out_dir / "adapter" / "adapter_config.json").is_file()
+    from pruner.models import load_model
+
+    merged, _ = load_model(str(out_dir), device="cpu")          # trained and merged in place: a plain model
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    card = (out_dir / "README.md").read_text()
+    assert "- lora" in card and "recovery: LoRA" in card
 
 
 def test_generate_side_by_side(tiny_folder, capsys):
