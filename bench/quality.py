@@ -17,6 +17,7 @@ from pathlib import Path
 import common
 from pruner import PruneConfig, ScoreConfig, calibration_ids, load_model, prune_model
 from pruner.evaluate import perplexity
+from pruner.recipes import recipe
 from pruner.recover import LoraRecovery, preset, self_generated_examples
 
 E1 = "taylor-element1"
@@ -69,8 +70,14 @@ def main():
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
+    parser.add_argument("--draws", default="",
+                        help="instead of the rows: the default recipe over calibration draws, e.g. "
+                             "'builtin,lambada:0,1,2:10x64' (sources : seeds : samples x tokens); "
+                             "several specs separated by ';'")
     args = parser.parse_args()
     model, tok = load_model("default")
+    if args.draws:
+        return calibration_draws(model, tok, args)
 
     def ppl(m):
         return perplexity(m, tok, "wikitext2", max_windows=args.windows, data_dir_path=args.data_dir,
@@ -122,6 +129,40 @@ def main():
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"ratio_no_tune": round(best["ratio"], 3),
                       "ratio_lora": round(lora / dense, 3) if lora else None}))
+
+
+def calibration_draws(model, tok, args):
+    """The default recipe's untuned perplexity over calibration draws: mean, spread, each draw."""
+    import statistics
+
+    def ppl(m):
+        return perplexity(m, tok, "wikitext2", max_windows=args.windows, data_dir_path=args.data_dir,
+                          progress=False)["ppl"]
+
+    dense = ppl(model)
+    print(f"dense WikiText-2 ppl ({args.windows} windows): {dense:.2f}", flush=True)
+    score_config, prune_config = recipe("default")
+    summaries = []
+    for spec in args.draws.split(";"):
+        sources, seeds, size = spec.split(":")
+        n, length = (int(x) for x in size.split("x"))
+        ratios = []
+        for source in sources.split(","):
+            for seed in (int(x) for x in seeds.split(",")):
+                ids = calibration_ids(tok, source, n, length, seed=seed, data_dir_path=args.data_dir)
+                value = ppl(prune_model(model, ids, score_config, prune_config).model)
+                ratios.append(value / dense)
+                print(f"  {source} seed {seed} {n}x{length}: ppl {value:.2f} ({value / dense:.3f}x dense)", flush=True)
+        summary = {"draws": spec, "n": len(ratios), "mean": statistics.mean(ratios),
+                   "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
+                   "min": min(ratios), "max": max(ratios), "ratios": ratios}
+        summaries.append(summary)
+        print(f"{spec}: mean {summary['mean']:.3f}x dense, stdev {summary['stdev']:.3f}, "
+              f"range {summary['min']:.3f}-{summary['max']:.3f} over {len(ratios)} draws", flush=True)
+    out = Path(args.out).with_name("calibration_draws.json")
+    out.write_text(json.dumps({"dense_ppl": dense, "windows": args.windows, "draws": summaries}, indent=2) + "\n")
+    print(json.dumps({"draws": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()
+                                 if k != "ratios"} for d in summaries]}))
 
 
 if __name__ == "__main__":
