@@ -36,8 +36,8 @@ from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params
 
 from . import figures
-from .session import Session, SessionError, SessionRegistry
-from .store import Store, size_of
+from .session import Session, SessionRegistry
+from .store import Store, content_key, size_of
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT_ROOT = Path(tempfile.gettempdir()) / "pruning-studio-exports"
@@ -430,13 +430,12 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     overrides = {"max_steps": int(steps), "learning_rate": float(lr), "distill_weight": float(distill)}
     settings = preset(preset_name, **overrides)
     settings.validate()
-    spec = {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source}
-    key = f"recovery:{hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]}"
+    key = content_key("recovery", {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source})
     session.merged_key = None
-    if store.peek(key) is not None:
+    finished = store.lookup(key)
+    if finished is not None:
         session.recovery, session.recovery_key, session.recovery_data = None, key, data_source
-        store.hits += 1
-        return store.peek(key), True, key
+        return finished, True, key
     original = session.original(store)
     if progress:
         progress(0.05, desc=f"preparing '{data_source}' data"
@@ -507,10 +506,9 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
     texts = {name: "" for name in ("original", "pruned", "pruned + LoRA")}
     rates, cached = {}, []
     for name, model in models.items():
-        spec = {"model": keys[name], "prompt": prompt, "settings": asdict(settings)}
-        done = store.peek(_generation_key(spec))
+        key = content_key("generation", {"model": keys[name], "prompt": prompt, "settings": asdict(settings)})
+        done = store.lookup(key)
         if done is not None:
-            store.hits += 1
             texts[name], rates[name] = done["text"], done["tokens_per_s"]
             cached.append(name)
             yield texts, rates, cached
@@ -521,19 +519,12 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
                 texts[name] = last["text"]
                 yield texts, rates, cached
         rates[name] = last["tokens_per_s"]
-        store.put(_generation_key(spec), "generation", {"text": last["text"], "tokens_per_s": last["tokens_per_s"]},
-                  miss=True)
+        store.put(key, "generation", {"text": last["text"], "tokens_per_s": last["tokens_per_s"]}, miss=True)
         yield texts, rates, cached
     for name in texts:
         if name not in models:
             texts[name] = "(not available yet: prune" + (" and recover)" if "LoRA" in name else ")")
     yield texts, rates, cached
-
-
-def _generation_key(spec: dict) -> str:
-    from .store import content_key
-
-    return content_key("generation", spec)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -643,4 +634,3 @@ def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token:
     return f"Pushed to {push(Path(archive).with_suffix(''), repo_id, token)}"
 
 
-__all__ = ["SessionError", "Store", "SessionRegistry"]

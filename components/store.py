@@ -210,23 +210,26 @@ class Store:
             self._entries.move_to_end(key)
             return entry.value
 
+    def lookup(self, key: str) -> Any | None:
+        """A cached value by key (counted as a hit), or None (not counted: the caller computes it
+        and `put`s it with miss=True)."""
+        with self._lock:
+            value = self.peek(key)
+            if value is not None:
+                self.hits += 1
+                self._entries[key].hits += 1
+            return value
+
     def compute(self, kind: str, spec: dict, fn: Callable[[], Any]) -> tuple[Any, bool, str]:
         """(value, hit, key): the cached value for (kind, spec), or fn() computed once and cached."""
         key = content_key(kind, spec)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                entry.last_used, entry.hits = time.time(), entry.hits + 1
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry.value, True, key
+        found = self.lookup(key)
+        if found is not None:
+            return found, True, key
         with self._compute_lock(key):          # an identical request in flight: wait for it
-            with self._lock:
-                entry = self._entries.get(key)
-                if entry is not None:
-                    entry.last_used, entry.hits = time.time(), entry.hits + 1
-                    self.hits += 1
-                    return entry.value, True, key
+            found = self.lookup(key)
+            if found is not None:
+                return found, True, key
             value = fn()
             self.put(key, kind, value, miss=True)
             return value, False, key
