@@ -487,7 +487,8 @@ def merge(store: Store, session: Session):
         merged, hit = recovery.merge(), False
         store.put(key, "merged", merged)
     session.merged_key = key
-    ppl_before = _quick_ppl(_pruned_model(store, session), original.tokenizer)
+    pruned = _pruned_model(store, session)      # its quick perplexity was measured when it was pruned
+    ppl_before = measured(store, session, session.prune_key, pruned)["WikiText-2 ppl (quick)"]
     ppl_after = _quick_ppl(merged, original.tokenizer)
     if ppl_before is None:
         return "Merged the LoRA weights into the pruned model (pruned + LoRA)." + cache_note(hit)

@@ -50,39 +50,43 @@ class Arch:
     heads_from_config: bool = False             # attention reads head counts from its config (Phi-3)
 
     # ------------------------------------------------------------------ module access
-    def module(self, layer: nn.Module, path: str) -> nn.Module:
-        return layer.get_submodule(path)
+    def attn_inputs(self) -> tuple[str, ...]:
+        """The attention projections reading the residual stream: q, k, v (or the fused qkv)."""
+        return (self.qkv,) if self.qkv else (self.q, self.k, self.v)
+
+    def mlp_inputs(self) -> tuple[str, ...]:
+        """The MLP projections reading the residual stream: gate, up (or the fused gate_up)."""
+        return (self.gate_up,) if self.gate_up else (self.gate, self.up)
+
+    def attention_module(self, layer: nn.Module) -> nn.Module:
+        return layer.get_submodule(self.o.rsplit(".", 1)[0])
 
     def attention_shape(self, layer: nn.Module) -> tuple[int, int, int]:
         """(query heads, KV heads, head_dim) of one decoder layer, read from its weights."""
-        head_dim = int(self.module(layer, self.o.rsplit(".", 1)[0]).head_dim)
-        n_q = self.module(layer, self.o).in_features // head_dim
+        head_dim = int(self.attention_module(layer).head_dim)
+        n_q = layer.get_submodule(self.o).in_features // head_dim
         if self.qkv:
-            n_kv = (self.module(layer, self.qkv).out_features - n_q * head_dim) // (2 * head_dim)
+            n_kv = (layer.get_submodule(self.qkv).out_features - n_q * head_dim) // (2 * head_dim)
         else:
-            n_kv = self.module(layer, self.k).out_features // head_dim
+            n_kv = layer.get_submodule(self.k).out_features // head_dim
         return n_q, n_kv, head_dim
 
     def mlp_width(self, layer: nn.Module) -> int:
-        return self.module(layer, self.down).in_features
+        return layer.get_submodule(self.down).in_features
 
     def residual_readers(self) -> tuple[str, ...]:
         """Linears reading the residual stream (input columns = hidden channels), in order."""
-        attn = (self.qkv,) if self.qkv else (self.q, self.k, self.v)
-        mlp = (self.gate_up,) if self.gate_up else (self.gate, self.up)
-        return attn + mlp
+        return self.attn_inputs() + self.mlp_inputs()
 
     def lora_targets(self) -> tuple[str, ...]:
         """Module names (last path part) LoRA adapts: every projection of attention and MLP."""
-        paths = [self.qkv] if self.qkv else [self.q, self.k, self.v]
-        paths += [self.o] + ([self.gate_up] if self.gate_up else [self.gate, self.up]) + [self.down]
-        return tuple(p.rsplit(".", 1)[-1] for p in paths)
+        return tuple(p.rsplit(".", 1)[-1] for p in self.bias_paths("attn") + self.bias_paths("mlp"))
 
     def bias_paths(self, block: str) -> tuple[str, ...]:
-        """The projections one config bias switch controls ("attn" or "mlp")."""
+        """The projections one config bias switch controls ("attn" or "mlp"), in execution order."""
         if block == "attn":
-            return ((self.qkv,) if self.qkv else (self.q, self.k, self.v)) + (self.o,)
-        return ((self.gate_up,) if self.gate_up else (self.gate, self.up)) + (self.down,)
+            return self.attn_inputs() + (self.o,)
+        return self.mlp_inputs() + (self.down,)
 
     def can_compensate(self, block: str) -> bool:
         """Whether the family's config can give o_proj ("attn") / down_proj ("mlp") a bias."""
@@ -92,7 +96,7 @@ class Arch:
     def sync_layer(self, layer: nn.Module, config) -> None:
         """Head counts and widths of a layer's modules from its (sliced) weights."""
         n_q, n_kv, _ = self.attention_shape(layer)
-        attn = self.module(layer, self.o.rsplit(".", 1)[0])
+        attn = self.attention_module(layer)
         for name, value in (("num_heads", n_q), ("num_attention_heads", n_q),
                             ("num_key_value_heads", n_kv), ("num_key_value_groups", n_q // n_kv)):
             if hasattr(attn, name) or name == "num_key_value_groups":
@@ -101,7 +105,7 @@ class Arch:
             if attn.config is config or getattr(attn.config, "num_attention_heads", n_q) != n_q:
                 attn.config = copy.copy(config)      # this layer's own head counts
             attn.config.num_attention_heads, attn.config.num_key_value_heads = n_q, n_kv
-        mlp = self.module(layer, self.down.rsplit(".", 1)[0])
+        mlp = layer.get_submodule(self.down.rsplit(".", 1)[0])
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = self.mlp_width(layer)
 
@@ -122,10 +126,20 @@ def rms_keep_factor(n_before: int, n_after: int) -> float:
     return math.sqrt(n_before / n_after)
 
 
+def norm_eps(norm: nn.Module) -> float | None:
+    """An RMSNorm's epsilon (transformers names it variance_epsilon or eps)."""
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    return eps if isinstance(eps, float) else None
+
+
+def set_norm_eps(norm: nn.Module, eps: float) -> None:
+    setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", float(eps))
+
+
 def scale_eps(norm: nn.Module, scale: float) -> None:
-    for attr in ("variance_epsilon", "eps"):
-        if isinstance(getattr(norm, attr, None), float):
-            setattr(norm, attr, getattr(norm, attr) * scale)
+    eps = norm_eps(norm)
+    if eps is not None:
+        set_norm_eps(norm, eps * scale)
 
 
 LLAMA = Arch("llama", ("llama",))

@@ -274,8 +274,6 @@ def hidden_family(model) -> Family:
     hidden = model.model.embed_tokens.weight.shape[1]
     owner = torch.arange(hidden)
     members = [Member("model.embed_tokens.weight", 1, owner, "embed")]
-    attn_in = (arch.qkv,) if arch.qkv else (arch.q, arch.k, arch.v)
-    mlp_in = (arch.gate_up,) if arch.gate_up else (arch.gate, arch.up)
     for i in range(len(model.model.layers)):
         p = f"model.layers.{i}."
 
@@ -284,9 +282,9 @@ def hidden_family(model) -> Family:
 
         def readers(paths):
             return [Member(p + n + ".weight", 1, owner, n.rsplit(".", 1)[-1].split("_")[0]) for n in paths]
-        members += norms(arch.pre_attn_norms) + readers(attn_in)
+        members += norms(arch.pre_attn_norms) + readers(arch.attn_inputs())
         members += [Member(p + arch.o + ".weight", 0, owner, "o")] + norms(arch.post_attn_norms)
-        members += norms(arch.pre_mlp_norms) + readers(mlp_in)
+        members += norms(arch.pre_mlp_norms) + readers(arch.mlp_inputs())
         members += [Member(p + arch.down + ".weight", 0, owner, "down")] + norms(arch.post_mlp_norms)
     members.append(Member("model.norm.weight", 0, owner, "norm"))
     if not _tied(model):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import UnsupportedArchitecture, arch_of
+from .arch import UnsupportedArchitecture, arch_of, set_norm_eps
 
 DEFAULT_SOURCE = "default"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -135,8 +135,7 @@ def build_from_state(config, state: dict, dtype: torch.dtype):
     for layer in model.model.layers:
         arch.sync_layer(layer, model.config)
     for name, eps in ((getattr(config, "pruning", None) or {}).get("norm_eps") or {}).items():
-        norm = model.get_submodule(name)
-        setattr(norm, "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps", float(eps))
+        set_norm_eps(model.get_submodule(name), eps)
     model.eval()
     return model
 

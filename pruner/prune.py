@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .arch import arch_of
+from .arch import arch_of, norm_eps
 from .groups import Family, family, group_param_counts, hidden_family
 from .models import attention_shape, layers_of
 
@@ -464,8 +464,8 @@ def _norm_eps_overrides(model) -> dict[str, float]:
     base = float(getattr(model.config, "rms_norm_eps", 0.0) or 0.0)
     out = {}
     for name, module in model.named_modules():
-        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-        if isinstance(eps, float) and "norm" in name and abs(eps - base) > 1e-12 * max(base, 1e-30):
+        eps = norm_eps(module)
+        if eps is not None and "norm" in name and abs(eps - base) > 1e-12 * max(base, 1e-30):
             out[name] = eps
     return out
 
@@ -635,8 +635,8 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     score_config = replace(score_config, kinds=_kinds_for(prune_config))
     score_config.validate()
     steps = int(prune_config.iterative_steps)
-    params0 = count_params(model)["params"]
     size_before, widths_before = model_size(model), layer_widths(model)
+    params0 = size_before["params"]
     current, origin = model, list(range(n_layers0))
     plans, ratios, counts0, scores, sensitivities = [], [], None, None, []
     for step in range(1, steps + 1):
