@@ -293,6 +293,13 @@ def run_export(which, request: gr.Request, progress=gr.Progress(track_tqdm=True)
     return archive, recipe, adapter, note
 
 
+@friendly(2)
+def run_export_gguf(which, precision, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    path, sentence, hit = handlers.export_gguf(STORE, session_of(request), which, precision, progress)
+    return path, (f"{sentence}. Run it: `llama-cli -m {Path(path).name} -p \"{PAPER_PROMPT}\"`, or "
+                  f"`ollama create` with a Modelfile `FROM ./{Path(path).name}`." + handlers.cache_note(hit))
+
+
 @friendly(1)
 def run_push(which, repo_id, token, request: gr.Request):
     return handlers.push_to_hub(STORE, session_of(request), which, repo_id, token)
@@ -514,6 +521,13 @@ def build() -> gr.Blocks:
                     recipe_file = gr.File(label="recipe.json")
                     adapter_file = gr.File(label="LoRA adapter (zip)")
                 export_note = gr.Markdown()
+                with gr.Row():
+                    gguf_precision = gr.Radio(["f16", "f32"], value="f16", label="GGUF precision",
+                                              info="llama.cpp / ollama / LM Studio; per-layer widths use "
+                                                   "llama.cpp's 'deci' architecture (llama.cpp 2025+)")
+                    gguf_btn = gr.Button("Export GGUF")
+                    gguf_file = gr.File(label="model (GGUF)")
+                gguf_note = gr.Markdown()
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     repo_id = gr.Textbox("", label="repository", placeholder="your-name/smollm2-pruned")
                     token = gr.Textbox("", label="write token", type="password")
@@ -559,6 +573,8 @@ def build() -> gr.Blocks:
             button.click(None, None, None, cancels=[event], api_visibility="private")
         export_btn.click(run_export, export_which, [model_file, recipe_file, adapter_file, export_note],
                          api_name="export", **heavy)
+        gguf_btn.click(run_export_gguf, [export_which, gguf_precision], [gguf_file, gguf_note],
+                       api_name="export_gguf", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
         # the visitor's key lives in the browser: a reload finds the same session
         demo.load(restore, visitor, [visitor, facts, load_status], api_visibility="private")

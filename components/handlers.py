@@ -613,6 +613,32 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
     return files["archive"], files["recipe"], files["adapter"], files["loader"], hit
 
 
+def export_gguf(store: Store, session: Session, which: str, precision: str = "f16",
+                progress=None) -> tuple[str, str, bool]:
+    """One GGUF file of a session model for llama.cpp / ollama / LM Studio, and a sentence on it."""
+    from pruner.gguf_export import describe, write_gguf
+
+    models, keys = session.models(store), session.model_keys()
+    if which not in models or which == "original":
+        raise ValueError("prune (and optionally recover + merge) before exporting")
+    tokenizer = session.original(store).tokenizer
+    base_model = session.recipe.get("base_model") or getattr(models["original"].config, "_name_or_path", "")
+
+    def compute():
+        folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:gguf:{time.time()}".encode()).hexdigest()[:16]
+        if progress:
+            progress(0.2, desc=f"writing {precision} GGUF")
+        name = "pruned" if which == "pruned" else "pruned-lora"
+        summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
+                             base_model=base_model)
+        return {"path": str(summary.path), "sentence": describe(summary)}
+
+    files, hit, _ = store.compute("gguf", {"model": keys[which], "precision": precision}, compute)
+    if not Path(files["path"]).is_file():
+        files = compute()
+    return files["path"], files["sentence"], hit
+
+
 def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
     """root/name -> root/archive_name.zip, stored uncompressed: safetensors weights barely
     compress, and deflating hundreds of MB took most of an export's time on a CPU."""

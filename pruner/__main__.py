@@ -1,4 +1,4 @@
-"""Command line: python -m pruner {inspect,score,prune,eval,recover,generate} ...
+"""Command line: python -m pruner {inspect,score,prune,export,eval,recover,push,generate} ...
 
 Every subcommand accepts --json: the last stdout line is then one JSON object with its figures.
 Argument parsing stays here; the library receives dataclass configs only.
@@ -46,6 +46,12 @@ def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--calib-len", type=int, default=64)
     p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _gguf(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--gguf", default=None, required=required, metavar="OUT.gguf",
+                   help="also write a GGUF file for llama.cpp / ollama / LM Studio")
+    p.add_argument("--gguf-precision", default="f16", choices=("f16", "f32"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlp", action="store_true", help="leave the MLPs whole")
     p.add_argument("--iterative-steps", type=int, default=None)
     p.add_argument("--out", default=None, help="save the pruned model to this folder")
+    _gguf(p)
+
+    p = sub.add_parser("export", help="write a model (an export folder, a hub id, default) as GGUF for llama.cpp")
+    _common(p)
+    _gguf(p, required=True)
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (the paper's Table 1)")
     _common(p)
@@ -132,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the merged model (+ adapter/ inside)")
+    _gguf(p)
 
     p = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub (token: $HF_TOKEN)")
     p.add_argument("--model", required=True, help="an export folder (prune / recover --out)")
@@ -226,6 +238,7 @@ def cmd_prune(args) -> dict:
     from .recipes import recipe, recipe_record
 
     model, tokenizer = _load(args)
+    _check_gguf(args, model)
     prune_changes = dict(
         ratio=args.ratio, target_params=args.target_params, strategy=args.strategy, scope=args.scope,
         attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
@@ -272,6 +285,8 @@ def cmd_prune(args) -> dict:
         save(result.model, args.out, tokenizer, recipe, stats=card_stats(report))
         report["loader"] = loader_of(args.out)
         print(f"saved to {args.out}; load it with {report['loader']}")
+    if args.gguf:
+        report["gguf"] = _write_gguf(args, result.model, tokenizer)
     if result.sensitivity is not None:
         report["sensitivity"] = result.sensitivity.to_dict("records")
     report.update(out=args.out, seconds=seconds, group_ratios=result.group_ratios,
@@ -341,6 +356,7 @@ def cmd_recover(args) -> dict:
     from .stats import count_params
 
     model, tokenizer = _load(args)
+    _check_gguf(args, model)
     teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)[0] if args.teacher else None
     overrides = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr),
                                    ("batch_size", args.batch_size), ("seq_len", args.seq_len),
@@ -381,10 +397,34 @@ def cmd_recover(args) -> dict:
         save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data),
              stats=card_stats(sizes, before, after, protocol if before is not None else None))
         print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
+    gguf = _write_gguf(args, merged, tokenizer) if args.gguf else None
     return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,
             "ppl_before": before, "ppl_after": after, "examples": len(examples),
             "seconds": rec.history[-1]["elapsed"] if rec.history else 0.0, "out": args.out,
-            "loss_curve": [round(h["loss"], 4) for h in rec.history]}
+            "loss_curve": [round(h["loss"], 4) for h in rec.history], "gguf": gguf}
+
+
+def _write_gguf(args, model, tokenizer) -> dict:
+    from .gguf_export import write_gguf
+
+    summary = write_gguf(model, tokenizer, args.gguf, args.gguf_precision)
+    print(f"wrote {summary.sentence()}")
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return {"path": str(summary.path), "architecture": summary.architecture, "bytes": summary.bytes,
+            "precision": summary.precision, "notes": summary.notes}
+
+
+def _check_gguf(args, model) -> None:
+    """Refuse an impossible --gguf before the long work, not after it."""
+    if args.gguf:
+        from .gguf_export import check_exportable
+        check_exportable(model)
+
+
+def cmd_export(args) -> dict:
+    model, tokenizer = _load(args)
+    return _write_gguf(args, model, tokenizer)
 
 
 def cmd_push(args) -> dict:
@@ -395,7 +435,7 @@ def cmd_push(args) -> dict:
     return {"url": url, "repo_id": args.repo_id}
 
 
-COMMANDS = {"inspect": cmd_inspect, "push": cmd_push, "score": cmd_score, "prune": cmd_prune, "eval": cmd_eval,
+COMMANDS = {"inspect": cmd_inspect, "export": cmd_export, "push": cmd_push, "score": cmd_score, "prune": cmd_prune, "eval": cmd_eval,
             "recover": cmd_recover, "generate": cmd_generate}
 
 

@@ -6,6 +6,8 @@ import hashlib
 import threading
 import zipfile
 
+import gguf
+
 import pytest
 import torch
 from gradio_client import Client
@@ -85,6 +87,9 @@ def lesson(c, folder, amount=0.5):
         names = z.namelist()
     assert any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
     assert adapter and recipe
+    path, sentence = c.predict("pruned + LoRA", "f32", api_name="/export_gguf")
+    assert path.endswith(".gguf") and "llama.cpp architecture" in sentence, sentence
+    assert gguf.GGUFReader(path).fields["general.architecture"].contents() in ("llama", "deci")
     return o, p, l
 
 
@@ -153,6 +158,7 @@ def test_errors_are_status_lines_and_lose_nothing(server, tiny_folder, tmp_path)
     assert "empty" in c.predict("   ", 8, False, 0, False, api_name="/compare")[-1]
     assert "prune" in c.predict("quick", 5, 1e-3, 1.0, "builtin", api_name="/recover")[-1]
     assert "prune" in c.predict("pruned", api_name="/export")[-1]
+    assert "prune" in c.predict("pruned", "f16", api_name="/export_gguf")[-1]
 
 
 def test_a_reload_keeps_the_session(server, tiny_folder):
