@@ -29,11 +29,24 @@ def _range(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _memory(text: str) -> dict:
+    """'0=20GiB,cpu=60GiB' -> {0: '20GiB', 'cpu': '60GiB'}."""
+    try:
+        pairs = (item.split("=") for item in text.split(",") if item.strip())
+        return {int(k) if k.strip().isdigit() else k.strip(): v.strip() for k, v in pairs}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"max memory must look like 0=20GiB,cpu=60GiB, got {text!r}") from err
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (SmolLM2-135M-Instruct, offline), a hub id, or a local folder")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on cpu)")
+    p.add_argument("--device-map", default=None,
+                   help="auto | balanced: spread a model too large for one GPU over all GPUs (accelerate)")
+    p.add_argument("--max-memory", type=_memory, default=None,
+                   help="with --device-map: per-device caps, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
 
 
@@ -173,7 +186,8 @@ def _emit(args, figures: dict) -> None:
 def _load(args):
     from .models import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                      max_memory=args.max_memory)
 
 
 def _calib_ids(args, tokenizer):

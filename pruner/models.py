@@ -214,7 +214,7 @@ def _load_default(dtype: torch.dtype):
     return model, tokenizer
 
 
-def _load_hub_or_folder(source: str, dtype: torch.dtype):
+def _load_hub_or_folder(source: str, dtype: torch.dtype, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(source).expanduser()
@@ -225,6 +225,9 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype):
     if local and (path / "config.json").is_file():
         record = json.loads((path / "config.json").read_text()).get("pruning", {})
         if record.get("layer_widths") or record.get("norm_eps"):
+            if device_map is not None:
+                raise ModelLoadError(f"{source!r} has per-layer widths: load it on one device "
+                                     "(device_map covers models transformers' own classes describe)")
             return load_pruned(path, device="cpu", dtype=dtype)   # per-layer widths
     where = f"folder {source!r}" if local else f"hub id {source!r}"
     try:
@@ -241,28 +244,73 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype):
 
 
 def load_model(source: str = DEFAULT_SOURCE, device: str | torch.device | None = "auto",
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, device_map=None, max_memory: dict | None = None):
     """Load `source` ("default", a hub id or a local folder) -> (model, tokenizer).
 
     The model is an ordinary transformers model in eval mode on `device`, in float32 on cpu and
     bfloat16/float16 on gpu unless `dtype` says otherwise. Unsupported architectures raise
     UnsupportedModelError; unknown ids, missing folders or an unreachable hub raise ModelLoadError.
+
+    `device_map` ("auto", "balanced", or accelerate's {module: device} dict) spreads a model too
+    large for one GPU over the GPUs and the CPU, whole decoder layers per device (`dispatch`);
+    scoring and slicing then run on the dispatched model. `max_memory` ({0: "20GiB", "cpu":
+    "60GiB"}) caps each device.
     """
     if not isinstance(source, str) or not source.strip():
         raise ModelLoadError("no model source given: use 'default', a hub id or a local folder")
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
     source = source.strip()
-    if source == DEFAULT_SOURCE:
+    if device_map is not None and source != DEFAULT_SOURCE:
+        if device is not None and str(device) != "auto":
+            raise ModelLoadError("give either a device or a device_map, not both")
+        torch_dtype = pick_dtype(pick_device("auto"), dtype)
+        model, tokenizer = _load_hub_or_folder(source, torch_dtype, device_map)
+        model = dispatch(model, device_map, max_memory)
+    elif source == DEFAULT_SOURCE:        # 135M parameters: one device is always enough
         model, tokenizer = _load_default(torch_dtype)
     else:
         model, tokenizer = _load_hub_or_folder(source, torch_dtype)
     check_supported(model)
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(target)
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(target)
     model.eval()
     return model, tokenizer
+
+
+def dispatch(model, device_map, max_memory: dict | None = None):
+    """Place whole decoder layers on the GPUs and the CPU; accelerate's hooks move activations.
+
+    Every weight stays materialized where its layer computes (layers mapped to "cpu" run on the
+    CPU: slower, but Taylor-score gradients reach them and slicing resizes them in place), unlike
+    accelerate's usual CPU offload, which parks weights outside the model between passes. A map
+    sending modules to "disk" is refused for that reason.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        if device_map not in ("auto", "balanced"):
+            raise ModelLoadError(f"device_map must be 'auto', 'balanced' or a dict, got {device_map!r}")
+        no_split = getattr(model, "_no_split_modules", None) or [type(model.model.layers[0]).__name__]
+        if device_map == "balanced":
+            max_memory = get_balanced_memory(model, max_memory, no_split_module_classes=no_split)
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                           dtype=next(model.parameters()).dtype)
+    devices = {str(d) for d in device_map.values()}
+    if "disk" in devices:
+        on_disk = sorted(name for name, d in device_map.items() if str(d) == "disk")
+        raise ModelLoadError(
+            f"the device map offloads {len(on_disk)} modules to disk ({', '.join(on_disk[:3])}"
+            f"{', ...' if len(on_disk) > 3 else ''}): their weights live outside the model between "
+            "passes, so Taylor-score gradients cannot reach them and slicing cannot resize them. Give "
+            "the devices more max_memory, add a GPU, or load in bfloat16.")
+    main = next((d for d in device_map.values() if str(d) != "cpu"), "cpu")
+    model = dispatch_model(model, device_map=device_map, main_device="cpu" if "cpu" in devices else main,
+                           force_hooks=True)
+    return model
 
 
 def layers_of(model):
