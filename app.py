@@ -17,9 +17,11 @@ import uuid
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 import torch
 
 from components import figures, handlers
+from components import lesson_text as text
 from components.session import SessionError, SessionRegistry
 from components.lesson import start_warm_start, warm_start_enabled
 from components.store import CapacityError, Store
@@ -29,7 +31,8 @@ from pruner.importance import AGGREGATIONS, CRITERIA
 from pruner.models import ModelLoadError
 from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
-from pruner.recover import PRESETS
+from pruner.recover import PRESET_DATA
+from pruner.recover import PRESET_DATA, PRESETS
 from pruner.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent / "components" / "assets"
@@ -46,10 +49,14 @@ except ImportError:
     def gpu(fn):
         return fn
 
-CRITERION_HELP = {"random": "random baseline", "l1": "sum |w|", "l2": "sum w^2",
-                  "taylor-vector": "|sum g*w| per slice", "taylor-vector-rows": "official: sum of |sum g*w| per row",
-                  "taylor-element1": "sum |g*w|", "taylor-element2": "sum |g*w - F w^2 / 2| (param_mix)",
-                  "taylor-second": "official param_second: sum F w^2", "fluctuation": "FLAP: Var[x] ||W||^2"}
+DEFAULT_RECIPE_TEXT = (
+    "**The default recipe** removes 20% of all parameters from **MLP channels only** (layers 3-27; the "
+    "first 3 and last 2 layers stay whole), ranks each channel by first-order Taylor importance of its "
+    "down_proj column alone (**last-only** aggregation), and folds the removed channels' mean output into "
+    "a down_proj bias (**compensation**). Measured on this model (README, `bench/quality.py` row 14): "
+    "WikiText-2 perplexity 2.28x dense, against 4.44x for the paper's recipe (row 0: KV groups and MLP "
+    "channels at one ratio, element-wise sum): on a small model with 3 KV groups, one KV group is a third "
+    "of a layer's attention. Pick **llm-pruner (the paper)** above to run the paper's recipe.")
 
 
 def message_of(err: Exception) -> str:
@@ -154,18 +161,32 @@ def show_structure(layer, request: gr.Request):
     return fig, table, f"Layer {int(layer)}."
 
 
-@friendly(4)
+@friendly(6)
 @gpu
-def run_score(criterion, aggregation, source, samples, seq_len, scale, request: gr.Request,
-              progress=gr.Progress(track_tqdm=True)):
+def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind="mlp", zoom_layer=3,
+              request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
     progress(0.1, desc=f"scoring with {criterion} (forward + backward on the calibration tokens)")
     scores, hit = handlers.run_score(STORE, session, criterion, aggregation, source, samples, seq_len)
+    session.removed = None
     attn, mlp = handlers.heatmaps(session, scale)
-    top = scores.groupby("kind").score.agg(["min", "median", "max"]).round(6).reset_index()
-    return attn, mlp, top, (f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
+    top = scores.groupby("kind").score.agg(["min", "median", "max"]).reset_index()
+    top[["min", "median", "max"]] = top[["min", "median", "max"]].map(lambda v: f"{v:.4g}")
+    return attn, mlp, top, *handlers.layer_views(session, zoom_kind, zoom_layer), (f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
                             f"{int(samples)} x {int(seq_len)} calibration tokens ({source})."
                             + handlers.cache_note(hit))
+
+
+@friendly(3)
+def zoom(kind, layer, request: gr.Request):
+    return (*handlers.layer_views(session_of(request), kind, layer),
+            f"Layer {int(layer)}, {figures.KIND_TITLES.get(kind, kind)}.")
+
+
+@friendly(3)
+def show_graph(layer, granularity, group, request: gr.Request):
+    fig, why = handlers.dependency_graph(STORE, session_of(request), layer, granularity, group)
+    return fig, why, f"Layer {int(layer)}: {granularity} {int(group)}."
 
 
 @friendly(3)
@@ -178,9 +199,9 @@ def redraw(scale, request: gr.Request):
 def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind, scale,
                    request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     progress(0.1, desc="scoring both")
-    *out, hit = handlers.compare_scores(STORE, session_of(request), crit_a, agg_a, crit_b, agg_b, source,
-                                        samples, seq_len, kind, scale)
-    return (*out, "Compared." + handlers.cache_note(hit))
+    map_a, map_b, corr, table, note, hit = handlers.compare_scores(
+        STORE, session_of(request), crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind, scale)
+    return map_a, map_b, corr, table, "Compared." + note + handlers.cache_note(hit)
 
 
 def _config(session, mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate,
@@ -271,8 +292,10 @@ def run_compare(prompt, max_tokens, sample, seed, chat, request: gr.Request):
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: type something for the models to continue")
     for texts, rates, cached in handlers.compare_stream(STORE, session, prompt, settings):
-        line = "  |  ".join(f"{name}: {rate:.1f} tokens/s" + (" (cached)" if name in cached else "")
+        line = "  |  ".join(f"{name}: {rate}" + (" (cached)" if name in cached else "")
                             for name, rate in rates.items())
+        if line:
+            line = f"Decode speed, {handlers.SPEED_HOW}: " + line
         yield texts["original"], texts["pruned"], texts["pruned + LoRA"], line or "generating ..."
 
 
@@ -283,7 +306,8 @@ def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
     table, hits = handlers.run_evaluation(STORE, session_of(request), list(which or []), list(corpora or []),
                                           list(tasks or []), windows, limit, progress)
     note = f" ({hits} of them from the class cache)" if hits else ""
-    return table.round(4), figures.evaluation_figure(table), f"Evaluated {len(table)} model(s){note}."
+    return (handlers.evaluation_display(table), figures.evaluation_figure(table),
+            f"Evaluated {len(table)} model(s){note}.")
 
 
 @friendly(4)
@@ -323,19 +347,62 @@ RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
 
 
 def preset_controls(name):
-    """A recovery preset's steps, learning rate and distillation weight, shown on the controls."""
+    """A recovery preset's steps, learning rate, distillation weight and the data it was measured on."""
     s = PRESETS[name]
-    return s.max_steps, s.learning_rate, s.distill_weight
+    return s.max_steps, s.learning_rate, s.distill_weight, PRESET_DATA.get(name, "self")
+
+
+def after_load(layer, granularity, group, request: gr.Request):
+    """After a load: the zoom slider's range, the dependency graph, Evaluate's model choice."""
+    try:
+        session = session_of(request)
+        fig, why = handlers.dependency_graph(STORE, session, layer, granularity, 0)
+    except Exception:  # noqa: BLE001 - the load itself failed and said so
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    n = session.info["layers"]
+    return gr.update(maximum=n - 1, value=min(int(layer), n - 1)), fig, why, gr.update(value=["original"])
+
+
+def session_models(request: gr.Request):
+    """Evaluate's model choice: every model this session has (ticked by default)."""
+    try:
+        have = list(session_of(request).models(STORE))
+    except Exception:  # noqa: BLE001 - no session yet
+        return gr.skip()
+    return gr.update(value=have)
 
 
 def apply_recipe(name):
-    return RECIPE_CONTROLS[name]
+    granularity, one, share, compensate, allocation, criterion, aggregation = RECIPE_CONTROLS[name]
+    note = (f"Recipe **{name}**: attention groups {granularity}, "
+            + ("one ratio for attention and MLP (attention's share is then not used)" if one
+               else f"attention's share {share:g}")
+            + f", compensation {'on' if compensate else 'off'}, per-layer ratios {allocation}. "
+            f"It also set the **Importance** tab's criterion to {criterion} and aggregation to {aggregation}: "
+            "Preview and Prune score with those.")
+    return (granularity, one, gr.update(value=share, interactive=not one), compensate, allocation, criterion,
+            aggregation, note)
+
+
+def amount_bounds(mode, one_ratio, attn_share, a0, a1, m0, m1, request: gr.Request):
+    """The amount slider's maximum: what the chosen kinds and layer ranges can remove."""
+    try:
+        top = handlers.max_amount(STORE, session_of(request), mode, None if one_ratio else attn_share,
+                                  a0, a1, m0, m1)
+    except Exception:  # noqa: BLE001 - no model yet: keep the static bounds
+        return gr.skip(), gr.skip()
+    return gr.update(maximum=top), gr.update(interactive=not one_ratio)
 
 
 # ----------------------------------------------------------------------------- layout
 
-def explain(text: str):
-    return gr.Markdown(text, elem_classes="ps-explain")
+def explain(words: str):
+    return gr.Markdown(words, elem_classes="ps-explain")
+
+
+def notice(words: str):
+    """The tab's "what to notice" box: one or two sentences and a question for the class."""
+    return gr.Markdown(words, elem_classes="ps-notice")
 
 
 def build() -> gr.Blocks:
@@ -360,7 +427,9 @@ def build() -> gr.Blocks:
                     custom = gr.Textbox("", label="hub id or folder", placeholder="HuggingFaceTB/SmolLM2-360M-Instruct")
                 load_btn = gr.Button("Load model", variant="primary")
                 load_status = gr.Markdown(elem_classes="ps-status")
-                facts = gr.Dataframe(label="architecture", interactive=False)
+                facts = gr.Dataframe(pd.DataFrame(columns=["property", "value"]), label="architecture",
+                                     interactive=False)
+                notice(text.NOTICE["model"])
                 with gr.Accordion("Server (for teachers): class cache and memory", open=False):
                     stats_btn = gr.Button("Refresh")
                     stats_json = gr.JSON(label="cache hits, entries, memory used of the budget")
@@ -373,8 +442,17 @@ def build() -> gr.Blocks:
                         "colour below is one group: it is scored and removed as a unit.")
                 layer = gr.Slider(0, 29, value=3, step=1, label="layer")
                 structure_fig = gr.Plot(label="coupled structures of the layer")
-                structure_table = gr.Dataframe(label="groups and their parameters", interactive=False)
+                structure_table = gr.Dataframe(pd.DataFrame(columns=["group", "members", "parameters"]),
+                                               label="groups and their parameters", interactive=False)
+                gr.Markdown(text.DEPENDENCY, latex_delimiters=text.LATEX, elem_classes="ps-math")
+                with gr.Row():
+                    graph_kind = gr.Radio(list(handlers.GRANULARITIES), value="KV group", label="granularity",
+                                          info="query head: the Prune tab's default attention unit")
+                    graph_group = gr.Number(0, label="group", precision=0, minimum=0)
+                graph_fig = gr.Plot(label="dependency graph of the layer", elem_id="dependency-graph")
+                graph_text = gr.Markdown()
                 structure_status = gr.Markdown(elem_classes="ps-status")
+                notice(text.NOTICE["structure"])
             # 3 ---------------------------------------------------------------- Importance
             with gr.Tab("3 · Importance"):
                 explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
@@ -388,7 +466,9 @@ def build() -> gr.Blocks:
                                         label="calibration text")
                     samples = gr.Number(10, label="samples", precision=0, minimum=1, maximum=256)
                     seq_len = gr.Number(64, label="tokens each", precision=0, minimum=8, maximum=1024)
-                explain(" · ".join(f"**{k}** {v}" for k, v in CRITERION_HELP.items()))
+                with gr.Accordion("The paper's formulas: criteria (Eq. 3-5) and aggregations", open=True):
+                    gr.Markdown(text.CRITERIA, latex_delimiters=text.LATEX, elem_classes="ps-math")
+                    gr.Markdown(text.AGGREGATIONS, latex_delimiters=text.LATEX, elem_classes="ps-math")
                 with gr.Row():
                     score_btn = gr.Button("Score groups", variant="primary")
                     scale = gr.Radio(["linear", "log", "rank"], value="rank", label="colour")
@@ -396,7 +476,14 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     attn_map = gr.Plot(label="attention")
                     mlp_map = gr.Plot(label="MLP")
-                score_summary = gr.Dataframe(label="score range per kind", interactive=False)
+                with gr.Row():
+                    zoom_kind = gr.Radio(["mlp", "attn"], value="mlp", label="zoom into",
+                                         info="one layer's groups, with the cut of the last preview / prune")
+                    zoom_layer = gr.Slider(0, 29, value=3, step=1, label="layer")
+                layer_fig = gr.Plot(label="one layer up close")
+                hist_fig = gr.Plot(label="score distribution")
+                score_summary = gr.Dataframe(pd.DataFrame(columns=["kind", "min", "median", "max"]),
+                                             label="score range per kind", interactive=False)
                 with gr.Accordion("Compare two criteria or aggregations", open=False):
                     with gr.Row():
                         crit_b = gr.Dropdown(list(CRITERIA), value="l2", label="criterion B")
@@ -407,18 +494,21 @@ def build() -> gr.Blocks:
                         map_a = gr.Plot(label="A")
                         map_b = gr.Plot(label="B")
                     corr_fig = gr.Plot(label="rank correlation per layer")
-                    disagree = gr.Dataframe(label="groups where A and B disagree most", interactive=False)
+                    disagree = gr.Dataframe(pd.DataFrame(columns=handlers.DISAGREE_COLUMNS),
+                                            label="groups where A and B disagree most (rank within the layer)",
+                                            interactive=False)
                     compare_status = gr.Markdown(elem_classes="ps-status")
+                notice(text.NOTICE["importance"])
             # 4 ---------------------------------------------------------------- Prune
             with gr.Tab("4 · Prune"):
                 explain("Choose how much to remove and where. **Preview** marks the groups that will go on "
                         "the heatmaps; **Prune** slices a copy of the model (the original stays intact) "
-                        "and measures both. The defaults are this project's best measured recipe for small "
-                        "GQA models (see README); raise attention's share, or pick the llm-pruner recipe, "
-                        "to prune attention heads too.")
+                        "and measures both.")
+                gr.Markdown(DEFAULT_RECIPE_TEXT, elem_classes="ps-explain")
                 with gr.Row():
                     recipe_name = gr.Radio(list(RECIPE_CONTROLS), value="default (best measured)",
                                            label="recipe")
+                recipe_note = gr.Markdown()
                 with gr.Row():
                     mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
                                     label="amount is a")
@@ -452,25 +542,47 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     prune_attn_map = gr.Plot(label="attention (x = removed)")
                     prune_mlp_map = gr.Plot(label="MLP (x = removed)")
-                before_after = gr.Dataframe(label="before / after", interactive=False, elem_id="before-after")
+                explain(f"Every figure below is measured one way on every tab: the quick perplexity is "
+                        f"the **{handlers.QUICK_PPL}**; decoding speed is the **{handlers.SPEED_HOW}**.")
+                before_after = gr.Dataframe(pd.DataFrame(columns=handlers.COMPARISON_COLUMNS),
+                                            label="structured: before / after", interactive=False,
+                                            elem_id="before-after")
                 widths_fig = gr.Plot(label="kept widths per layer")
+                contrast_table = gr.Dataframe(pd.DataFrame(columns=["metric", "original", "structured (pruned)",
+                                                                    "unstructured"]),
+                                              label="structured vs unstructured, side by side", interactive=False,
+                                              elem_id="contrast")
+                contrast_status = gr.Markdown(elem_classes="ps-status")
+                notice(text.NOTICE["prune"])
             # 5 ---------------------------------------------------------------- Recover
             with gr.Tab("5 · Recover"):
                 explain("LoRA (r=8, alpha=16 on q,k,v,o,gate,up,down, like LLM-Pruner) on a copy of the "
-                        "pruned model. 'self' data: the original model answers built-in prompts, and a "
-                        "distillation term pulls the pruned model towards it. Works offline.")
+                        "pruned model.\n\n**Data.** `self` (the `quick` preset): the original model writes "
+                        "answers to 64 built-in instructions and the pruned model trains on them, offline; "
+                        "the paper instead trains on Alpaca's 50k instructions (`alpaca`, from the hub) for 2 "
+                        "epochs. `lambada` (the `thorough` preset): book passages; `builtin`: the project's "
+                        "calibration text.\n\n**Distillation.** With a weight above 0, every step also runs "
+                        "the original model on the same tokens and adds the KL divergence from its "
+                        "next-token distribution to the pruned model's, so the pruned model learns to match "
+                        "all of the original's probabilities, not only the one token in the text.")
                 with gr.Row():
                     preset_name = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
                     rec_steps = gr.Slider(1, 400, value=PRESETS["quick"].max_steps, step=1, label="steps")
                     rec_lr = gr.Number(PRESETS["quick"].learning_rate, label="learning rate")
                     rec_distill = gr.Slider(0, 2, value=PRESETS["quick"].distill_weight, step=0.1, label="distillation weight")
-                    rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value="self", label="data")
+                    rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value="self", label="data",
+                                           info="the chosen preset's measured data is filled in")
                 with gr.Row():
                     recover_btn = gr.Button("Start recovery", variant="primary")
                     stop_btn = gr.Button("Stop")
                     merge_btn = gr.Button("Merge")
                 recover_status = gr.Markdown(elem_classes="ps-status")
                 loss_fig = gr.Plot(label="loss")
+                with gr.Accordion("Measured: perplexity against recovery time, per data and objective",
+                                  open=False):
+                    gr.Plot(figures.recovery_curve_figure(*handlers.recovery_curve_results()),
+                            label="bench/recovery_curve.py")
+                notice(text.NOTICE["recover"])
             # 6 ---------------------------------------------------------------- Compare
             with gr.Tab("6 · Compare"):
                 explain("Same prompt, same decoding settings and seed for every model, streamed.")
@@ -489,13 +601,17 @@ def build() -> gr.Blocks:
                     out_pruned = gr.Textbox(label="pruned", lines=8, elem_classes="ps-gen")
                     out_lora = gr.Textbox(label="pruned + LoRA", lines=8, elem_classes="ps-gen")
                 speed = gr.Markdown()
+                notice(text.NOTICE["compare"])
             # 7 ---------------------------------------------------------------- Evaluate
             with gr.Tab("7 · Evaluate"):
-                explain("The paper's Table 1: WikiText-2 / PTB perplexity (consecutive 128-token windows) "
-                        "and zero-shot accuracy scored like lm-evaluation-harness, on a subset you choose.")
+                explain("The paper's Table 1, on a subset you choose: WikiText-2 / PTB perplexity "
+                        "(consecutive 128-token windows; 32 windows = the quick figure of the other tabs) and "
+                        "zero-shot accuracy scored like lm-evaluation-harness (acc_norm where it defines one), "
+                        "in percent with its standard error.")
                 with gr.Row():
                     which = gr.CheckboxGroup(["original", "pruned", "pruned + LoRA"],
-                                             value=["original", "pruned"], label="models")
+                                             value=["original", "pruned", "pruned + LoRA"], label="models",
+                                             info="every model of your session is ticked")
                     corpora = gr.CheckboxGroup(["wikitext2", "ptb"], value=["wikitext2"], label="perplexity")
                     tasks = gr.CheckboxGroup(list(TASKS), value=["piqa", "arc_easy"], label="zero-shot tasks")
                 with gr.Row():
@@ -504,9 +620,10 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     eval_btn = gr.Button("Evaluate", variant="primary")
                     eval_cancel = gr.Button("Cancel")
-                eval_table = gr.Dataframe(label="results", interactive=False)
+                eval_table = gr.Dataframe(handlers.evaluation_display(None), label="results", interactive=False)
                 eval_fig = gr.Plot(label="results")
                 eval_status = gr.Markdown(elem_classes="ps-status")
+                notice(text.NOTICE["evaluate"])
             # 8 ---------------------------------------------------------------- Export
             with gr.Tab("8 · Export"):
                 explain("Download a folder archive of safetensors + config + tokenizer that "
@@ -528,6 +645,7 @@ def build() -> gr.Blocks:
                     gguf_btn = gr.Button("Export GGUF")
                     gguf_file = gr.File(label="model (GGUF)")
                 gguf_note = gr.Markdown()
+                notice(text.NOTICE["export"])
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     repo_id = gr.Textbox("", label="repository", placeholder="your-name/smollm2-pruned")
                     token = gr.Textbox("", label="write token", type="password")
@@ -536,15 +654,31 @@ def build() -> gr.Blocks:
 
         recipe_name.change(apply_recipe, recipe_name,
                            [granularity, one_ratio, attn_share, compensate, allocation, criterion,
-                            aggregation],
+                            aggregation, recipe_note],
                            api_name="recipe")
+        bounds_inputs = [mode, one_ratio, attn_share, attn_start, attn_end, mlp_start, mlp_end]
+        for control in (mode, one_ratio, attn_start, attn_end, mlp_start, mlp_end):
+            control.change(amount_bounds, bounds_inputs, [amount, attn_share], api_visibility="private")
+        attn_share.release(amount_bounds, bounds_inputs, [amount, attn_share], api_visibility="private")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         load_btn.click(load_model, [source_kind, custom],
                        [facts, layer, structure_fig, structure_table,
-                        attn_start, attn_end, mlp_start, mlp_end, compensate, load_status], api_name="load_model", **heavy)
-        layer.release(show_structure, layer, [structure_fig, structure_table, structure_status], api_name="structure")
-        score_btn.click(run_score, [criterion, aggregation, calib, samples, seq_len, scale],
-                        [attn_map, mlp_map, score_summary, score_status], api_name="score", **heavy)
+                        attn_start, attn_end, mlp_start, mlp_end, compensate, load_status], api_name="load_model", **heavy
+                       ).then(after_load, [layer, graph_kind, graph_group],
+                              [zoom_layer, graph_fig, graph_text, which], api_visibility="private")
+        graph_inputs = [layer, graph_kind, graph_group]
+        layer.release(show_structure, layer, [structure_fig, structure_table, structure_status], api_name="structure"
+                      ).then(show_graph, graph_inputs, [graph_fig, graph_text, structure_status],
+                             api_visibility="private")
+        graph_kind.change(show_graph, graph_inputs, [graph_fig, graph_text, structure_status], api_name="graph")
+        graph_group.submit(show_graph, graph_inputs, [graph_fig, graph_text, structure_status],
+                           api_visibility="private")
+        score_btn.click(run_score, [criterion, aggregation, calib, samples, seq_len, scale, zoom_kind, zoom_layer],
+                        [attn_map, mlp_map, score_summary, layer_fig, hist_fig, score_status], api_name="score",
+                        **heavy)
+        zoom_kind.change(zoom, [zoom_kind, zoom_layer], [layer_fig, hist_fig, score_status], api_name="zoom")
+        zoom_layer.release(zoom, [zoom_kind, zoom_layer], [layer_fig, hist_fig, score_status],
+                           api_visibility="private")
         scale.change(redraw, scale, [attn_map, mlp_map, score_status], api_name="redraw")
         compare_btn.click(compare_scores, [criterion, aggregation, crit_b, agg_b, calib, samples, seq_len,
                                            compare_kind, scale],
@@ -557,12 +691,15 @@ def build() -> gr.Blocks:
         prune_event = prune_btn.click(run_prune, prune_inputs,
                         [before_after, widths_fig, prune_attn_map, prune_mlp_map, prune_status],
                         api_name="prune", **heavy)
-        contrast_btn.click(run_contrast, amount, [before_after, prune_status], api_name="contrast", **heavy)
-        preset_name.change(preset_controls, preset_name, [rec_steps, rec_lr, rec_distill], api_visibility="private")
+        prune_event.then(session_models, None, which, api_visibility="private")
+        contrast_btn.click(run_contrast, amount, [contrast_table, contrast_status], api_name="contrast", **heavy)
+        preset_name.change(preset_controls, preset_name, [rec_steps, rec_lr, rec_distill, rec_data],
+                           api_visibility="private")
         recover_btn.click(run_recover, [preset_name, rec_steps, rec_lr, rec_distill, rec_data],
                                           [loss_fig, recover_status], api_name="recover", **heavy)
         stop_btn.click(stop_recover, None, recover_status, api_name="stop_recover")
-        merge_btn.click(run_merge, None, recover_status, api_name="merge", **heavy)
+        merge_btn.click(run_merge, None, recover_status, api_name="merge", **heavy).then(
+            session_models, None, which, api_visibility="private")
         generate_event = generate_btn.click(run_compare, [prompt, max_tokens, sample, seed, chat],
                            [out_original, out_pruned, out_lora, speed], api_name="compare", **heavy)
         eval_event = eval_btn.click(run_evaluate, [which, corpora, tasks, windows, limit],

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -23,10 +24,11 @@ from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model,
 from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.activations import input_statistics
+from pruner.arch import arch_of
 from pruner.data import DataUnavailableError, calibration_ids
-from pruner.evaluate import evaluate, model_stats, perplexity
+from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
 from pruner.generate import GenerationSettings, stream
-from pruner.groups import describe_layer
+from pruner.groups import describe_groups, describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.prune import needs_calibration
@@ -158,6 +160,53 @@ def structure(store: Store, session: Session, layer: int):
     return figures.structure_figure(groups), table
 
 
+GRANULARITIES = ("KV group", "query head", "MLP channel", "hidden channel")
+
+
+def dependency_graph(store: Store, session: Session, layer: int, granularity: str, group: int):
+    """The members of one group of `granularity` in `layer`, as (figure, sentence): which rows
+    or columns of which projections go together, and why (in / out degree, LLM-Pruner Eq. 1-2)."""
+    model = session.original(store).model
+    arch = arch_of(model)
+    layer, group = int(layer), int(group)
+    n_q, n_kv, hd = arch.attention_shape(model.model.layers[layer])
+    width, hidden = arch.mlp_width(model.model.layers[layer]), session.info["hidden_size"]
+    limit = {"KV group": n_kv, "query head": n_q, "MLP channel": width, "hidden channel": hidden}[granularity]
+    if not 0 <= group < limit:
+        raise ValueError(f"layer {layer} has {limit} {granularity}s: choose 0 to {limit - 1}")
+    rows = lambda a, b: f"rows {a}-{b - 1}"            # noqa: E731
+    cols = lambda a, b: f"columns {a}-{b - 1}"         # noqa: E731
+    if granularity == "KV group":
+        rep = n_q // n_kv
+        heads = range(group * rep, (group + 1) * rep)
+        members = {"k": rows(group * hd, (group + 1) * hd), "v": rows(group * hd, (group + 1) * hd),
+                   "q": rows(heads[0] * hd, (heads[-1] + 1) * hd), "attn": f"KV head {group}, query heads "
+                   f"{heads[0]}-{heads[-1]}", "o": cols(heads[0] * hd, (heads[-1] + 1) * hd)}
+        why = (f"KV head {group}'s k/v rows are read by {rep} query heads (out-degree {rep}): removing it "
+               "removes them, their q rows and the o_proj columns that read only them (in-degree 1).")
+    elif granularity == "query head":
+        members = {"q": rows(group * hd, (group + 1) * hd), "attn": f"query head {group}",
+                   "o": cols(group * hd, (group + 1) * hd)}
+        why = (f"Query head {group}: its q rows and the o_proj columns reading it go together; its KV head "
+               f"is shared with {n_q // n_kv - 1} other query heads and stays (the Prune tab's default "
+               "attention granularity removes the same number of query heads per KV group).")
+    elif granularity == "MLP channel":
+        members = {"gate": f"row {group}", "up": f"row {group}", "act": f"channel {group}",
+                   "down": f"column {group}"}
+        why = (f"MLP channel {group}: gate and up each write it (row {group}), down_proj reads it (column "
+               f"{group}) and nothing else does, so the three slices are one group of {3 * hidden:,} weights.")
+    else:
+        members = {n: f"column {group}" for n in ("q", "k", "v", "gate", "up")}
+        members.update({"o": f"row {group}", "down": f"row {group}", "resid_in": f"channel {group}",
+                        "resid_out": f"channel {group}", "add1": f"channel {group}", "add2": f"channel {group}",
+                        "attn_norm": f"weight {group}", "mlp_norm": f"weight {group}"})
+        why = (f"Hidden channel {group} is one coordinate of the residual stream that every layer reads and "
+               f"writes: removing it removes these slices in every layer, plus column {group} of the "
+               "embedding, the final norm's weight and lm_head's column (the 'channel' strategy).")
+    title = f"Layer {layer}: one {granularity} group (red) and its coupled slices"
+    return figures.dependency_graph_figure(members, title), why
+
+
 # ----------------------------------------------------------------------------- importance
 
 def _calibration_spec(source, samples, seq_len, seed: int = 0) -> dict:
@@ -208,6 +257,22 @@ def heatmaps(session: Session, scale="linear", removed=None):
             figures.importance_heatmap(session.scores, "mlp", scale, removed))
 
 
+def layer_views(session: Session, kind: str, layer: int):
+    """One layer up close (scores per group, sorted with the cut) and the score histograms."""
+    if session.scores is None:
+        return figures.layer_importance_figure(pd.DataFrame(columns=["kind", "layer"]), kind, layer), \
+            figures.importance_histogram(None)
+    kinds = set(session.scores.kind)
+    if kind == "attn" and "attn" not in kinds and "qhead" in kinds:
+        kind = "qhead"
+    return (figures.layer_importance_figure(session.scores, kind, layer, session.removed),
+            figures.importance_histogram(session.scores, session.removed))
+
+
+MIN_GROUPS_FOR_CORRELATION = 8
+DISAGREE_COLUMNS = ["kind", "layer", "group", "rank A", "rank B", "gap"]
+
+
 def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b, source, samples, seq_len,
                    kind="mlp", scale="rank"):
     calib = _calibration_spec(source, samples, seq_len)
@@ -225,23 +290,34 @@ def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b,
     frames = dict(iter(both.groupby(["criterion", "aggregation"])))
     a, b = frames[(crit_a, agg_a)], frames[(crit_b, agg_b)]
     rows, disagreements = [], []
+    sparse = []
     for (k, layer), sub_a in a.groupby(["kind", "layer"]):
         sub_b = b[(b.kind == k) & (b.layer == layer)].set_index("group").score
+        if len(sub_a) < MIN_GROUPS_FOR_CORRELATION:     # 3 values rank-correlate as +-1 or +-0.5 only
+            sparse.append(k)
+            continue
         ranks_a = sub_a.set_index("group").score.rank(pct=True)
         ranks_b = sub_b.rank(pct=True).reindex(ranks_a.index)
         rows.append({"kind": k, "layer": int(layer), "spearman": float(ranks_a.corr(ranks_b))})
         gap = (ranks_a - ranks_b).abs().sort_values(ascending=False).head(3)
         for g, d in gap.items():
             disagreements.append({"kind": k, "layer": int(layer), "group": int(g),
-                                  f"rank A ({crit_a}/{agg_a})": round(float(ranks_a[g]), 3),
-                                  f"rank B ({crit_b}/{agg_b})": round(float(ranks_b[g]), 3),
+                                  "rank A": round(float(ranks_a[g]), 3),
+                                  "rank B": round(float(ranks_b[g]), 3),
                                   "gap": round(float(d), 3)})
-    corr = pd.DataFrame(rows)
-    table = pd.DataFrame(disagreements).sort_values("gap", ascending=False).head(30)
+    corr = pd.DataFrame(rows, columns=["kind", "layer", "spearman"])
+    table = pd.DataFrame(disagreements).sort_values("gap", ascending=False).head(30) if disagreements \
+        else pd.DataFrame(columns=DISAGREE_COLUMNS)
+    skipped = sorted(set(sparse))
+    note = "" if not skipped else (
+        f" No rank correlation for {', '.join(figures.KIND_TITLES.get(k, k) for k in skipped)}: fewer than "
+        f"{MIN_GROUPS_FOR_CORRELATION} groups per layer, where Spearman's correlation can only take a few "
+        "values (with 3 groups: +-1 or +-0.5) and says nothing.")
     title_a, title_b = f"A: {crit_a} / {agg_a}", f"B: {crit_b} / {agg_b}"
     return (figures.importance_heatmap(a, kind, scale, title=title_a),
             figures.importance_heatmap(b, kind, scale, title=title_b),
-            figures.rank_correlation_figure(corr), table, hit)
+            figures.rank_correlation_figure(corr, "fewer than 8 groups per layer: no meaningful rank "
+                                            "correlation (compare the MLP)"), table, note, hit)
 
 
 # ----------------------------------------------------------------------------- prune
@@ -262,6 +338,28 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
                          allocation=allocation, attn_layers=(int(attn_start), int(attn_end)),
                          mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))
     return config.normalized(model)
+
+
+def max_amount(store: Store, session: Session, mode: str, attn_share, a0, a1, m0, m1) -> float:
+    """The largest amount the Prune tab can ask for with these layer ranges: the share of all
+    parameters in the prunable groups (split by attention's share), a step below removing them all."""
+    if mode != "share of parameters":
+        return 0.9
+    model = session.original(store).model
+    groups = describe_groups(model)
+    total = count_params(model)["params"]
+    in_range = lambda kind, lo, hi: groups[(groups.kind == kind) & (groups.layer >= int(lo))  # noqa: E731
+                                           & (groups.layer < int(hi))].params.sum() / total
+    attn, mlp = in_range("attn", a0, a1), in_range("mlp", m0, m1)
+    if attn_share is None:
+        room = attn + mlp
+    elif float(attn_share) <= 0:
+        room = mlp
+    elif float(attn_share) >= 1:
+        room = attn
+    else:
+        room = min(mlp / (1 - float(attn_share)), attn / float(attn_share))
+    return float(max(0.05, min(0.9, np.floor(20 * 0.95 * room) / 20)))
 
 
 def _score_kinds(config: PruneConfig) -> tuple[str, ...]:
@@ -291,6 +389,7 @@ def preview(store: Store, session: Session, config: PruneConfig, criterion, aggr
         sensitivity = layer_sensitivity(original, session.calibration, plan, stats)
         plan = make_plan(original, scores, config, sensitivity=sensitivity)
     removed = plan.removed_groups(scores)
+    session.removed = removed
     total = count_params(original)["params"]
     if plan.drop_layers:
         text = f"Will remove decoder layers {plan.drop_layers}."
@@ -303,7 +402,15 @@ def preview(store: Store, session: Session, config: PruneConfig, criterion, aggr
     return heatmaps(session, scale, removed) + (text,)
 
 
-def _quick_ppl(model, tokenizer, windows: int = 16) -> float | None:
+QUICK_PPL_WINDOWS = 32      # the one "quick" perplexity on every tab: first 32 x 128 tokens of WikiText-2
+QUICK_PPL = f"WikiText-2 ppl (quick: first {QUICK_PPL_WINDOWS} x 128 tokens)"
+SPEED_TOKENS, SPEED_RUNS = 64, 3      # greedy decoding of the paper's prompt, as Compare generates
+SPEED = f"decode tokens / s (median of {SPEED_RUNS} greedy runs of {SPEED_TOKENS})"
+SPEED_HOW = (f"median (range) of {SPEED_RUNS} greedy runs of {SPEED_TOKENS} tokens of the paper's prompt, "
+             "measured once per model, the same figures as the Prune tab")
+
+
+def _quick_ppl(model, tokenizer, windows: int = QUICK_PPL_WINDOWS) -> float | None:
     try:
         return perplexity(model, tokenizer, "wikitext2", max_windows=windows, data_dir_path=data_dir(),
                           progress=False)["ppl"]
@@ -311,15 +418,41 @@ def _quick_ppl(model, tokenizer, windows: int = 16) -> float | None:
         return None
 
 
-def measure(model, tokenizer, ppl_windows: int = 16) -> dict:
-    """The engine's model_stats (a quicker throughput run), non-zeros and a quick perplexity,
-    labelled for the before / after table."""
-    stats = model_stats(model, tokenizer, seq_len=128, new_tokens=16, repeats=2)
+def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS) -> dict:
+    """Every figure the page shows about one model, measured one way: the engine's model_stats,
+    non-zeros, decode speed as the median (and range) of SPEED_RUNS greedy runs of the paper's
+    prompt for SPEED_TOKENS tokens (Compare's prompt and length), and the quick perplexity."""
+    stats = model_stats(model, tokenizer, seq_len=128, throughput=False)
+    rates = decode_rates(model, tokenizer)
     nonzero = sum(int((p != 0).sum()) for p in {id(p): p for p in model.parameters()}.values())
     return {"parameters": stats["params"], "non-zero parameters": nonzero,
             "MACs / token": stats["macs_per_token"], "weight memory (MiB)": stats["weight_mib"],
-            "forward peak memory (MiB)": stats["forward_peak_mib"], "tokens / s": stats["tokens_per_s"],
-            "WikiText-2 ppl (quick)": _quick_ppl(model, tokenizer, ppl_windows)}
+            "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: float(np.median(rates)),
+            "decode speed range": (min(rates), max(rates)),
+            QUICK_PPL: _quick_ppl(model, tokenizer, ppl_windows)}
+
+
+def decode_rates(model, tokenizer) -> list[float]:
+    """tokens/s of SPEED_RUNS greedy decodes of exactly SPEED_TOKENS tokens (after a warm-up)."""
+    from pruner.generate import PAPER_PROMPT
+
+    device = next(model.parameters()).device
+    ids = tokenizer(PAPER_PROMPT, return_tensors="pt").input_ids.to(device)
+    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids),
+              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
+        rates = []
+        for _ in range(SPEED_RUNS):
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=SPEED_TOKENS, min_new_tokens=SPEED_TOKENS, **kw)
+            rates.append(SPEED_TOKENS / (time.perf_counter() - start))
+    return rates
+
+
+def speed_text(m: dict) -> str:
+    lo, hi = m["decode speed range"]
+    return f"{m[SPEED]:.1f} tokens/s (range {lo:.1f}-{hi:.1f})"
 
 
 def measured(store: Store, session: Session, model_key: str, model) -> dict:
@@ -328,13 +461,30 @@ def measured(store: Store, session: Session, model_key: str, model) -> dict:
     return store.compute("measure", {"model": model_key}, lambda: measure(model, tokenizer))[0]
 
 
-def comparison_table(before: dict, after: dict, label_after: str = "pruned") -> pd.DataFrame:
+COMPARISON_COLUMNS = ["metric", "original", "pruned", "change"]
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, tuple):
+        return f"{v[0]:.1f}-{v[1]:.1f}"
+    if key in (QUICK_PPL, SPEED):
+        return f"{v:,.2f}" if key == QUICK_PPL else f"{v:,.1f}"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+
+
+def comparison_table(before: dict, *afters: tuple[str, dict]) -> pd.DataFrame:
+    """metric | original | each model after (with its change), one row per figure of `measure`."""
     rows = []
     for key in before:
-        b, a = before[key], after[key]
-        change = "" if b in (None, 0) or a is None else f"{100 * (a / b - 1):+.1f}%"
-        fmt = (lambda v: "n/a" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"))
-        rows.append({"metric": key, "original": fmt(b), label_after: fmt(a), "change": change})
+        row = {"metric": key, "original": _fmt(key, before[key])}
+        for label, after in afters:
+            b, a = before[key], after[key]
+            row[label] = _fmt(key, a)
+            row[f"change ({label})" if len(afters) > 1 else "change"] = (
+                "" if isinstance(b, tuple) or b in (None, 0) or a is None else f"{100 * (a / b - 1):+.1f}%")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -376,18 +526,20 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
     session.recipe = recipe_record(score_config, config, calib, session.source, result.group_ratios,
                                    notes=notes)
     removed = result.plans[0].removed_groups(scores) if len(result.plans) == 1 else None
+    session.removed = removed
     text = (f"Removed {100 * result.report['ratio_params_removed']:.1f}% of the parameters "
             f"({result.report['params_before']:,} -> {result.report['params_after']:,}); "
             f"MACs per token {result.report['macs_per_token_before']:,.0f} -> "
             f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged."
             + cache_note(hit) + "".join(f"\n\nNote: {n}." for n in notes or []))
-    return (comparison_table(before, after),
+    return (comparison_table(before, ("pruned", after)),
             figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity),
             *heatmaps(session, scale, removed), text)
 
 
 def magnitude_contrast(store: Store, session: Session, share: float):
-    """Unstructured magnitude pruning at the same share: zeros, not smaller matrices."""
+    """Unstructured magnitude pruning at the same share, beside this session's structured result,
+    measured by the same `measure`: zeros inside the same matrices versus smaller matrices."""
     from torch.nn.utils import prune as torch_prune
 
     share = float(share)
@@ -405,14 +557,37 @@ def magnitude_contrast(store: Store, session: Session, share: float):
         with accelerated(sparse):
             return measure(sparse, original.tokenizer)
 
-    after, hit, _ = store.compute("contrast", {"model": session.original_key, "share": share}, compute)
+    sparse, hit, _ = store.compute("contrast", {"model": session.original_key, "share": share}, compute)
     with accelerated(original.model):
         before = measured(store, session, session.original_key, original.model)
-    table = comparison_table(before, after, f"{100 * share:.0f}% magnitude-sparse")
-    text = ("Unstructured L1 pruning zeroes weights inside the same matrices: the parameter count, "
-            "weight memory, MACs and tokens/s stay (almost) the same; only the non-zero count drops. "
-            "Structural pruning removes whole heads and channels, so the model really shrinks." + cache_note(hit))
-    return table, text
+    columns = [(f"unstructured {100 * share:.0f}%", sparse)]
+    structured = None
+    if session.prune_key and store.peek(session.prune_key) is not None:
+        structured = measured(store, session, session.prune_key, _pruned_model(store, session))
+        columns.insert(0, ("structured (pruned)", structured))
+    table = comparison_table(before, *columns)
+    return table, contrast_text(before, sparse, structured, share) + cache_note(hit)
+
+
+def contrast_text(before: dict, sparse: dict, structured: dict | None, share: float) -> str:
+    """What the measurement says, in numbers: sparsity zeroes weights in matrices of the same shape
+    (dense kernels multiply the zeros too), structured pruning makes the matrices smaller."""
+    change = lambda m, k: 100 * (m[k] / before[k] - 1)     # noqa: E731
+    zeros = 100 * (1 - sparse["non-zero parameters"] / before["non-zero parameters"])
+    text = (f"Unstructured L1 pruning zeroed {zeros:.1f}% of the weights, but every matrix keeps its shape: "
+            f"parameters {change(sparse, 'parameters'):+.1f}%, weight memory "
+            f"{change(sparse, 'weight memory (MiB)'):+.1f}%, MACs {change(sparse, 'MACs / token'):+.1f}%, "
+            f"decoding {speed_text(before)} -> {speed_text(sparse)}. ")
+    if structured is not None:
+        text += (f"Structured pruning removed whole heads and channels: parameters "
+                 f"{change(structured, 'parameters'):+.1f}%, MACs {change(structured, 'MACs / token'):+.1f}%, "
+                 f"decoding {speed_text(structured)}. ")
+    else:
+        text += "Prune first to see the structured model beside it. "
+    return text + ("Dense matrix kernels multiply zeros as fast as any other number, so sparsity alone "
+                   "saves neither memory nor time; smaller matrices save both (how much of the saving "
+                   "shows up as speed depends on the hardware: a small model on a CPU is partly bound by "
+                   "per-token overheads). Any speed difference within the ranges shown is noise.")
 
 
 # ----------------------------------------------------------------------------- recover
@@ -487,20 +662,32 @@ def merge(store: Store, session: Session):
         merged, hit = recovery.merge(), False
         store.put(key, "merged", merged)
     session.merged_key = key
-    pruned = _pruned_model(store, session)      # its quick perplexity was measured when it was pruned
-    ppl_before = measured(store, session, session.prune_key, pruned)["WikiText-2 ppl (quick)"]
-    ppl_after = _quick_ppl(merged, original.tokenizer)
-    if ppl_before is None:
+    pruned = _pruned_model(store, session)      # measured when it was pruned: served from the cache
+    with accelerated(merged):
+        before, after = measured(store, session, session.prune_key, pruned), measured(store, session, key, merged)
+    if before[QUICK_PPL] is None:
         return "Merged the LoRA weights into the pruned model (pruned + LoRA)." + cache_note(hit)
-    return (f"Merged after {recovery.step} steps. Quick WikiText-2 perplexity (first 16 windows): pruned "
-            f"{ppl_before:.2f} -> pruned + LoRA {ppl_after:.2f}." + cache_note(hit))
+    return (f"Merged after {recovery.step} steps. {QUICK_PPL}: pruned {before[QUICK_PPL]:.2f} -> pruned + "
+            f"LoRA {after[QUICK_PPL]:.2f}; decoding {speed_text(before)} -> {speed_text(after)}."
+            + cache_note(hit))
+
+
+def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
+    """bench/recovery_curve.py's measurements, where this checkout has them (not in a wheel)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "results" / "recovery_curve.json"
+    if not path.is_file():
+        return None, 0.0
+    data = json.loads(path.read_text())
+    return pd.DataFrame(data["rows"]), float(data["dense_ppl"])
 
 
 # ----------------------------------------------------------------------------- compare
 
 def compare_stream(store: Store, session: Session, prompt: str, settings: GenerationSettings):
-    """Yield (texts dict, rates dict, cached names) while the models generate one after another;
-    a generation already made with the same model, prompt and settings is served from the cache."""
+    """Yield (texts dict, speeds dict, cached names) while the models generate one after another;
+    a generation already made with the same model, prompt and settings is served from the cache.
+    Speeds are `measure`'s (median and range of greedy runs, the Prune tab's figures), not the
+    streamed run's own rate, which includes the display and is one noisy sample."""
     models = session.models(store)
     keys = session.model_keys()
     tokenizer = session.original(store).tokenizer
@@ -510,7 +697,9 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
         key = content_key("generation", {"model": keys[name], "prompt": prompt, "settings": asdict(settings)})
         done = store.lookup(key)
         if done is not None:
-            texts[name], rates[name] = done["text"], done["tokens_per_s"]
+            texts[name] = done["text"]
+            with accelerated(model):
+                rates[name] = speed_text(measured(store, session, keys[name], model))
             cached.append(name)
             yield texts, rates, cached
             continue
@@ -519,8 +708,9 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
             for last in stream(model, tokenizer, prompt, settings):
                 texts[name] = last["text"]
                 yield texts, rates, cached
-        rates[name] = last["tokens_per_s"]
         store.put(key, "generation", {"text": last["text"], "tokens_per_s": last["tokens_per_s"]}, miss=True)
+        with accelerated(model):
+            rates[name] = speed_text(measured(store, session, keys[name], model))
         yield texts, rates, cached
     for name in texts:
         if name not in models:
@@ -550,9 +740,15 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
                                limit=int(limit), data_dir_path=data_dir(), progress=False)
             row = {"params": count_params(models[name])["params"]}
             row.update({f"{c} ppl": v for c, v in res["ppl"].items()})
-            row.update(res["acc"])
+            for task, value in res["acc"].items():
+                d = res["details"][task]
+                row[task] = value
+                row[f"{task} stderr"] = d["acc_norm_stderr"] if task in NORMED_TASKS else d["acc_stderr"]
+                row[f"{task} n"] = d["n"]
             if res.get("acc_mean") is not None and len(res["acc"]) > 1:
                 row["average"] = res["acc_mean"]
+                errors = [row[f"{t} stderr"] for t in res["acc"]]
+                row["average stderr"] = float(np.sqrt(np.sum(np.square(errors))) / len(errors))
             return row
 
         spec = {"model": keys[name], "corpora": sorted(corpora), "tasks": sorted(tasks),
@@ -562,6 +758,26 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
         rows.append({"model": name, **row})
     session.evaluations = [r for r in session.evaluations if r["model"] not in chosen] + rows
     return pd.DataFrame(session.evaluations), hits
+
+
+EVALUATION_COLUMNS = ["model", "parameters"]
+
+
+def evaluation_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The Evaluate tab's table: parameters with separators, perplexity to 2 decimals, accuracy in
+    percent with its standard error (the paper's Table 1 reports acc_norm where lm-eval defines it)."""
+    if table is None or table.empty:
+        return pd.DataFrame(columns=EVALUATION_COLUMNS + ["wikitext2 ppl"])
+    out = pd.DataFrame({"model": table.model, "parameters": [f"{int(p):,}" for p in table.params]})
+    for col in table.columns:
+        if col.endswith(" ppl"):
+            out[col] = [f"{v:,.2f}" if pd.notna(v) else "" for v in table[col]]
+    for col in table.columns:
+        if f"{col} stderr" in table.columns:
+            out[f"{col} acc % (± s.e.)"] = [
+                f"{100 * v:.1f} ± {100 * e:.1f}" if pd.notna(v) else ""
+                for v, e in zip(table[col], table[f"{col} stderr"])]
+    return out
 
 
 # ----------------------------------------------------------------------------- export
@@ -588,8 +804,8 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
         stats = card_stats({"params_before": before["parameters"], "params_after": after["parameters"],
                             "macs_per_token_before": before["MACs / token"],
                             "macs_per_token_after": after["MACs / token"]},
-                           before["WikiText-2 ppl (quick)"], after["WikiText-2 ppl (quick)"],
-                           "WikiText-2, first 16 windows of 128 tokens (the dashboard's quick figure)")
+                           before[QUICK_PPL], after[QUICK_PPL],
+                           f"WikiText-2, first {QUICK_PPL_WINDOWS} windows of 128 tokens (the dashboard's quick figure)")
         save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
              stats=stats)
         if progress:

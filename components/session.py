@@ -36,6 +36,7 @@ class Session:
     scores: pd.DataFrame | None = None
     score_settings: dict = field(default_factory=dict)
     calibration: Any = None             # token ids used for scoring / pruning
+    removed: pd.DataFrame | None = None  # the groups the last preview / prune removes (for the views)
     prune_key: str | None = None
     recipe: dict = field(default_factory=dict)
     recovery: Any = None                # a LoraRecovery being trained (this visitor's own)

@@ -78,10 +78,19 @@ PRESETS = {
     # sequences (124) or no distillation (134) lose
     "quick": LoraSettings(learning_rate=1.5e-3, batch_size=4, seq_len=128, max_steps=12,
                           warmup_steps=2, distill_weight=1.0),
+    # a longer run on general text, distilled from the dense model on every position (measured in
+    # bench/recovery_curve.py: <= 20 minutes on a 2-core CPU, a minute or two on a GPU)
+    "thorough": LoraSettings(learning_rate=1e-3, batch_size=4, seq_len=128, max_steps=360,
+                             warmup_steps=10, distill_weight=1.0),
     # LLM-Pruner's post_training.py: lr 1e-4, batch 64 (4 x 16), cutoff 256, 2 epochs of alpaca
     "llm-pruner": LoraSettings(learning_rate=1e-4, batch_size=4, grad_accum=16, seq_len=256,
                                max_steps=1600, warmup_steps=100),
 }
+
+
+# the data each preset was measured with ("self": the dense model's answers to built-in
+# instructions, offline; "lambada": book passages, from --data-dir or the hub)
+PRESET_DATA = {"quick": "self", "thorough": "lambada", "llm-pruner": "alpaca"}
 
 
 @dataclass

@@ -62,8 +62,11 @@ def lesson(c, folder, amount=0.5):
     assert rows["decoder layers"] == "2" and rows["KV heads (grouped-query attention)"] == "2"
     fig, table, _ = c.predict(1, api_name="/structure")
     assert len(table["data"]) == 3                      # two KV groups + the MLP channel row
-    attn, mlp, summary, status = c.predict("taylor-element1", "sum", "builtin", 4, 32, "rank", api_name="/score")
+    attn, mlp, summary, one_layer, histogram, status = c.predict("taylor-element1", "sum", "builtin", 4, 32,
+                                                                 "rank", api_name="/score")
     assert "Scored" in status and {r[0] for r in summary["data"]} == {"attn", "mlp"}
+    fig, why, _ = c.predict(1, "KV group", 1, api_name="/graph")
+    assert "out-degree" in why and "query heads" in why
     *_, text = c.predict(*prune_args(amount), api_name="/preview")
     assert "Will remove" in text
     table, widths, _, _, text = c.predict(*prune_args(amount), api_name="/prune")
@@ -71,9 +74,14 @@ def lesson(c, folder, amount=0.5):
     metrics = {r[0]: r for r in table["data"]}
     assert metrics["parameters"][3].startswith("-")     # the parameter count dropped
     table, text = c.predict(amount, api_name="/contrast")
-    metrics = {r[0]: r for r in table["data"]}
-    assert metrics["parameters"][3] in ("+0.0%", "")    # sparsity alone does not shrink the model
-    assert metrics["non-zero parameters"][3].startswith("-")
+    columns = table["headers"]
+    assert columns[:3] == ["metric", "original", "structured (pruned)"]      # side by side
+    metrics = {r[0]: dict(zip(columns, r)) for r in table["data"]}
+    sparse_change = next(c for c in columns if c.startswith("change (unstructured"))
+    assert metrics["parameters"][sparse_change] in ("+0.0%", "")      # sparsity alone does not shrink it
+    assert metrics["non-zero parameters"][sparse_change].startswith("-")
+    assert metrics["parameters"]["change (structured (pruned))"].startswith("-")
+    assert "Dense matrix kernels" in text
     fig, status = c.predict("quick", 5, 1e-3, 1.0, "builtin", api_name="/recover")
     assert "5 steps" in status, status
     assert "Merged" in c.predict(api_name="/merge")
@@ -82,6 +90,7 @@ def lesson(c, folder, amount=0.5):
     table, fig, status = c.predict(["original", "pruned", "pruned + LoRA"], ["ptb"], ["arc_easy"], 4, 10,
                                    api_name="/evaluate")
     assert [r[0] for r in table["data"]] == ["original", "pruned", "pruned + LoRA"], status
+    assert "arc_easy acc % (± s.e.)" in table["headers"] and "±" in table["data"][0][-1]
     archive, recipe, adapter, note = c.predict("pruned + LoRA", api_name="/export")
     with zipfile.ZipFile(archive) as z:
         names = z.namelist()

@@ -1,7 +1,8 @@
 """A real browser (Debian's chromium, driven by Playwright) clicks through the lesson on the
 default model: load -> importance -> prune -> recover -> compare, with a screenshot per tab in
-test-output/. Asserts what a visitor sees: a heatmap drawn, the parameter count dropped, three
-generations shown."""
+test-output/. Asserts what a visitor sees: the paper's equations rendered as math, a heatmap drawn,
+the parameter count dropped, structured and unstructured side by side, three generations, every
+model ticked on Evaluate, and no plot legend over a panel label (bounding boxes)."""
 
 import json
 import re
@@ -17,6 +18,27 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 OUT = REPO / "test-output"
 LONG = 600_000   # ms: CPU work on the real model
+
+# every visible plot: its legend's box must not cross a subplot title, an annotation or the
+# Gradio label of its panel
+OVERLAPS = """() => {
+  const bad = [];
+  const hit = (a, b) => !(a.right <= b.left || a.left >= b.right || a.bottom <= b.top || a.top >= b.bottom);
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    const legend = plot.querySelector('.legend');
+    if (!legend) continue;
+    const box = legend.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const block = plot.closest('.block');
+    const labels = [...plot.querySelectorAll('.annotation-text, .gtitle')];
+    if (block) labels.push(...block.querySelectorAll('[data-testid="block-label"], .block-label'));
+    for (const el of labels) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && hit(r, box)) bad.push((el.textContent || '?').trim().slice(0, 50));
+    }
+  }
+  return bad;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +75,8 @@ def test_lesson_in_the_browser(url):
 
         def shot(name):
             page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+            overlapping = page.evaluate(OVERLAPS)
+            assert not overlapping, f"{name}: legends over {overlapping}"
 
         def step(name, button, done, timeout=LONG, **kw):
             start = time.perf_counter()
@@ -76,6 +100,10 @@ def test_lesson_in_the_browser(url):
         heatmaps = page.locator(".js-plotly-plot .heatmaplayer")
         expect(heatmaps.first).to_be_attached(timeout=60_000)
         assert heatmaps.count() >= 2                        # attention and MLP heatmaps drawn
+        math = page.locator(".ps-math .katex")               # KaTeX rendered the paper's equations
+        expect(math.first).to_be_visible()
+        assert math.count() >= 10
+        assert "Eq. 3" in page.locator("body").inner_text()
         shot("3-importance")
         # 4 Prune (defaults: 20% of parameters): preview, prune, contrast
         tab("4 · Prune")
@@ -85,7 +113,11 @@ def test_lesson_in_the_browser(url):
         expect(table).to_contain_text(re.compile(r"parameters\s*134,515,008\s*10\d,\d{3},\d{3}\s*-(19|20)\.\d%"))
         shot("4-prune")
         step("contrast", "Contrast: unstructured magnitude pruning",
-             page.get_by_text(re.compile(r"Unstructured L1 pruning zeroes weights")))
+             page.get_by_text(re.compile(r"Unstructured L1 pruning zeroed")))
+        contrast = page.locator("#contrast")                  # both results in one table
+        expect(contrast).to_contain_text("structured (pruned)")
+        expect(contrast).to_contain_text(re.compile(r"unstructured 20%"))
+        shot("4-prune-contrast")
         # 5 Recover: the quick preset as it is, then merge
         tab("5 · Recover")
         step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"Stopped after \d+ steps|^Recovered")))
@@ -99,13 +131,15 @@ def test_lesson_in_the_browser(url):
         expect(page.get_by_text(re.compile(r"Welcome back"))).to_be_visible(timeout=60_000)
         # 6 Compare
         tab("6 · Compare")
-        step("compare", "Generate", page.get_by_text(re.compile(r"pruned \+ LoRA: [\d.]+ tokens/s")))
+        step("compare", "Generate", page.get_by_text(re.compile(r"pruned \+ LoRA: [\d.]+ tokens/s \(range")))
         boxes = [page.get_by_label(name, exact=True) for name in ("original", "pruned", "pruned + LoRA")]
         texts = [b.input_value() for b in boxes]
         assert all(len(t.strip()) > 0 and not t.startswith("(not available") for t in texts), texts
         shot("6-compare")
         # 7 Evaluate (the default subset), 8 Export
         tab("7 · Evaluate")
+        for name in ("original", "pruned", "pruned + LoRA"):         # every model of the session ticked
+            expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()
         step("evaluate", "Evaluate", page.get_by_text(re.compile(r"^Evaluated \d+ model")), exact=True)
         shot("7-evaluate")
         tab("8 · Export")
