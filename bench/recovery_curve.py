@@ -39,7 +39,9 @@ def main():
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds per configuration")
     parser.add_argument("--checkpoints", default="60,150,300")
-    parser.add_argument("--configs", default="", help="comma list of config numbers (default: all)")
+    parser.add_argument("--configs", default="", help="comma list of config numbers (default: all; 'none')")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out and replace only the ones run now")
     parser.add_argument("--presets", default="quick,thorough")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "recovery_curve"))
@@ -56,16 +58,22 @@ def main():
     print(f"dense {dense_ppl:.2f}, pruned {pruned_ppl:.2f} ({pruned_ppl / dense_ppl:.2f}x)", flush=True)
     rows = [{"config": "pruned, no recovery", "data": "", "seconds": 0.0, "steps": 0, "tokens": 0,
              "ppl": pruned_ppl, "ratio": pruned_ppl / dense_ppl}]
+    earlier = Path(args.out).with_suffix(".json")
+    if args.append and earlier.is_file():
+        rows += [r for r in json.loads(earlier.read_text())["rows"] if r["config"] != rows[0]["config"]]
     checkpoints = [float(x) for x in args.checkpoints.split(",")]
-    chosen = [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
+    chosen = [] if args.configs == "none" else \
+        [CONFIGS[int(i)] for i in args.configs.split(",")] if args.configs else CONFIGS
     cache = {}
     for name, source, overrides in chosen:
+        rows = [r for r in rows if r["config"] != name]
         settings = preset("quick", **overrides)
         rows += curve(name, source, settings, pruned, dense, tok, args, checkpoints, ppl, dense_ppl, cache)
         save(rows, dense_ppl, args.out)
     results = {}
     for name in [p for p in args.presets.split(",") if p]:
         settings = preset(name)
+        rows = [r for r in rows if r["config"] != f"preset {name}"]
         row = curve(f"preset {name}", PRESET_DATA[name], settings, pruned, dense, tok, args, [], ppl,
                     dense_ppl, cache, to_end=True)[-1]
         row["settings"] = asdict(settings)

@@ -25,7 +25,7 @@ from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.activations import input_statistics
 from pruner.arch import arch_of
-from pruner.data import DataUnavailableError, calibration_ids
+from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
 from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_groups, describe_layer
@@ -374,8 +374,8 @@ def _scores_for(store: Store, session: Session, config: PruneConfig, criterion: 
     if not set(kinds) <= have or session.score_settings.get("criterion") != canonical(criterion) \
             or session.score_settings.get("aggregation") != aggregation:
         s = session.score_settings
-        run_score(store, session, criterion, aggregation, s.get("calibration", "builtin"), s.get("samples", 10),
-                  s.get("seq_len", 64), kinds=kinds)
+        run_score(store, session, criterion, aggregation, s.get("calibration", "builtin"),
+                  s.get("samples", CALIBRATION_SAMPLES), s.get("seq_len", CALIBRATION_LEN), kinds=kinds)
     return session.scores
 
 

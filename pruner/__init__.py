@@ -2,7 +2,7 @@
 
     from pruner import load_model, calibration_ids, recipe, prune_model, save
     model, tok = load_model("default")
-    ids = calibration_ids(tok, "builtin", num_samples=10, seq_len=64)
+    ids = calibration_ids(tok)      # 32 x 128 built-in tokens
     result = prune_model(model, ids, *recipe("default"))        # or recipe("llm-pruner")
     save(result.model, "out/pruned", tok)
 """

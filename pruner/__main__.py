@@ -11,12 +11,12 @@ import json
 import sys
 import time
 
-from .data import DataUnavailableError
+from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from .importance import AGGREGATIONS, ALIASES, CRITERIA
 from .models import ModelLoadError
 from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
 from .recipes import RECIPES
-from .recover import PRESETS
+from .recover import PRESET_DATA, PRESETS
 from .tasks import TASKS
 
 
@@ -55,8 +55,10 @@ def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--aggregation", default="sum" if defaults else None, choices=AGGREGATIONS)
     p.add_argument("--calib-data", default="builtin",
                    help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
-    p.add_argument("--calib-samples", type=int, default=10)
-    p.add_argument("--calib-len", type=int, default=64)
+    p.add_argument("--calib-samples", type=int, default=CALIBRATION_SAMPLES,
+                   help="calibration windows (default 32; LLM-Pruner: 10)")
+    p.add_argument("--calib-len", type=int, default=CALIBRATION_LEN,
+                   help="tokens per window (default 128; LLM-Pruner: 64)")
     p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -140,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--teacher", default="default",
                    help="the original model, for self-generated data and distillation ('' for none)")
-    p.add_argument("--data", default="self",
-                   help="self (the teacher answers built-in prompts), alpaca, an instruction "
-                        ".json/.jsonl, or text (builtin, a .txt file)")
+    p.add_argument("--data", default=None,
+                   help="self (the teacher answers built-in prompts), lambada (book passages), alpaca, an "
+                        "instruction .json/.jsonl, or text (builtin, a .txt file); default: the data the "
+                        "preset was measured with (quick: self, thorough: lambada, llm-pruner: alpaca)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the preset)")
     p.add_argument("--lr", type=float, default=None)
@@ -380,6 +383,7 @@ def cmd_recover(args) -> dict:
     if teacher is None:
         overrides["distill_weight"] = 0.0
     settings = preset(args.preset, **overrides)
+    args.data = args.data or PRESET_DATA.get(args.preset, "self")
     print(f"preparing '{args.data}' recovery data ...", file=sys.stderr, flush=True)
     examples = recovery_examples(args.data, tokenizer, settings.seq_len, teacher, args.data_dir,
                                  seed=args.seed)

@@ -1,0 +1,121 @@
+"""The teaching views read correctly: wide kinds drawn as sorted percentiles with the plan's cut,
+the dependency graph's members, feasible amount bounds, no correlation for a handful of groups,
+Evaluate's table in percent with standard errors, and the contrast sentence built from numbers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import figures, handlers
+from components.session import SessionRegistry
+from components.store import Store
+
+
+def scores_frame(layers=3, attn=3, mlp=100, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [{"kind": "attn", "layer": l, "group": g, "score": float(rng.random()), "n_params": 10}
+            for l in range(layers) for g in range(attn)]
+    rows += [{"kind": "mlp", "layer": l, "group": g, "score": float(rng.random()) + 1e-3, "n_params": 3}
+             for l in range(layers) for g in range(mlp)]
+    return pd.DataFrame(rows)
+
+
+def test_wide_kinds_are_drawn_as_sorted_percentiles_with_the_cut():
+    scores = scores_frame()
+    removed = scores[(scores.kind == "mlp") & (scores.layer == 1) & (scores.group < 25)]
+    fig = figures.importance_heatmap(scores, "mlp", "linear", removed)
+    heat = fig.data[0]
+    assert np.shape(heat.z) == (3, 50)                          # layers x percentiles, not 100 columns
+    layer0 = np.sort(scores[(scores.kind == "mlp") & (scores.layer == 0)].score)
+    assert heat.z[0][0] == pytest.approx(layer0[0]) and heat.z[0][-1] == pytest.approx(layer0[-1])
+    cut = fig.data[1]
+    assert list(cut.x) == [0.0, 25.0, 0.0]                      # 25 of layer 1's 100 channels go
+    narrow = figures.importance_heatmap(scores, "attn", "linear")
+    assert np.shape(narrow.data[0].z) == (3, 3)                 # attention keeps its heatmap
+
+
+def test_one_layer_view_marks_the_removed_groups():
+    scores = scores_frame()
+    removed = scores[(scores.kind == "mlp") & (scores.layer == 2) & (scores.group.isin([4, 7]))]
+    fig = figures.layer_importance_figure(scores, "mlp", 2, removed)
+    colours = list(fig.data[0].marker.color)
+    assert colours.count("#E45756") == 2 and colours[4] == colours[7] == "#E45756"
+    hist = figures.importance_histogram(scores, removed)
+    assert sum(len(t.x) for t in hist.data if t.name == "removed") == 2
+
+
+def test_correlation_is_skipped_below_eight_groups(monkeypatch):
+    store = Store(budget_bytes=4 * 2**30)
+    scores = scores_frame(attn=3, mlp=20)
+    both = pd.concat([scores.assign(criterion="l1", aggregation="sum"),
+                      scores.assign(criterion="l2", aggregation="sum",
+                                    score=scores.score[::-1].to_numpy())])
+    monkeypatch.setattr(store, "compute", lambda kind, spec, fn: (both, False, "k"))
+    session = type("S", (), {"original": lambda self, s: type("O", (), {"model": None})(),
+                             "original_key": "o"})()
+    *_, corr_fig, table, note, _ = handlers.compare_scores(store, session, "l1", "sum", "l2", "sum",
+                                                           "builtin", 4, 16, "mlp", "rank")
+    assert "fewer than 8 groups" in note and "KV groups" in note
+    assert {t.name for t in corr_fig.data} == {figures.KIND_TITLES["mlp"]}
+    assert len(table) > 0
+
+
+def test_dependency_graph_members_for_each_granularity(tiny_folder):
+    store = Store(budget_bytes=4 * 2**30)
+    registry = SessionRegistry(store)
+    session, *_ = handlers.load(registry, store, "v1", tiny_folder)
+    fig, why = handlers.dependency_graph(store, session, 0, "KV group", 1)  # 4 heads / 2 KV heads, dim 8
+    text = " ".join(a.text for a in fig.layout.annotations)
+    assert "rows 8-15" in text and "rows 16-31" in text and "columns 16-31" in text
+    assert "out-degree 2" in why
+    _, why = handlers.dependency_graph(store, session, 0, "query head", 3)
+    assert "shared with 1 other" in why
+    _, why = handlers.dependency_graph(store, session, 1, "MLP channel", 63)
+    assert "row 63" in why
+    with pytest.raises(ValueError, match="choose 0 to 31"):
+        handlers.dependency_graph(store, session, 0, "hidden channel", 32)
+    assert handlers.max_amount(store, session, "ratio of groups", 0.0, 0, 2, 0, 2) == 0.9
+
+
+def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenizer):
+    """A 2-layer model with a 96-token vocabulary: MLP 2 x 3 x 32 x 64 = 12,288 of 33,856 parameters."""
+    from conftest import tiny_model
+
+    tiny_model(vocab=96, n_heads=4, n_kv=2, layers=2, inter=64).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    store = Store(budget_bytes=4 * 2**30)
+    session, *_ = handlers.load(SessionRegistry(store), store, "v1", str(tmp_path))
+    total = session.info["params"]
+    mlp, attn = 2 * 3 * 32 * 64, 2 * (2 * 32 * 32 + 2 * 32 * 16)
+    bound = lambda room: max(0.05, np.floor(20 * 0.95 * room) / 20)          # noqa: E731
+    assert handlers.max_amount(store, session, "share of parameters", 0.0, 0, 2, 0, 2) == bound(mlp / total)
+    assert handlers.max_amount(store, session, "share of parameters", None, 0, 2, 0, 2) == \
+        bound((mlp + attn) / total)
+    assert handlers.max_amount(store, session, "share of parameters", 0.0, 0, 2, 1, 2) == bound(mlp / 2 / total)
+
+
+def test_evaluation_table_reads_in_percent_with_standard_errors():
+    table = pd.DataFrame([{"model": "original", "params": 134515008, "wikitext2 ppl": 55.0412,
+                           "piqa": 0.62, "piqa stderr": 0.0686, "piqa n": 50}])
+    shown = handlers.evaluation_display(table)
+    assert list(shown.columns) == ["model", "parameters", "wikitext2 ppl", "piqa acc % (± s.e.)"]
+    assert shown.iloc[0].tolist() == ["original", "134,515,008", "55.04", "62.0 ± 6.9"]
+    fig = figures.evaluation_figure(table)
+    bars = [t for t in fig.data if t.error_y and t.error_y.array is not None]
+    assert bars and bars[0].y[0] == pytest.approx(62.0) and bars[0].error_y.array[0] == pytest.approx(6.86)
+    assert list(handlers.evaluation_display(None).columns)[:2] == ["model", "parameters"]
+
+
+def test_contrast_sentence_comes_from_the_measurement():
+    speed, ppl = handlers.SPEED, handlers.QUICK_PPL
+    base = {"parameters": 100, "non-zero parameters": 100, "MACs / token": 50, "weight memory (MiB)": 10,
+            speed: 20.0, "decode speed range": (19.0, 21.0), ppl: 50.0}
+    sparse = {**base, "non-zero parameters": 80, speed: 20.5, "decode speed range": (19.5, 21.5)}
+    structured = {**base, "parameters": 80, "non-zero parameters": 80, "MACs / token": 40,
+                  speed: 22.0, "decode speed range": (21.0, 23.0)}
+    text = handlers.contrast_text(base, sparse, structured, 0.2)
+    assert "zeroed 20.0% of the weights" in text and "parameters +0.0%" in text
+    assert "parameters -20.0%, MACs -20.0%" in text and "22.0 tokens/s (range 21.0-23.0)" in text
+    table = handlers.comparison_table(base, ("structured (pruned)", structured), ("unstructured 20%", sparse))
+    row = table.set_index("metric").loc["parameters"]
+    assert row["change (structured (pruned))"] == "-20.0%" and row["change (unstructured 20%)"] == "+0.0%"
