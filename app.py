@@ -31,7 +31,6 @@ from pruner.importance import AGGREGATIONS, CRITERIA
 from pruner.models import ModelLoadError
 from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
-from pruner.recover import PRESET_DATA
 from pruner.recover import PRESET_DATA, PRESETS
 from pruner.tasks import TASKS
 
@@ -246,12 +245,12 @@ def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=Tr
 def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
                 progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    recovery, hit, _ = handlers.start_recovery(STORE, session, preset_name, steps, lr, distill, data_source,
-                                               progress)
+    recovery, hit, _, note = handlers.start_recovery(STORE, session, preset_name, steps, lr, distill,
+                                                     data_source, progress)
     if hit:
         yield (figures.loss_figure(recovery.history),
                f"Recovered: {recovery.step} steps, final loss {recovery.history[-1]['loss']:.3f}."
-               + handlers.cache_note(True) + " Press **Merge** to fold LoRA into the weights.")
+               + handlers.cache_note(True) + note + " Press **Merge** to fold LoRA into the weights.")
         return
     yield figures.loss_figure([]), f"Training LoRA on {len(recovery.tokenized)} examples ..."
     original = session.original(STORE).model
@@ -263,8 +262,8 @@ def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Reques
                    f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
     handlers.finish_recovery(STORE, session, recovery)
     yield (figures.loss_figure(recovery.history),
-           f"Stopped after {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s). "
-           "Press **Merge** to fold LoRA into the weights.")
+           f"Stopped after {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s) on "
+           f"'{session.recovery_data}' data.{note} Press **Merge** to fold LoRA into the weights.")
 
 
 @friendly(1)
@@ -561,20 +560,22 @@ def build() -> gr.Blocks:
             # 5 ---------------------------------------------------------------- Recover
             with gr.Tab("5 · Recover"):
                 explain("LoRA (r=8, alpha=16 on q,k,v,o,gate,up,down, like LLM-Pruner) on a copy of the "
-                        "pruned model.\n\n**Data.** `self` (the `quick` preset): the original model writes "
-                        "answers to 64 built-in instructions and the pruned model trains on them, offline; "
-                        "the paper instead trains on Alpaca's 50k instructions (`alpaca`, from the hub) for 2 "
-                        "epochs. `lambada` (the `thorough` preset): book passages; `builtin`: the project's "
-                        "calibration text.\n\n**Distillation.** With a weight above 0, every step also runs "
-                        "the original model on the same tokens and adds the KL divergence from its "
-                        "next-token distribution to the pruned model's, so the pruned model learns to match "
-                        "all of the original's probabilities, not only the one token in the text.")
+                        "pruned model.\n\n**Data.** `lambada` (the `quick` and `thorough` presets): book "
+                        "passages (LAMBADA's test split, a benchmark this page does not report), from the "
+                        "data folder or the hub; where they are unavailable the original model's own answers "
+                        "to 64 built-in instructions (`self`, offline) stand in, and the status says so. The "
+                        "paper instead trains on Alpaca's 50k instructions (`alpaca`, from the hub) for 2 "
+                        "epochs. `builtin`: the project's calibration text (small).\n\n**Distillation.** "
+                        "With a weight above 0, every step also runs the original model on the same tokens "
+                        "and adds the KL divergence from its next-token distribution to the pruned model's, "
+                        "so the pruned model learns to match all of the original's probabilities, not only "
+                        "the one token in the text.")
                 with gr.Row():
                     preset_name = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
                     rec_steps = gr.Slider(1, 400, value=PRESETS["quick"].max_steps, step=1, label="steps")
                     rec_lr = gr.Number(PRESETS["quick"].learning_rate, label="learning rate")
                     rec_distill = gr.Slider(0, 2, value=PRESETS["quick"].distill_weight, step=0.1, label="distillation weight")
-                    rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value="self", label="data",
+                    rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value=PRESET_DATA["quick"], label="data",
                                            info="the chosen preset's measured data is filled in")
                 with gr.Row():
                     recover_btn = gr.Button("Start recovery", variant="primary")

@@ -600,29 +600,40 @@ def _pruned_model(store: Store, session: Session):
 
 def start_recovery(store: Store, session: Session, preset_name, steps, lr, distill, data_source, progress=None):
     """A cached finished recovery of the same pruned model and settings (returned as `hit`), or a
-    new LoraRecovery for this visitor to train."""
+    new LoraRecovery for this visitor to train; and a note when the chosen data was unavailable
+    (book passages offline without a data folder) and the original's own answers stood in."""
     pruned = _pruned_model(store, session)
     overrides = {"max_steps": int(steps), "learning_rate": float(lr), "distill_weight": float(distill)}
     settings = preset(preset_name, **overrides)
     settings.validate()
+    original = session.original(store)
+    note = ""
+
+    def examples(source):
+        def make():
+            if progress:
+                progress(0.05, desc=f"preparing '{source}' data"
+                         + (" (the original model answers the built-in prompts)" if source == "self" else ""))
+            with accelerated(original.model):
+                return recovery_examples(source, original.tokenizer, settings.seq_len, original.model,
+                                         data_dir(), limit=2000)
+        return store.compute("examples", {"model": session.original_key, "data": source,
+                                          "seq_len": settings.seq_len}, make)[0]
+
+    try:
+        data = examples(data_source)
+    except DataUnavailableError as err:
+        if data_source == "self":
+            raise
+        note = (f" '{data_source}' data is not available here ({str(err).split('.')[0]}), so the original "
+                "model's own answers ('self') were used instead.")
+        data_source, data = "self", examples("self")
     key = content_key("recovery", {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source})
     session.merged_key = None
     finished = store.lookup(key)
     if finished is not None:
         session.recovery, session.recovery_key, session.recovery_data = None, key, data_source
-        return finished, True, key
-    original = session.original(store)
-    if progress:
-        progress(0.05, desc=f"preparing '{data_source}' data"
-                 + (" (the original model answers the built-in prompts)" if data_source == "self" else ""))
-
-    def examples():
-        with accelerated(original.model):
-            return recovery_examples(data_source, original.tokenizer, settings.seq_len, original.model,
-                                     data_dir(), limit=2000)
-
-    data, _, _ = store.compute("examples", {"model": session.original_key, "data": data_source,
-                                            "seq_len": settings.seq_len}, examples)
+        return finished, True, key, note
     if progress:
         progress(0.5, desc="setting up LoRA on a copy of the pruned model")
     store.reserve(size_of(pruned))
@@ -631,7 +642,7 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
                                 teacher=original.model if settings.distill_weight > 0 else None)
     recovery.cache_key = key
     session.recovery, session.recovery_key, session.recovery_data = recovery, None, data_source
-    return recovery, False, key
+    return recovery, False, key, note
 
 
 def finish_recovery(store: Store, session: Session, recovery) -> None:

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="self (the teacher answers built-in prompts), lambada (book passages), alpaca, an "
                         "instruction .json/.jsonl, or text (builtin, a .txt file); default: the data the "
-                        "preset was measured with (quick: self, thorough: lambada, llm-pruner: alpaca)")
+                        "preset was measured with (quick, thorough: lambada; llm-pruner: alpaca)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the preset)")
     p.add_argument("--lr", type=float, default=None)

@@ -119,3 +119,26 @@ def test_contrast_sentence_comes_from_the_measurement():
     table = handlers.comparison_table(base, ("structured (pruned)", structured), ("unstructured 20%", sparse))
     row = table.set_index("metric").loc["parameters"]
     assert row["change (structured (pruned))"] == "-20.0%" and row["change (unstructured 20%)"] == "+0.0%"
+
+
+def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny_folder, monkeypatch):
+    from pruner.data import DataUnavailableError
+    from pruner.prune import PruneConfig
+    from pruner.recover import Example
+
+    store = Store(budget_bytes=4 * 2**30)
+    session, *_ = handlers.load(SessionRegistry(store), store, "v1", tiny_folder)
+    config = PruneConfig(ratio=0.5, attn_layers=(0, 2), mlp_layers=(0, 2))
+    handlers.run_prune(store, session, config, "l1", "sum")
+    asked = []
+
+    def examples(source, *args, **kwargs):
+        asked.append(source)
+        if source == "lambada":
+            raise DataUnavailableError("lambada is not available. Use --data-dir")
+        return [Example("Say hi.", "hi there")] * 4
+
+    monkeypatch.setattr(handlers, "recovery_examples", examples)
+    recovery, hit, _, note = handlers.start_recovery(store, session, "quick", 2, 1e-3, 0.0, "lambada")
+    assert asked == ["lambada", "self"] and not hit
+    assert "'lambada' data is not available here" in note and session.recovery_data == "self"
