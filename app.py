@@ -469,7 +469,8 @@ def build() -> gr.Blocks:
                     samples = gr.Number(CALIBRATION_SAMPLES, label="samples", precision=0, minimum=1, maximum=256,
                                         info="LLM-Pruner: 10 x 64; 32 x 128 depends far less on the draw")
                     seq_len = gr.Number(CALIBRATION_LEN, label="tokens each", precision=0, minimum=8, maximum=1024)
-                with gr.Accordion("The paper's formulas: criteria (Eq. 3-5) and aggregations", open=True):
+                with gr.Accordion("The paper's formulas: criteria (Eq. 3-5) and aggregations", open=True,
+                                  elem_id="formulas"):
                     gr.Markdown(text.CRITERIA, latex_delimiters=text.LATEX, elem_classes="ps-math")
                     gr.Markdown(text.AGGREGATIONS, latex_delimiters=text.LATEX, elem_classes="ps-math")
                 with gr.Row():
@@ -478,12 +479,12 @@ def build() -> gr.Blocks:
                 score_status = gr.Markdown()
                 with gr.Row():
                     attn_map = gr.Plot(label="attention")
-                    mlp_map = gr.Plot(label="MLP")
+                    mlp_map = gr.Plot(label="MLP", elem_id="mlp-map")
                 with gr.Row():
                     zoom_kind = gr.Radio(["mlp", "attn"], value="mlp", label="zoom into",
                                          info="one layer's groups, with the cut of the last preview / prune")
                     zoom_layer = gr.Slider(0, 29, value=3, step=1, label="layer")
-                layer_fig = gr.Plot(label="one layer up close")
+                layer_fig = gr.Plot(label="one layer up close", elem_id="layer-fig")
                 hist_fig = gr.Plot(label="score distribution")
                 score_summary = gr.Dataframe(pd.DataFrame(columns=["kind", "min", "median", "max"]),
                                              label="score range per kind", interactive=False)
@@ -586,7 +587,7 @@ def build() -> gr.Blocks:
                 with gr.Accordion("Measured: perplexity against recovery time, per data and objective",
                                   open=False):
                     gr.Plot(figures.recovery_curve_figure(*handlers.recovery_curve_results()),
-                            label="bench/recovery_curve.py")
+                            label="bench/recovery_curve.py", elem_id="recovery-curve")
                 notice(text.NOTICE["recover"])
             # 6 ---------------------------------------------------------------- Compare
             with gr.Tab("6 · Compare"):
@@ -626,7 +627,7 @@ def build() -> gr.Blocks:
                     eval_btn = gr.Button("Evaluate", variant="primary")
                     eval_cancel = gr.Button("Cancel")
                 eval_table = gr.Dataframe(handlers.evaluation_display(None), label="results", interactive=False)
-                eval_fig = gr.Plot(label="results")
+                eval_fig = gr.Plot(label="results", elem_id="eval-fig")
                 eval_status = gr.Markdown(elem_classes="ps-status")
                 notice(text.NOTICE["evaluate"])
             # 8 ---------------------------------------------------------------- Export

@@ -45,10 +45,11 @@ NOTICE = {
                   "of the layer's attention; a query head or an MLP channel is a much finer unit. A hidden "
                   "channel touches every layer. *Ask:* why does the paper score whole groups rather than "
                   "single weights?"),
-    "importance": ("**What to notice.** Scores vary more between layers than within most layers: the first and "
-                   "last layers matter most, which is why the default ranges skip them. *Ask:* the sum and the "
-                   "last-only aggregations rank the same channels differently; which member of a group does "
-                   "last-only trust, and why might that be enough?"),
+    "importance": ("**What to notice.** Compare the sorted curves layer by layer: where one layer's scores sit "
+                   "far above another's, a single global ranking would strip the weaker layer bare, which is why "
+                   "the default ratio is per layer (and why the first 3 and last 2 layers, which hurt most when "
+                   "pruned, are skipped). *Ask:* sum and last-only rank the same channels differently; which "
+                   "member of a group does last-only trust, and why might that be enough?"),
     "prune": ("**What to notice.** Structured pruning shrinks the matrices, so parameters, MACs and weight "
               "memory fall together; the unstructured contrast zeroes as many weights but nothing else changes. "
               "*Ask:* why doesn't perplexity rise in proportion to the parameters removed?"),

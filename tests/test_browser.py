@@ -78,6 +78,9 @@ def test_lesson_in_the_browser(url):
             overlapping = page.evaluate(OVERLAPS)
             assert not overlapping, f"{name}: legends over {overlapping}"
 
+        def part(element_id, name):                # one view, for the README
+            page.locator(f"#{element_id}").screenshot(path=str(OUT / f"{name}.png"))
+
         def step(name, button, done, timeout=LONG, **kw):
             start = time.perf_counter()
             page.get_by_role("button", name=button, **kw).click()
@@ -93,7 +96,9 @@ def test_lesson_in_the_browser(url):
         tab("2 · Structure")
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
         timings["structure"] = round(time.perf_counter() - start, 1)
+        expect(page.locator("#dependency-graph .js-plotly-plot")).to_be_visible(timeout=60_000)
         shot("2-structure")
+        part("dependency-graph", "view-dependency-graph")
         # 3 Importance
         tab("3 · Importance")
         step("importance", "Score groups", page.get_by_text(re.compile(r"Scored [\d,]+ groups")))
@@ -105,6 +110,7 @@ def test_lesson_in_the_browser(url):
         assert math.count() >= 10
         assert "Eq. 3" in page.locator("body").inner_text()
         shot("3-importance")
+        part("formulas", "view-formulas")
         # 4 Prune (defaults: 20% of parameters): preview, prune, contrast
         tab("4 · Prune")
         step("preview", "Preview", page.get_by_text(re.compile(r"Will remove .* of all parameters")))
@@ -118,6 +124,10 @@ def test_lesson_in_the_browser(url):
         expect(contrast).to_contain_text("structured (pruned)")
         expect(contrast).to_contain_text(re.compile(r"unstructured 20%"))
         shot("4-prune-contrast")
+        part("contrast", "view-contrast")
+        tab("3 · Importance")                                  # the plan's cut on the sorted view
+        part("mlp-map", "view-sorted-importance")
+        tab("4 · Prune")
         # 5 Recover: the quick preset as it is, then merge
         tab("5 · Recover")
         step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"Stopped after \d+ steps|^Recovered")))
@@ -125,7 +135,10 @@ def test_lesson_in_the_browser(url):
         if trained:      # the LoRA steps alone (the rest: the original writing its answers, set-up)
             timings["quick recovery: training"] = float(trained.group(1))
         step("merge", "Merge", page.get_by_text(re.compile(r"^Merged")))
+        page.get_by_text("Measured: perplexity against recovery time").click()
+        expect(page.locator("#recovery-curve .js-plotly-plot")).to_be_visible(timeout=60_000)
         shot("5-recover")
+        part("recovery-curve", "view-recovery-curve")
         # a reload keeps the session (the visitor key lives in the browser)
         page.reload()
         expect(page.get_by_text(re.compile(r"Welcome back"))).to_be_visible(timeout=60_000)
@@ -142,6 +155,7 @@ def test_lesson_in_the_browser(url):
             expect(page.get_by_role("checkbox", name=name, exact=True)).to_be_checked()
         step("evaluate", "Evaluate", page.get_by_text(re.compile(r"^Evaluated \d+ model")), exact=True)
         shot("7-evaluate")
+        part("eval-fig", "view-evaluate")
         tab("8 · Export")
         step("export", "Export", page.get_by_text(re.compile(r"Unzip and load")), exact=True)
         shot("8-export")
