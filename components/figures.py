@@ -77,9 +77,8 @@ def sorted_importance_figure(sub: pd.DataFrame, kind: str, scale: str = "linear"
     layers = sorted(sub.layer.unique())
     per_layer = {l: np.sort(sub[sub.layer == l].score.to_numpy(dtype=float)) for l in layers}
     grid = np.stack([np.quantile(per_layer[l], q) for l in layers])          # [layers, bins]
-    values, label = _colour_values(grid, "log" if scale == "log" else "linear")
-    if scale == "rank":
-        values, label = np.tile(q, (len(layers), 1)), "rank in layer"
+    # the x axis already is the rank within each layer: "rank" colours by log10 score instead
+    values, label = _colour_values(grid, "linear" if scale == "linear" else "log")
     counts = {l: len(per_layer[l]) for l in layers}
     fig = go.Figure(go.Heatmap(
         z=values, x=100 * q, y=layers, colorscale="Viridis", colorbar=dict(title=label),

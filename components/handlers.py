@@ -31,7 +31,7 @@ from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_groups, describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
-from pruner.prune import needs_calibration
+from pruner.prune import needs_calibration, score_kinds
 from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
@@ -203,7 +203,7 @@ def dependency_graph(store: Store, session: Session, layer: int, granularity: st
         why = (f"Hidden channel {group} is one coordinate of the residual stream that every layer reads and "
                f"writes: removing it removes these slices in every layer, plus column {group} of the "
                "embedding, the final norm's weight and lm_head's column (the 'channel' strategy).")
-    title = f"Layer {layer}: one {granularity} group (red) and its coupled slices"
+    title = f"Layer {layer}: one {granularity} (red) and the slices coupled to it"
     return figures.dependency_graph_figure(members, title), why
 
 
@@ -362,14 +362,9 @@ def max_amount(store: Store, session: Session, mode: str, attn_share, a0, a1, m0
     return float(max(0.05, min(0.9, np.floor(20 * 0.95 * room) / 20)))
 
 
-def _score_kinds(config: PruneConfig) -> tuple[str, ...]:
-    return {"channel": ("hidden",), "layer": ("attn", "mlp")}.get(
-        config.strategy, ("qhead" if config.attn_granularity == "query-heads" else "attn", "mlp"))
-
-
 def _scores_for(store: Store, session: Session, config: PruneConfig, criterion: str, aggregation: str):
     """Scores of the kinds this plan needs (re-scored if the heatmap shows other kinds)."""
-    kinds = _score_kinds(config)
+    kinds = score_kinds(config)
     have = set(session.scores.kind) if session.scores is not None else set()
     if not set(kinds) <= have or session.score_settings.get("criterion") != canonical(criterion) \
             or session.score_settings.get("aggregation") != aggregation:

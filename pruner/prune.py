@@ -563,12 +563,19 @@ class PruneResult:
     sensitivity: pd.DataFrame | None = None   # per-layer loss increases (allocation="sensitivity")
 
 
-def _kinds_for(config: PruneConfig) -> tuple[str, ...]:
+def score_kinds(config: PruneConfig) -> tuple[str, ...]:
+    """The group kinds a plan of `config` reads scores of (an MLP-only budget, attn_share 0, needs
+    no attention scores: scoring skips them)."""
     if config.strategy == "channel":
         return ("hidden",)
     if config.strategy == "layer":
         return ("attn", "mlp")
-    return (attention_kind(config), "mlp")
+    kinds = []
+    if config.prune_attn and config.attn_share != 0.0:
+        kinds.append(attention_kind(config))
+    if config.prune_mlp and config.attn_share != 1.0:
+        kinds.append("mlp")
+    return tuple(kinds)
 
 
 def _original_counts(scores: pd.DataFrame, config: PruneConfig, n_layers: int) -> dict:
@@ -632,7 +639,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     prune_config = prune_config or PruneConfig()
     n_layers0 = len(layers_of(model))
     prune_config.validate(n_layers0)
-    score_config = replace(score_config, kinds=_kinds_for(prune_config))
+    score_config = replace(score_config, kinds=score_kinds(prune_config))
     score_config.validate()
     steps = int(prune_config.iterative_steps)
     size_before, widths_before = model_size(model), layer_widths(model)

@@ -105,7 +105,7 @@ def test_lesson_in_the_browser(url):
         heatmaps = page.locator(".js-plotly-plot .heatmaplayer")
         expect(heatmaps.first).to_be_attached(timeout=60_000)
         assert heatmaps.count() >= 2                        # attention and MLP heatmaps drawn
-        math = page.locator(".ps-math .katex")               # KaTeX rendered the paper's equations
+        math = page.locator("#formulas .katex")              # KaTeX rendered the paper's equations
         expect(math.first).to_be_visible()
         assert math.count() >= 10
         assert "Eq. 3" in page.locator("body").inner_text()
@@ -125,9 +125,7 @@ def test_lesson_in_the_browser(url):
         expect(contrast).to_contain_text(re.compile(r"unstructured 20%"))
         shot("4-prune-contrast")
         part("contrast", "view-contrast")
-        tab("3 · Importance")                                  # the plan's cut on the sorted view
-        part("mlp-map", "view-sorted-importance")
-        tab("4 · Prune")
+        part("prune-mlp-map", "view-sorted-importance")       # the plan's cut on the sorted view
         # 5 Recover: the quick preset as it is, then merge
         tab("5 · Recover")
         step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"Stopped after \d+ steps|^Recovered")))
