@@ -554,7 +554,7 @@ def build() -> gr.Blocks:
                                             label="structured: before / after", interactive=False,
                                             elem_id="before-after")
                 widths_fig = gr.Plot(label="kept widths per layer")
-                contrast_table = gr.Dataframe(pd.DataFrame(columns=["metric", "original", "structured (pruned)",
+                contrast_table = gr.Dataframe(pd.DataFrame(columns=["metric", "original", "structured",
                                                                     "unstructured"]),
                                               label="structured vs unstructured, side by side", interactive=False,
                                               elem_id="contrast")

@@ -413,35 +413,43 @@ def _quick_ppl(model, tokenizer, windows: int = QUICK_PPL_WINDOWS) -> float | No
         return None
 
 
-def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS) -> dict:
+def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS, timed: bool = True) -> dict:
     """Every figure the page shows about one model, measured one way: the engine's model_stats,
     non-zeros, decode speed as the median (and range) of SPEED_RUNS greedy runs of the paper's
     prompt for SPEED_TOKENS tokens (Compare's prompt and length), and the quick perplexity."""
     stats = model_stats(model, tokenizer, seq_len=128, throughput=False)
-    rates = decode_rates(model, tokenizer)
     nonzero = sum(int((p != 0).sum()) for p in {id(p): p for p in model.parameters()}.values())
-    return {"parameters": stats["params"], "non-zero parameters": nonzero,
-            "MACs / token": stats["macs_per_token"], "weight memory (MiB)": stats["weight_mib"],
-            "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: float(np.median(rates)),
-            "decode speed range": (min(rates), max(rates)),
-            QUICK_PPL: _quick_ppl(model, tokenizer, ppl_windows)}
+    figures_ = {"parameters": stats["params"], "non-zero parameters": nonzero,
+                "MACs / token": stats["macs_per_token"], "weight memory (MiB)": stats["weight_mib"],
+                "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: None, "decode speed range": None,
+                QUICK_PPL: _quick_ppl(model, tokenizer, ppl_windows)}
+    if timed:
+        figures_.update(speed_figures(decode_rates([model], tokenizer)[0]))
+    return figures_
 
 
-def decode_rates(model, tokenizer) -> list[float]:
-    """tokens/s of SPEED_RUNS greedy decodes of exactly SPEED_TOKENS tokens (after a warm-up)."""
+def speed_figures(rates: list[float]) -> dict:
+    return {SPEED: float(np.median(rates)), "decode speed range": (min(rates), max(rates))}
+
+
+def decode_rates(models: list, tokenizer) -> list[list[float]]:
+    """tokens/s of SPEED_RUNS greedy decodes of exactly SPEED_TOKENS tokens per model (after a
+    warm-up), the models taking turns run by run so that a change in the machine's load hits all
+    of them alike."""
     from pruner.generate import PAPER_PROMPT
 
-    device = next(model.parameters()).device
-    ids = tokenizer(PAPER_PROMPT, return_tensors="pt").input_ids.to(device)
-    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids),
-              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    rates = [[] for _ in models]
     with torch.no_grad():
-        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
-        rates = []
-        for _ in range(SPEED_RUNS):
-            start = time.perf_counter()
-            model.generate(ids, max_new_tokens=SPEED_TOKENS, min_new_tokens=SPEED_TOKENS, **kw)
-            rates.append(SPEED_TOKENS / (time.perf_counter() - start))
+        for run in range(SPEED_RUNS + 1):
+            for i, model in enumerate(models):
+                ids = tokenizer(PAPER_PROMPT, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+                kw = dict(do_sample=False, attention_mask=torch.ones_like(ids),
+                          pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                n = 2 if run == 0 else SPEED_TOKENS              # run 0: warm-up
+                start = time.perf_counter()
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+                if run:
+                    rates[i].append(n / (time.perf_counter() - start))
     return rates
 
 
@@ -542,6 +550,10 @@ def magnitude_contrast(store: Store, session: Session, share: float):
         raise ValueError("the share must be between 0 and 0.95")
     original = session.original(store)
 
+    structured_model = None
+    if session.prune_key and store.peek(session.prune_key) is not None:
+        structured_model = _pruned_model(store, session)
+
     def compute():
         store.reserve(size_of(original.model))
         sparse = copy.deepcopy(original.model)
@@ -549,18 +561,26 @@ def magnitude_contrast(store: Store, session: Session, share: float):
         for m in linears:
             torch_prune.l1_unstructured(m, "weight", amount=share)
             torch_prune.remove(m, "weight")
-        with accelerated(sparse):
-            return measure(sparse, original.tokenizer)
+        models = [original.model, sparse] + ([structured_model] if structured_model is not None else [])
+        with accelerated(*models):
+            figures_ = measure(sparse, original.tokenizer, timed=False)
+            rates = decode_rates(models, original.tokenizer)        # side by side, taking turns
+        return {"sparse": figures_, "speeds": [speed_figures(r) for r in rates]}
 
-    sparse, hit, _ = store.compute("contrast", {"model": session.original_key, "share": share}, compute)
+    spec = {"model": session.original_key, "share": share, "structured": session.prune_key
+            if structured_model is not None else None}
+    value, hit, _ = store.compute("contrast", spec, compute)
+    speeds = value["speeds"]
     with accelerated(original.model):
-        before = measured(store, session, session.original_key, original.model)
+        before = {**measured(store, session, session.original_key, original.model), **speeds[0]}
+    sparse = {**value["sparse"], **speeds[1]}
     columns = [(f"unstructured {100 * share:.0f}%", sparse)]
     structured = None
-    if session.prune_key and store.peek(session.prune_key) is not None:
-        structured = measured(store, session, session.prune_key, _pruned_model(store, session))
-        columns.insert(0, ("structured (pruned)", structured))
+    if structured_model is not None:
+        structured = {**measured(store, session, session.prune_key, structured_model), **speeds[2]}
+        columns.insert(0, ("structured", structured))
     table = comparison_table(before, *columns)
+    table.loc[table.metric == SPEED, "metric"] = SPEED + ", side by side in this run"
     return table, contrast_text(before, sparse, structured, share) + cache_note(hit)
 
 
@@ -579,10 +599,11 @@ def contrast_text(before: dict, sparse: dict, structured: dict | None, share: fl
                  f"decoding {speed_text(structured)}. ")
     else:
         text += "Prune first to see the structured model beside it. "
-    return text + ("Dense matrix kernels multiply zeros as fast as any other number, so sparsity alone "
-                   "saves neither memory nor time; smaller matrices save both (how much of the saving "
-                   "shows up as speed depends on the hardware: a small model on a CPU is partly bound by "
-                   "per-token overheads). Any speed difference within the ranges shown is noise.")
+    return text + ("Decode speeds here were measured side by side, the models taking turns. Dense matrix "
+                   "kernels multiply zeros as fast as any other number, so sparsity alone saves neither "
+                   "memory nor time; smaller matrices save both (how much of the saving shows up as speed "
+                   "depends on the hardware: a small model on a CPU is partly bound by per-token "
+                   "overheads). Speed differences within the ranges shown are noise.")
 
 
 # ----------------------------------------------------------------------------- recover

@@ -75,12 +75,12 @@ def lesson(c, folder, amount=0.5):
     assert metrics["parameters"][3].startswith("-")     # the parameter count dropped
     table, text = c.predict(amount, api_name="/contrast")
     columns = table["headers"]
-    assert columns[:3] == ["metric", "original", "structured (pruned)"]      # side by side
+    assert columns[:3] == ["metric", "original", "structured"]      # side by side
     metrics = {r[0]: dict(zip(columns, r)) for r in table["data"]}
     sparse_change = next(c for c in columns if c.startswith("change (unstructured"))
     assert metrics["parameters"][sparse_change] in ("+0.0%", "")      # sparsity alone does not shrink it
     assert metrics["non-zero parameters"][sparse_change].startswith("-")
-    assert metrics["parameters"]["change (structured (pruned))"].startswith("-")
+    assert metrics["parameters"]["change (structured)"].startswith("-")
     assert "Dense matrix kernels" in text
     fig, status = c.predict("quick", 5, 1e-3, 1.0, "builtin", api_name="/recover")
     assert "5 steps" in status, status

@@ -121,7 +121,7 @@ def test_lesson_in_the_browser(url):
         step("contrast", "Contrast: unstructured magnitude pruning",
              page.get_by_text(re.compile(r"Unstructured L1 pruning zeroed")))
         contrast = page.locator("#contrast")                  # both results in one table
-        expect(contrast).to_contain_text("structured (pruned)")
+        expect(contrast).to_contain_text("side by side in this run")
         expect(contrast).to_contain_text(re.compile(r"unstructured 20%"))
         shot("4-prune-contrast")
         part("contrast", "view-contrast")

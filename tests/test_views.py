@@ -116,9 +116,9 @@ def test_contrast_sentence_comes_from_the_measurement():
     text = handlers.contrast_text(base, sparse, structured, 0.2)
     assert "zeroed 20.0% of the weights" in text and "parameters +0.0%" in text
     assert "parameters -20.0%, MACs -20.0%" in text and "22.0 tokens/s (range 21.0-23.0)" in text
-    table = handlers.comparison_table(base, ("structured (pruned)", structured), ("unstructured 20%", sparse))
+    table = handlers.comparison_table(base, ("structured", structured), ("unstructured 20%", sparse))
     row = table.set_index("metric").loc["parameters"]
-    assert row["change (structured (pruned))"] == "-20.0%" and row["change (unstructured 20%)"] == "+0.0%"
+    assert row["change (structured)"] == "-20.0%" and row["change (unstructured 20%)"] == "+0.0%"
 
 
 def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny_folder, monkeypatch):
