@@ -681,7 +681,6 @@ def merge(store: Store, session: Session):
     recovery = current_recovery(store, session)
     if recovery is None or not recovery.history:
         raise ValueError("run recovery first")
-    original = session.original(store)
     if session.recovery_key:
         merged, hit, key = store.compute("merged", {"recovery": session.recovery_key}, recovery.merge)
     else:   # this visitor's own (stopped early) recovery

@@ -7,9 +7,8 @@
   Llama block, with `feed_forward_length`, `attention.head_count` and `attention.head_count_kv`
   stored as per-layer arrays (llama.cpp since early 2025; older builds refuse the file).
 
-Both use llama.cpp's "normal" rotary embedding on consecutive pairs, so q and k rows are
-permuted from transformers' rotate-half layout (and back by llama.cpp's own converter's
-inverse). Families: llama, mistral, qwen2 (biases kept); others raise `GGUFExportError`
+Both use llama.cpp's "normal" rotary embedding on consecutive pairs, so q and k rows (and
+biases) are permuted from transformers' rotate-half layout, as llama.cpp's own converter does. Families: llama, mistral, qwen2 (biases kept); others raise `GGUFExportError`
 naming the reason. Tensors are float16 (default) or float32; norms and biases stay float32.
 Tokenizer metadata (tokens, types, merges, special ids, chat template) comes from the
 tokenizer's own files.
@@ -184,6 +183,11 @@ def write_gguf(model, tokenizer, path, precision: str = "f16", base_model: str |
         from .models import DEFAULT_HUB_ID
         base_model = DEFAULT_HUB_ID
     notes: list[str] = []
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and window < getattr(config, "max_position_embeddings", 0):
+        notes.append(f"the model attends to a sliding window of {window} tokens, which this file does not "
+                     f"carry: llama.cpp attends to the whole context, so texts longer than {window} tokens "
+                     "score differently")
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out), name)

@@ -145,6 +145,23 @@ def test_llama_cpp_matches_transformers_on_a_per_layer_pruned_model(tmp_path, to
 
 
 @needs_llama_cpp
+def test_llama_cpp_matches_transformers_on_qwen2_biases_and_notes_mistrals_window(tmp_path):
+    """Qwen2's q/k/v biases are permuted with their rows; Mistral's sliding window (8 tokens in this
+    tiny config) is not carried, which the summary says, and within the window the logits agree."""
+    from families import tiny_tokenizer
+
+    plan = Plan(attn_keep={0: [1]}, mlp_keep={0: list(range(10)), 2: list(range(30))})
+    ids = list(range(5, 25))
+    for family, n in (("qwen2", 20), ("mistral", 8)):
+        pruned = apply_plan(tiny_family_model(family, vocab=96), plan)
+        summary = write_gguf(pruned, tiny_tokenizer(96), tmp_path / f"{family}.gguf", "f32")
+        assert summary.architecture == "deci"
+        assert any("sliding window of 8" in note for note in summary.notes) == (family == "mistral")
+        ours, theirs = hf_logits(pruned, ids[:n]), llama_cpp_logits(summary.path, ids[:n])
+        np.testing.assert_allclose(theirs, ours, atol=1e-3)
+
+
+@needs_llama_cpp
 @pytest.mark.slow
 def test_llama_cpp_runs_the_default_recipes_gguf(tmp_path, default_model):
     """The default recipe's pruned default model (per-layer widths): same next tokens, close logits."""
