@@ -27,6 +27,7 @@ from pruner.activations import input_statistics
 from pruner.arch import arch_of
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
+from pruner.evaluate import decode_rates as engine_decode_rates
 from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_groups, describe_layer
 from pruner.importance import canonical, score_many
@@ -433,24 +434,11 @@ def speed_figures(rates: list[float]) -> dict:
 
 
 def decode_rates(models: list, tokenizer) -> list[list[float]]:
-    """tokens/s of SPEED_RUNS greedy decodes of exactly SPEED_TOKENS tokens per model (after a
-    warm-up), the models taking turns run by run so that a change in the machine's load hits all
-    of them alike."""
+    """The page's decode-speed protocol: SPEED_RUNS greedy runs of SPEED_TOKENS tokens of the
+    paper's prompt per model, the models taking turns."""
     from pruner.generate import PAPER_PROMPT
 
-    rates = [[] for _ in models]
-    with torch.no_grad():
-        for run in range(SPEED_RUNS + 1):
-            for i, model in enumerate(models):
-                ids = tokenizer(PAPER_PROMPT, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-                kw = dict(do_sample=False, attention_mask=torch.ones_like(ids),
-                          pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-                n = 2 if run == 0 else SPEED_TOKENS              # run 0: warm-up
-                start = time.perf_counter()
-                model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
-                if run:
-                    rates[i].append(n / (time.perf_counter() - start))
-    return rates
+    return engine_decode_rates(models, tokenizer, PAPER_PROMPT, SPEED_TOKENS, SPEED_RUNS)
 
 
 def speed_text(m: dict) -> str:
@@ -472,9 +460,11 @@ def _fmt(key: str, v) -> str:
         return "n/a"
     if isinstance(v, tuple):
         return f"{v[0]:.1f}-{v[1]:.1f}"
-    if key in (QUICK_PPL, SPEED):
-        return f"{v:,.2f}" if key == QUICK_PPL else f"{v:,.1f}"
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+    if key == SPEED:
+        return f"{v:,.1f}"
+    if key == QUICK_PPL or abs(v) < 100:
+        return f"{v:,.2f}"
+    return f"{v:,.0f}"
 
 
 def comparison_table(before: dict, *afters: tuple[str, dict]) -> pd.DataFrame:
@@ -808,10 +798,16 @@ def evaluation_display(table: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- export
 
-def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, str, bool]:
-    models, keys = session.models(store), session.model_keys()
+def _exportable(store: Store, session: Session, which: str) -> tuple[dict, dict, str]:
+    """The session's models and keys, and the file name of `which` (a pruned model, not the original)."""
+    models = session.models(store)
     if which not in models or which == "original":
         raise ValueError("prune (and optionally recover + merge) before exporting")
+    return models, session.model_keys(), "pruned" if which == "pruned" else "pruned-lora"
+
+
+def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, str, bool]:
+    models, keys, name = _exportable(store, session, which)
     recipe = dict(session.recipe)
     recovery = current_recovery(store, session) if which != "pruned" else None
     if recovery is not None:
@@ -820,9 +816,6 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
 
     def compute():
         folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:{time.time()}".encode()).hexdigest()[:16]
-        name = "pruned" if which == "pruned" else "pruned-lora"
-        if progress:
-            progress(0.2, desc="writing safetensors, config and tokenizer")
         if progress:
             progress(0.1, desc="measuring both models for the model card")
         before = measured(store, session, session.original_key, models["original"])
@@ -832,6 +825,8 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
                             "macs_per_token_after": after["MACs / token"]},
                            before[QUICK_PPL], after[QUICK_PPL],
                            f"WikiText-2, first {QUICK_PPL_WINDOWS} windows of 128 tokens (the dashboard's quick figure)")
+        if progress:
+            progress(0.2, desc="writing safetensors, config and tokenizer")
         save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
              stats=stats)
         if progress:
@@ -860,9 +855,7 @@ def export_gguf(store: Store, session: Session, which: str, precision: str = "f1
     """One GGUF file of a session model for llama.cpp / ollama / LM Studio, and a sentence on it."""
     from pruner.gguf_export import describe, write_gguf
 
-    models, keys = session.models(store), session.model_keys()
-    if which not in models or which == "original":
-        raise ValueError("prune (and optionally recover + merge) before exporting")
+    models, keys, name = _exportable(store, session, which)
     tokenizer = session.original(store).tokenizer
     base_model = session.recipe.get("base_model") or getattr(models["original"].config, "_name_or_path", "")
 
@@ -870,7 +863,6 @@ def export_gguf(store: Store, session: Session, which: str, precision: str = "f1
         folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:gguf:{time.time()}".encode()).hexdigest()[:16]
         if progress:
             progress(0.2, desc=f"writing {precision} GGUF")
-        name = "pruned" if which == "pruned" else "pruned-lora"
         summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
                              base_model=base_model)
         return {"path": str(summary.path), "sentence": describe(summary)}

@@ -174,25 +174,36 @@ def peak_forward_bytes(model, seq_len: int = 128) -> int:
 
 
 @torch.no_grad()
+def decode_rates(models: list, tokenizer, prompt: str = "The Leaning Tower of Pisa is known for",
+                 new_tokens: int = 32, repeats: int = 3) -> list[list[float]]:
+    """Greedy tokens/s for exactly `new_tokens` new tokens, `repeats` runs per model after a
+    warm-up. Several models take turns run by run, so a change in the machine's load hits all of
+    them alike (side-by-side comparisons)."""
+    inputs = []
+    for model in models:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(_device(model))
+        inputs.append((ids, dict(do_sample=False, attention_mask=torch.ones_like(ids),
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)))
+    rates = [[] for _ in models]
+    for run in range(repeats + 1):
+        n = 2 if run == 0 else new_tokens                  # run 0: warm-up
+        for i, (model, (ids, kw)) in enumerate(zip(models, inputs)):
+            cuda = ids.device.type == "cuda"
+            if cuda:
+                torch.cuda.synchronize(ids.device)
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            if cuda:
+                torch.cuda.synchronize(ids.device)
+            if run:
+                rates[i].append(n / (time.perf_counter() - start))
+    return rates
+
+
 def generation_throughput(model, tokenizer, prompt: str = "The Leaning Tower of Pisa is known for",
                           new_tokens: int = 32, repeats: int = 3) -> float:
     """Greedy tokens/s for exactly `new_tokens` new tokens, median of `repeats` runs."""
-    device = _device(model)
-    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-              attention_mask=torch.ones_like(ids))
-    model.generate(ids, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})     # warm-up
-    rates = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model.generate(ids, **kw)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(new_tokens / (time.perf_counter() - start))
-    return float(statistics.median(rates))
+    return float(statistics.median(decode_rates([model], tokenizer, prompt, new_tokens, repeats)[0]))
 
 
 def model_stats(model, tokenizer=None, seq_len: int = 128, throughput: bool = True,

@@ -215,7 +215,10 @@ def write_gguf(model, tokenizer, path, precision: str = "f16", base_model: str |
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if precision == "f16" else gguf.LlamaFileType.ALL_F32)
     pre = _add_tokenizer(writer, tokenizer, n_vocab, base_model, notes)
 
+    written = []
+
     def add(name: str, tensor: torch.Tensor) -> None:
+        written.append(name)
         array = tensor.detach().to("cpu", torch.float32)
         if precision == "f16" and array.ndim >= 2:
             array = array.half()
@@ -248,8 +251,7 @@ def write_gguf(model, tokenizer, path, precision: str = "f16", base_model: str |
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return GGUFSummary(out, name, precision, len(list(gguf.GGUFReader(out).tensors)), out.stat().st_size,
-                       pre, notes)
+    return GGUFSummary(out, name, precision, len(written), out.stat().st_size, pre, notes)
 
 
 def describe(summary: GGUFSummary) -> str:

@@ -51,6 +51,7 @@ def test_per_layer_widths_are_written_as_arrays_of_the_deci_architecture(tmp_pat
     assert reader.fields["tokenizer.ggml.token_type"].contents()[:2] == [3, 3]     # control tokens
     assert "im_start" in meta["tokenizer.chat_template"]
     tensors = {t.name: t for t in reader.tensors}
+    assert summary.tensors == len(tensors)
     layer = pruned.model.layers[0]
     # GGUF stores shapes innermost first: [in, out]; the data is the row-major [out, in] matrix
     assert list(tensors["blk.0.ffn_gate.weight"].shape) == [32, 10]
