@@ -307,8 +307,9 @@ def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
     table, hits = handlers.run_evaluation(STORE, session_of(request), list(which or []), list(corpora or []),
                                           list(tasks or []), windows, limit, progress)
     note = f" ({hits} of them from the class cache)" if hits else ""
+    sources = handlers.evaluation_sources(table)
     return (handlers.evaluation_display(table), figures.evaluation_figure(table),
-            f"Evaluated {len(table)} model(s){note}.")
+            f"Evaluated {len(table)} model(s){note}." + (f" Data: {sources}." if sources else ""))
 
 
 @friendly(4)

@@ -25,7 +25,7 @@ from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.activations import input_statistics
 from pruner.arch import arch_of
-from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids
+from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids, text_origin
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
 from pruner.evaluate import decode_rates as engine_decode_rates
 from pruner.generate import GenerationSettings, stream
@@ -52,11 +52,12 @@ FROM_CACHE = " *(from the class cache: computed once, shared)*"
 
 
 def data_dir() -> str | None:
-    """$PRUNER_DATA_DIR, else the evaluation data beside the repository when present."""
-    if os.environ.get("PRUNER_DATA_DIR"):
-        return os.environ["PRUNER_DATA_DIR"]
-    shared = REPO.parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
+    """The data folder the engine uses ($PRUNER_DATA_DIR, else ../shared/data where it exists); the
+    engine then tries the hub and the slices shipped in the package."""
+    from pruner.data import data_dir as engine_data_dir
+
+    folder = engine_data_dir()
+    return str(folder) if folder is not None else None
 
 
 def cache_note(hit: bool) -> str:
@@ -400,18 +401,22 @@ def preview(store: Store, session: Session, config: PruneConfig, criterion, aggr
 
 QUICK_PPL_WINDOWS = 32      # the one "quick" perplexity on every tab: first 32 x 128 tokens of WikiText-2
 QUICK_PPL = f"WikiText-2 ppl (quick: first {QUICK_PPL_WINDOWS} x 128 tokens)"
+QUICK_PPL_DATA = "WikiText-2 text from"
 SPEED_TOKENS, SPEED_RUNS = 64, 3      # greedy decoding of the paper's prompt, as Compare generates
 SPEED = f"decode tokens / s (median of {SPEED_RUNS} greedy runs of {SPEED_TOKENS})"
 SPEED_HOW = (f"median (range) of {SPEED_RUNS} greedy runs of {SPEED_TOKENS} tokens of the paper's prompt, "
              "measured once per model, the same figures as the Prune tab")
 
 
-def _quick_ppl(model, tokenizer, windows: int = QUICK_PPL_WINDOWS) -> float | None:
+def _quick_ppl(model, tokenizer, windows: int = QUICK_PPL_WINDOWS) -> tuple[float | None, str]:
+    """(the quick perplexity, where its text came from): a data folder, the hub or the slice
+    shipped in the package; (None, why) only where none of them holds WikiText-2."""
     try:
-        return perplexity(model, tokenizer, "wikitext2", max_windows=windows, data_dir_path=data_dir(),
-                          progress=False)["ppl"]
-    except DataUnavailableError:
-        return None
+        res = perplexity(model, tokenizer, "wikitext2", max_windows=windows, data_dir_path=data_dir(),
+                         progress=False)
+        return res["ppl"], res["data"]
+    except DataUnavailableError as err:
+        return None, f"unavailable ({str(err).split('(')[0].strip()})"
 
 
 def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS, timed: bool = True) -> dict:
@@ -422,8 +427,8 @@ def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS, timed: bool 
     nonzero = sum(int((p != 0).sum()) for p in {id(p): p for p in model.parameters()}.values())
     figures_ = {"parameters": stats["params"], "non-zero parameters": nonzero,
                 "MACs / token": stats["macs_per_token"], "weight memory (MiB)": stats["weight_mib"],
-                "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: None, "decode speed range": None,
-                QUICK_PPL: _quick_ppl(model, tokenizer, ppl_windows)}
+                "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: None, "decode speed range": None}
+    figures_[QUICK_PPL], figures_[QUICK_PPL_DATA] = _quick_ppl(model, tokenizer, ppl_windows)
     if timed:
         figures_.update(speed_figures(decode_rates([model], tokenizer)[0]))
     return figures_
@@ -458,6 +463,8 @@ COMPARISON_COLUMNS = ["metric", "original", "pruned", "change"]
 def _fmt(key: str, v) -> str:
     if v is None:
         return "n/a"
+    if isinstance(v, str):
+        return v
     if isinstance(v, tuple):
         return f"{v[0]:.1f}-{v[1]:.1f}"
     if key == SPEED:
@@ -476,7 +483,7 @@ def comparison_table(before: dict, *afters: tuple[str, dict]) -> pd.DataFrame:
             b, a = before[key], after[key]
             row[label] = _fmt(key, a)
             row[f"change ({label})" if len(afters) > 1 else "change"] = (
-                "" if isinstance(b, tuple) or b in (None, 0) or a is None else f"{100 * (a / b - 1):+.1f}%")
+                "" if isinstance(b, (tuple, str)) or b in (None, 0) or a is None else f"{100 * (a / b - 1):+.1f}%")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -628,6 +635,8 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
 
     try:
         data = examples(data_source)
+        if data_source in ("lambada", "wikitext2", "ptb"):
+            note = f" Data: '{data_source}' from the {text_origin(data_source, data_dir())}."
     except DataUnavailableError as err:
         if data_source == "self":
             raise
@@ -754,7 +763,8 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
             with accelerated(models[name]):
                 res = evaluate(models[name], tokenizer, corpora, tasks, max_windows=int(windows),
                                limit=int(limit), data_dir_path=data_dir(), progress=False)
-            row = {"params": count_params(models[name])["params"]}
+            row = {"params": count_params(models[name])["params"],
+                   "data": {what: d["data"] for what, d in res["details"].items()}}
             row.update({f"{c} ppl": v for c, v in res["ppl"].items()})
             for task, value in res["acc"].items():
                 d = res["details"][task]
@@ -777,6 +787,17 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
 
 
 EVALUATION_COLUMNS = ["model", "parameters"]
+
+
+def evaluation_sources(table: pd.DataFrame) -> str:
+    """Where each evaluated set came from (a data folder, the hub, a shipped slice), in words."""
+    if table is None or table.empty or "data" not in table.columns:
+        return ""
+    found: dict[str, str] = {}
+    for sources in table["data"]:
+        if isinstance(sources, dict):
+            found.update(sources)
+    return "; ".join(f"{what}: {origin}" for what, origin in sorted(found.items()))
 
 
 def evaluation_display(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,14 @@
-"""Calibration and evaluation text: a local data directory, the hub through `datasets`, or the
-project's own built-in text (pruner/assets/) for calibration offline.
+"""Calibration and evaluation text: a local data folder, the hub through `datasets`, the slices
+shipped in the package (pruner/assets/data/), or the project's own built-in calibration text.
 
-Local data directory layout (the shared evaluation data): `wikitext-2-raw.wiki.test.raw`,
-`ptb.valid.txt`, `ptb.test.txt`, ... Set it with `data_dir=` or the PRUNER_DATA_DIR variable.
+Where each set comes from, in order:
+1. a data folder: `data_dir=` / `--data-dir`, else $PRUNER_DATA_DIR, else `../shared/data` beside
+   the checkout where it exists. Layout (the shared evaluation data): `wikitext-2-raw.wiki.test.raw`,
+   `ptb.valid.txt`, `piqa/`, `llm-foundry-icl/*.jsonl`, ...;
+2. the hub, unless it is known to be unreachable (`pruner.hub`: asked once, remembered);
+3. the shipped slices: the first rows / items of the sets the dashboard's default lesson uses,
+   in the same layout (their sources and licenses: pruner/assets/data/README.md).
+Every loader also says which one it used (`origin`), and the page and CLI show it.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ from pathlib import Path
 
 import torch
 
+from . import hub
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_CALIBRATION = ASSETS / "calibration.txt"
+SLICES = ASSETS / "data"
 DATA_DIR_ENV = "PRUNER_DATA_DIR"
+BESIDE_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 # name -> (local file, hub (path, config, split, text field))
 TEXT_CORPORA = {
     "wikitext2": ("wikitext-2-raw.wiki.test.raw", ("wikitext", "wikitext-2-raw-v1", "test", "text")),
     "ptb": ("ptb.valid.txt", ("ptb_text_only", "penn_treebank", "validation", "sentence")),
 }
+LAMBADA_FILE = "llm-foundry-icl/lambada_openai.jsonl"
 
 
 class DataUnavailableError(RuntimeError):
@@ -29,60 +40,116 @@ class DataUnavailableError(RuntimeError):
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The local data directory: the explicit one, else $PRUNER_DATA_DIR, else None."""
+    """The local data folder: the explicit one, else $PRUNER_DATA_DIR, else ../shared/data beside
+    the checkout where it exists, else None."""
     chosen = explicit or os.environ.get(DATA_DIR_ENV)
-    return Path(chosen).expanduser() if chosen else None
+    if chosen:
+        return Path(chosen).expanduser()
+    return BESIDE_CHECKOUT if BESIDE_CHECKOUT.is_dir() else None
 
 
-def _missing(name: str, local_file: str, hub: str, why: str) -> DataUnavailableError:
+def slice_origin(count: int, unit: str) -> str:
+    return f"shipped slice (first {count:,} {unit})"
+
+
+def _missing(name: str, local_file: str, hub_name: str, why: str) -> DataUnavailableError:
     return DataUnavailableError(
         f"dataset {name!r} is not available ({why}). Provide it one of three ways: "
         f"--data-dir DIR (or ${DATA_DIR_ENV}) holding {local_file}; network access to the hub "
-        f"dataset {hub}; or a local file passed as the source.")
+        f"dataset {hub_name}; or a local file passed as the source.")
 
 
-def text_rows(name: str, data_dir_path: str | os.PathLike | None = None) -> list[str]:
-    """Rows of a perplexity corpus ("wikitext2" test, "ptb" validation), as `datasets` gives them.
+def _hub_rows(what: str, load) -> tuple[list | None, str]:
+    """(rows, "") from `load()` when the hub is reachable, else (None, why not) at once."""
+    why = hub.offline_reason(datasets=True)
+    if why is not None:
+        return None, why
+    try:
+        return list(load()), ""
+    except Exception as err:  # noqa: BLE001 - unknown dataset, missing dependency, connection lost
+        if "connect" in f"{type(err).__name__} {err}".lower():
+            hub.mark_offline(f"{type(err).__name__} while loading {what}")
+        return None, f"hub: {type(err).__name__}: {str(err)[:160]}"
 
-    WikiText-2 raw: each line of wiki.test.raw is one row (a whitespace-only line is the empty
-    row); PTB: the stripped lines of ptb.valid.txt (ptb_text_only's `sentence` field).
-    """
+
+def _file_rows(name: str, path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    if name == "wikitext2":
+        return [line + "\n" if line.strip() else "" for line in lines]
+    return [line.strip() for line in lines]
+
+
+def find_text(name: str, data_dir_path: str | os.PathLike | None = None) -> tuple[list[str], str]:
+    """(rows, origin) of a perplexity corpus ("wikitext2" test, "ptb" validation), as `datasets`
+    gives them: WikiText-2 raw: each line of wiki.test.raw is one row (a whitespace-only line is
+    the empty row); PTB: the stripped lines of ptb.valid.txt (ptb_text_only's `sentence`)."""
     if name not in TEXT_CORPORA:
         raise ValueError(f"unknown corpus {name!r}; use one of {sorted(TEXT_CORPORA)}")
     local_file, (path, config, split, field) = TEXT_CORPORA[name]
     folder = data_dir(data_dir_path)
     if folder is not None and (folder / local_file).is_file():
-        lines = (folder / local_file).read_text(encoding="utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines = lines[:-1]
-        if name == "wikitext2":
-            return [line + "\n" if line.strip() else "" for line in lines]
-        return [line.strip() for line in lines]
-    try:
+        return _file_rows(name, folder / local_file), f"data folder {folder}"
+
+    def from_hub():
         import datasets
 
-        rows = datasets.load_dataset(path, config, split=split)[field]
-    except Exception as err:  # offline, unknown dataset, missing dependency
-        where = f"{folder / local_file} not found" if folder else "no data dir given"
-        raise _missing(name, local_file, f"{path}/{config}", f"{where}; hub: {type(err).__name__}") from err
-    return list(rows)
+        return datasets.load_dataset(path, config, split=split)[field]
+
+    rows, why = _hub_rows(f"{path}/{config}", from_hub)
+    if rows is not None:
+        return rows, f"hub {path}/{config} ({split})"
+    if (SLICES / local_file).is_file():
+        rows = _file_rows(name, SLICES / local_file)
+        return rows, slice_origin(len(rows), "lines")
+    where = f"{folder / local_file} not found" if folder else "no data folder"
+    raise _missing(name, local_file, f"{path}/{config}", f"{where}; {why}")
+
+
+def text_rows(name: str, data_dir_path: str | os.PathLike | None = None) -> list[str]:
+    """The rows of `find_text` (without their origin)."""
+    return find_text(name, data_dir_path)[0]
+
+
+def find_lambada(data_dir_path=None) -> tuple[list[str], str]:
+    """(passages, origin): book passages of LAMBADA (context + final word), BookCorpus-style
+    prose, the kind of text LLM-Pruner calibrates on, and not one of the evaluation sets here."""
+    def passages(path: Path) -> list[str]:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [r["context"] + " " + r["continuation"] for r in rows]
+
+    folder = data_dir(data_dir_path)
+    if folder is not None and (folder / LAMBADA_FILE).is_file():
+        return passages(folder / LAMBADA_FILE), f"data folder {folder}"
+
+    def from_hub():
+        import datasets
+
+        return datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"]
+
+    rows, why = _hub_rows("EleutherAI/lambada_openai", from_hub)
+    if rows is not None:
+        return rows, "hub EleutherAI/lambada_openai (test)"
+    if (SLICES / LAMBADA_FILE).is_file():
+        rows = passages(SLICES / LAMBADA_FILE)
+        return rows, slice_origin(len(rows), "passages")
+    raise _missing("lambada", LAMBADA_FILE, "EleutherAI/lambada_openai", why)
 
 
 def lambada_passages(data_dir_path=None) -> list[str]:
-    """Book passages of LAMBADA (context + final word): BookCorpus-style prose, the kind of text
-    LLM-Pruner calibrates on, and not one of the evaluation sets here."""
-    folder = data_dir(data_dir_path)
-    local = "llm-foundry-icl/lambada_openai.jsonl"
-    if folder is not None and (folder / local).is_file():
-        rows = [json.loads(line) for line in (folder / local).read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-        return [r["context"] + " " + r["continuation"] for r in rows]
-    try:
-        import datasets
+    return find_lambada(data_dir_path)[0]
 
-        return list(datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"])
-    except Exception as err:
-        raise _missing("lambada", local, "EleutherAI/lambada_openai", type(err).__name__) from err
+
+def text_origin(source: str, data_dir_path=None) -> str:
+    """Where `read_text_source(source)` takes its text from, in words."""
+    if source in TEXT_CORPORA:
+        return find_text(source, data_dir_path)[1]
+    if source == "lambada":
+        return find_lambada(data_dir_path)[1]
+    if source in ("builtin", "default", None):
+        return "the project's built-in text"
+    return source
 
 
 def read_text_source(source: str, data_dir_path=None) -> str:
@@ -106,6 +173,11 @@ def read_text_source(source: str, data_dir_path=None) -> str:
         return path.read_text(encoding="utf-8")
     if source.startswith((".", "/", "~")):
         raise DataUnavailableError(f"calibration file {source!r} does not exist")
+    why = hub.offline_reason(datasets=True)
+    if why is not None:
+        raise DataUnavailableError(f"calibration source {source!r} is neither 'builtin', a corpus "
+                                   f"({', '.join(TEXT_CORPORA)}), 'lambada' nor a local .txt/.jsonl file, "
+                                   f"and as a hub dataset it cannot be reached: {why}")
     try:  # a hub dataset with a "text" column, e.g. bookcorpus (LLM-Pruner's choice)
         import datasets
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import text_rows
-from .tasks import Doc, load_task
+from .data import find_text
+from .tasks import Doc, find_task
 
-_TOKENIZED: dict = {}   # (tokenizer id, corpus, data dir) -> 1-D ids; tokenising WikiText takes seconds
+_TOKENIZED: dict = {}   # (tokenizer id, corpus, data dir) -> (1-D ids, origin); tokenising takes seconds
 
 
 def _device(model) -> torch.device:
@@ -23,10 +23,15 @@ def _device(model) -> torch.device:
 
 def corpus_ids(tokenizer, corpus: str, data_dir_path=None) -> torch.Tensor:
     """The whole corpus tokenised once: rows joined with "\\n\\n" (LLM-Pruner's get_loaders)."""
+    return tokenized_corpus(tokenizer, corpus, data_dir_path)[0]
+
+
+def tokenized_corpus(tokenizer, corpus: str, data_dir_path=None) -> tuple[torch.Tensor, str]:
+    """(1-D token ids of the corpus, where its text came from), cached per tokenizer and folder."""
     key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), corpus, str(data_dir_path))
     if key not in _TOKENIZED:
-        text = "\n\n".join(text_rows(corpus, data_dir_path))
-        _TOKENIZED[key] = tokenizer(text, return_tensors="pt").input_ids[0]
+        rows, origin = find_text(corpus, data_dir_path)
+        _TOKENIZED[key] = tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0], origin
     return _TOKENIZED[key]
 
 
@@ -36,9 +41,10 @@ def perplexity(model, tokenizer, corpus: str = "wikitext2", seq_len: int = 128,
                progress: bool = True) -> dict:
     """exp(mean token NLL) over consecutive `seq_len`-token windows of the tokenised corpus.
 
-    Returns {"ppl", "windows", "tokens", "seq_len"}; `max_windows` takes the first N windows.
+    Returns {"ppl", "windows", "tokens", "seq_len", "data"}; `max_windows` takes the first N
+    windows (fewer where the text holds fewer: a shipped slice); "data" names where the text came from.
     """
-    ids = corpus_ids(tokenizer, corpus, data_dir_path)
+    ids, origin = tokenized_corpus(tokenizer, corpus, data_dir_path)
     n = ids.numel() // seq_len
     if max_windows:
         n = min(n, int(max_windows))
@@ -54,7 +60,7 @@ def perplexity(model, tokenizer, corpus: str = "wikitext2", seq_len: int = 128,
                                                  reduction="sum")
         nll += loss.item()
         count += batch[:, 1:].numel()
-    return {"ppl": math.exp(nll / count), "windows": n, "tokens": count, "seq_len": seq_len}
+    return {"ppl": math.exp(nll / count), "windows": n, "tokens": count, "seq_len": seq_len, "data": origin}
 
 
 # ----------------------------------------------------------------------------- zero-shot
@@ -115,8 +121,11 @@ def _stderr(values: np.ndarray) -> float:
 
 def multiple_choice(model, tokenizer, task: str, limit: int | None = None, batch_size: int = 16,
                     data_dir_path=None, progress: bool = True, docs: list[Doc] | None = None) -> dict:
-    """acc and acc_norm (log-likelihood / continuation length in characters) with stderrs."""
-    docs = docs if docs is not None else load_task(task, data_dir_path, limit)
+    """acc and acc_norm (log-likelihood / continuation length in characters) with stderrs, the
+    number of documents and where they came from ("data")."""
+    origin = "given documents"
+    if docs is None:
+        docs, origin = find_task(task, data_dir_path, limit)
     requests = [(ctx, cont) for d in docs for ctx, cont in zip(d.contexts, d.continuations)]
     lls = loglikelihoods(model, tokenizer, requests, batch_size, progress=progress, desc=task)
     acc, acc_norm, pos = [], [], 0
@@ -127,7 +136,7 @@ def multiple_choice(model, tokenizer, task: str, limit: int | None = None, batch
         acc.append(float(np.argmax(scores) == d.gold))
         acc_norm.append(float(np.argmax(scores / lengths) == d.gold))
     acc, acc_norm = np.array(acc), np.array(acc_norm)
-    result = {"acc": float(acc.mean()), "acc_stderr": _stderr(acc), "n": len(docs)}
+    result = {"acc": float(acc.mean()), "acc_stderr": _stderr(acc), "n": len(docs), "data": origin}
     if task != "winogrande":   # partial scoring shares one continuation: acc_norm is not defined
         result.update(acc_norm=float(acc_norm.mean()), acc_norm_stderr=_stderr(acc_norm))
     return result

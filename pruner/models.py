@@ -214,7 +214,8 @@ def _load_default(dtype: torch.dtype):
     return model, tokenizer
 
 
-def _load_hub_or_folder(source: str, dtype: torch.dtype, device_map=None):
+def _load_hub_or_folder(source: str, dtype: torch.dtype, device_map=None, max_params: float | None = None,
+                        max_bytes: int | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(source).expanduser()
@@ -222,6 +223,21 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype, device_map=None):
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
     if not local and looks_like_path:
         raise ModelLoadError(f"model folder {source!r} does not exist")
+    if not local:       # a hub id: sized first, then only safetensors + config + tokenizer fetched
+        from .download import DownloadRefused, fetch
+        from .hub import HubUnavailableError
+
+        try:
+            folder = fetch(source, bytes_per_param=torch.finfo(dtype).bits // 8, max_params=max_params,
+                           max_bytes=max_bytes)
+        except (DownloadRefused, HubUnavailableError) as err:
+            raise ModelLoadError(f"could not load hub id {source!r}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - a download that failed midway
+            raise ModelLoadError(f"could not download hub id {source!r}: {type(err).__name__}: "
+                                 f"{str(err)[:200]}") from err
+        model, tokenizer = _load_hub_or_folder(folder, dtype, device_map)
+        model.config._name_or_path = model.name_or_path = source
+        return model, tokenizer
     if local and (path / "config.json").is_file():
         record = json.loads((path / "config.json").read_text()).get("pruning", {})
         if record.get("layer_widths") or record.get("norm_eps"):
@@ -244,7 +260,8 @@ def _load_hub_or_folder(source: str, dtype: torch.dtype, device_map=None):
 
 
 def load_model(source: str = DEFAULT_SOURCE, device: str | torch.device | None = "auto",
-               dtype: str | torch.dtype | None = None, device_map=None, max_memory: dict | None = None):
+               dtype: str | torch.dtype | None = None, device_map=None, max_memory: dict | None = None,
+               max_params: float | None = None, max_bytes: int | None = None):
     """Load `source` ("default", a hub id or a local folder) -> (model, tokenizer).
 
     The model is an ordinary transformers model in eval mode on `device`, in float32 on cpu and
@@ -255,6 +272,11 @@ def load_model(source: str = DEFAULT_SOURCE, device: str | torch.device | None =
     large for one GPU over the GPUs and the CPU, whole decoder layers per device (`dispatch`);
     scoring and slicing then run on the dispatched model. `max_memory` ({0: "20GiB", "cpu":
     "60GiB"}) caps each device.
+
+    A hub id is sized from its file list before anything is downloaded and refused when it has
+    more than `max_params` parameters or its weights at the load dtype exceed `max_bytes`; only
+    safetensors weights, config and tokenizer files are fetched (pruner.download). Offline, a
+    cached copy is used or the load fails at once.
     """
     if not isinstance(source, str) or not source.strip():
         raise ModelLoadError("no model source given: use 'default', a hub id or a local folder")
@@ -265,12 +287,12 @@ def load_model(source: str = DEFAULT_SOURCE, device: str | torch.device | None =
         if device is not None and str(device) != "auto":
             raise ModelLoadError("give either a device or a device_map, not both")
         torch_dtype = pick_dtype(pick_device("auto"), dtype)
-        model, tokenizer = _load_hub_or_folder(source, torch_dtype, device_map)
+        model, tokenizer = _load_hub_or_folder(source, torch_dtype, device_map, max_params, max_bytes)
         model = dispatch(model, device_map, max_memory)
     elif source == DEFAULT_SOURCE:        # 135M parameters: one device is always enough
         model, tokenizer = _load_default(torch_dtype)
     else:
-        model, tokenizer = _load_hub_or_folder(source, torch_dtype)
+        model, tokenizer = _load_hub_or_folder(source, torch_dtype, max_params=max_params, max_bytes=max_bytes)
     check_supported(model)
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

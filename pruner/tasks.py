@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataUnavailableError, data_dir
+from . import hub
+from .data import SLICES, DataUnavailableError, data_dir, slice_origin
 
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 TASKS = PAPER_TASKS + ("copa",)
@@ -159,8 +160,10 @@ def _hub_docs(name: str) -> list[Doc]:
     raise ValueError(name)
 
 
-def load_task(name: str, data_dir_path=None, limit: int | None = None) -> list[Doc]:
-    """The first `limit` documents of a task (lm-eval's --limit takes the first N too)."""
+def find_task(name: str, data_dir_path=None, limit: int | None = None) -> tuple[list[Doc], str]:
+    """(the first `limit` documents of a task, where they came from): the data folder, else the
+    hub, else the slice shipped in the package (lm-eval's --limit takes the first N too, so a
+    slice gives the same documents as the full set up to its length)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; use any of {', '.join(TASKS)}")
     folder = data_dir(data_dir_path)
@@ -168,15 +171,29 @@ def load_task(name: str, data_dir_path=None, limit: int | None = None) -> list[D
     if folder is not None and local is not None:
         try:
             docs = local[0](folder)
-            return docs[:limit] if limit else docs
+            return (docs[:limit] if limit else docs), f"data folder {folder}"
         except FileNotFoundError:
             pass
-    try:
-        docs = _hub_docs(name)
-    except Exception as err:
-        wanted = local[1] if local else "(no local copy: hub only)"
-        raise DataUnavailableError(
-            f"task {name!r} is not available. Provide it one of three ways: --data-dir DIR "
-            f"(or $PRUNER_DATA_DIR) holding {wanted}; network access to the hub dataset; "
-            f"or drop the task. Hub error: {type(err).__name__}: {str(err)[:160]}") from err
-    return docs[:limit] if limit else docs
+    why = hub.offline_reason(datasets=True)
+    if why is None:
+        try:
+            docs = _hub_docs(name)
+            return (docs[:limit] if limit else docs), "hub"
+        except Exception as err:  # noqa: BLE001 - unknown dataset, missing dependency, lost connection
+            why = f"hub error: {type(err).__name__}: {str(err)[:160]}"
+    if local is not None:
+        try:
+            docs = local[0](SLICES)
+            return (docs[:limit] if limit else docs), slice_origin(len(docs), "items")
+        except FileNotFoundError:
+            pass
+    wanted = local[1] if local else "(no local copy: hub only)"
+    raise DataUnavailableError(
+        f"task {name!r} is not available. Provide it one of three ways: --data-dir DIR "
+        f"(or $PRUNER_DATA_DIR) holding {wanted}; network access to the hub dataset; "
+        f"or drop the task. ({why})")
+
+
+def load_task(name: str, data_dir_path=None, limit: int | None = None) -> list[Doc]:
+    """The documents of `find_task` (without their origin)."""
+    return find_task(name, data_dir_path, limit)[0]

@@ -21,12 +21,12 @@ def test_wikitext_rows_match_datasets_layout(data_dir):
 
 
 def test_missing_dataset_names_the_three_ways(tmp_path):
-    with pytest.raises(DataUnavailableError) as err:
-        text_rows("wikitext2", tmp_path)
+    with pytest.raises(DataUnavailableError) as err:     # PTB is not shipped (LDC-licensed text)
+        text_rows("ptb", tmp_path)
     message = str(err.value)
-    assert "--data-dir" in message and "hub" in message and "wikitext-2-raw.wiki.test.raw" in message
+    assert "--data-dir" in message and "hub" in message and "ptb.valid.txt" in message
     with pytest.raises(DataUnavailableError, match="three ways"):
-        load_task("arc_easy", tmp_path)
+        load_task("hellaswag", tmp_path)                  # no local copy, no slice, no hub
 
 
 def test_perplexity_matches_a_hand_loop(vocab_model, tokenizer, data_dir):

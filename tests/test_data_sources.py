@@ -1,0 +1,105 @@
+"""Where evaluation data comes from: a data folder, the hub (asked once), or the slices shipped in
+the package, and that a slice gives the same numbers as the full set over its leading part."""
+
+import time
+
+import pytest
+
+from pruner import data, hub
+from pruner.data import SLICES, find_lambada, find_text
+from pruner.evaluate import multiple_choice, perplexity
+from pruner.tasks import find_task
+
+DEFAULT_TASKS = ("piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "openbookqa", "copa")
+
+
+def test_an_empty_folder_falls_back_to_the_shipped_slices(tmp_path):
+    rows, origin = find_text("wikitext2", tmp_path)
+    assert origin == "shipped slice (first 300 lines)"
+    assert rows[0] == "" and rows[1] == " = Robert Boulter = \n"      # datasets' row layout
+    for task in DEFAULT_TASKS:
+        docs, origin = find_task(task, tmp_path, limit=50)
+        assert len(docs) == 50 and origin.startswith("shipped slice"), task
+        assert all(0 <= d.gold < len(d.continuations) for d in docs)
+    passages, origin = find_lambada(tmp_path)
+    assert len(passages) == 600 and origin == "shipped slice (first 600 passages)"
+
+
+def test_a_data_folder_comes_first(data_dir):
+    rows, origin = find_text("wikitext2", data_dir)
+    assert len(rows) == 4358 and origin == f"data folder {data_dir}"
+    assert find_task("piqa", data_dir, limit=3)[1] == f"data folder {data_dir}"
+
+
+def test_the_slices_are_the_leading_part_of_the_full_sets(data_dir):
+    full, _ = find_text("wikitext2", data_dir)
+    part, _ = find_text("wikitext2", SLICES)
+    assert full[:len(part)] == part
+    for task in DEFAULT_TASKS:
+        assert find_task(task, SLICES)[0] == find_task(task, data_dir, limit=len(find_task(task, SLICES)[0]))[0]
+    assert find_lambada(data_dir)[0][:600] == find_lambada(SLICES)[0]
+
+
+def test_quick_perplexity_on_the_slice_equals_the_full_corpus(vocab_model, tokenizer, data_dir, tmp_path):
+    """The quick figure (first 32 windows of 128 tokens) is the same number from either source."""
+    on_full = perplexity(vocab_model, tokenizer, "wikitext2", max_windows=32, data_dir_path=data_dir,
+                         progress=False)
+    on_slice = perplexity(vocab_model, tokenizer, "wikitext2", max_windows=32, data_dir_path=tmp_path,
+                          progress=False)        # an empty folder: the shipped slice
+    assert on_slice["windows"] == on_full["windows"] == 32
+    assert on_slice["ppl"] == pytest.approx(on_full["ppl"], rel=1e-6)
+    assert on_slice["data"].startswith("shipped slice") and on_full["data"].startswith("data folder")
+
+
+def test_a_slice_reports_how_much_it_holds(vocab_model, tokenizer, tmp_path):
+    res = perplexity(vocab_model, tokenizer, "wikitext2", max_windows=10_000, data_dir_path=tmp_path,
+                     progress=False)
+    assert 100 < res["windows"] < 10_000 and res["data"].startswith("shipped slice")
+    mc = multiple_choice(vocab_model, tokenizer, "arc_easy", limit=1000, data_dir_path=tmp_path,
+                         progress=False)
+    assert mc["n"] == 200 and mc["data"] == "shipped slice (first 200 items)"
+
+
+def test_offline_is_detected_once_and_remembered(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    calls = []
+
+    def probe(timeout):
+        calls.append(timeout)
+        return False, "gaierror: no network"
+
+    monkeypatch.setattr(hub, "_probe", probe)
+    hub.forget()
+    try:
+        assert "unreachable" in hub.offline_reason()
+        for _ in range(5):
+            assert not hub.online(datasets=True)
+        assert len(calls) == 1 and calls[0] <= 3
+        with pytest.raises(hub.HubUnavailableError, match="gaierror"):
+            hub.require("loading 'x/y'")
+    finally:
+        hub.forget()
+
+
+def test_the_offline_variable_answers_without_asking(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "_probe", lambda timeout: pytest.fail("probed although HF_HUB_OFFLINE=1"))
+    assert hub.offline_reason() == "HF_HUB_OFFLINE is set"
+
+
+def test_the_real_probe_fails_within_its_bound(monkeypatch):
+    """With no route to the hub (this machine, CI) the probe answers within ~3 s, DNS included."""
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    start = time.monotonic()
+    ok, why = hub._probe(hub.PROBE_TIMEOUT_S)
+    assert not ok and why and time.monotonic() - start < 3.5
+
+
+def test_data_folder_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNER_DATA_DIR", str(tmp_path))
+    assert data.data_dir() == tmp_path
+    assert str(data.data_dir("/elsewhere")) == "/elsewhere"
+    monkeypatch.delenv("PRUNER_DATA_DIR")
+    expected = data.BESIDE_CHECKOUT if data.BESIDE_CHECKOUT.is_dir() else None
+    assert data.data_dir() == expected
