@@ -32,10 +32,12 @@ from pruner.models import ModelLoadError
 from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
 from pruner.recover import PRESET_DATA, PRESETS
+from pruner.resources import return_large_frees_to_os
 from pruner.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent / "components" / "assets"
 log = logging.getLogger("pruning-studio")
+return_large_frees_to_os()      # freed model copies go back to the OS: the process's RSS tracks what it holds
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model

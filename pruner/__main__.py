@@ -17,6 +17,7 @@ from .models import ModelLoadError
 from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
 from .recipes import RECIPES
 from .recover import PRESET_DATA, PRESETS
+from .resources import return_large_frees_to_os
 from .tasks import TASKS
 
 
@@ -459,6 +460,7 @@ COMMANDS = {"inspect": cmd_inspect, "export": cmd_export, "push": cmd_push, "sco
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return_large_frees_to_os()
     try:
         figures = COMMANDS[args.command](args)
     except (ModelLoadError, DataUnavailableError, ValueError) as err:

@@ -27,8 +27,12 @@ at the smallest float32): a product of tens or hundreds of member scores leaves 
 the log keeps the same ranking.
 
 Memory: statistics are reduced to per-group vectors inside post-accumulate-grad hooks, and each
-gradient is dropped once used; only the scored weights require grad. Peak memory stays near the
-model's own size (taylor-element2 alone keeps one float32 Fisher buffer per scored weight).
+gradient is dropped once used; only the scored weights require grad. taylor-element2 needs the
+float32 Fisher diagonal of every scored weight until the gradient pass reads it: in low-memory
+mode the scored weights are taken in chunks of whole layers (top first, so the backward of a chunk
+stops at its lowest layer) whose Fisher buffers fit ACCUMULATOR_SHARE of the model's weight bytes,
+each chunk with its own per-sample and gradient passes (more compute, bounded memory); fast mode
+takes them all at once.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ CALIBRATION_FREE = ("random", "l1", "l2")
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
-LOSS_CHUNK = 256   # tokens per vocabulary-projection chunk in low-memory scoring
+LOSS_CHUNK = 64    # tokens per vocabulary-projection chunk in low-memory scoring
+ACCUMULATOR_SHARE = 0.25   # low-memory mode: float32 Fisher buffers held at once / the model's weight bytes
+FISHER_CRITERIA = ("taylor-element2",)
 FP16_LOSS_SCALE = 1024.0   # float16 models: loss x this before backward, gradients / this in float32
 
 
@@ -205,6 +211,36 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
             p.grad = None
 
 
+def _layer_of(name: str) -> int:
+    """The decoder layer a parameter name belongs to (-1 for model-wide ones: embedding, head)."""
+    parts = name.split(".")
+    for before, index in zip(parts, parts[1:]):
+        if before == "layers" and index.isdigit():
+            return int(index)
+    return -1
+
+
+def accumulator_chunks(params: dict, names: set[str], budget_bytes: int | None) -> list[set[str]]:
+    """Scored weights in chunks of whole layers, top layer first, each chunk's float32 buffers at
+    most `budget_bytes` (a layer larger than that is a chunk of its own); one chunk when None."""
+    if budget_bytes is None:
+        return [set(names)]
+    by_layer: dict[int, list[str]] = defaultdict(list)
+    for name in names:
+        by_layer[_layer_of(name)].append(name)
+    chunks, current, used = [], set(), 0
+    for layer in sorted(by_layer, reverse=True):        # -1 (model-wide) last
+        size = sum(params[n].numel() * 4 for n in by_layer[layer])
+        if current and used + size > budget_bytes:
+            chunks.append(current)
+            current, used = set(), 0
+        current |= set(by_layer[layer])
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _split(input_ids: torch.Tensor, batch_size: int | None) -> tuple[list, list]:
     n = input_ids.shape[0]
     size = n if batch_size is None else min(batch_size, n)
@@ -223,29 +259,31 @@ def activation_bytes(model, n_tokens: int) -> int:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory scoring may use for activations: 80% of free CUDA memory, half of available RAM."""
+    """Memory scoring may use: 80% of free CUDA memory; on the CPU half of what this process can
+    still take (the container's cgroup limit, $PRUNING_STUDIO_MEMORY_GB and MemAvailable)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.8 * free)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                info = dict(line.split(":", 1) for line in f)
-            return int(info["MemAvailable"].split()[0]) * 1024 // 2
-        except (OSError, KeyError, ValueError):
-            return 0
+        from .resources import free_bytes
+
+        return free_bytes() // 2
     return 0
 
 
 def resolve_low_memory(model, input_ids: torch.Tensor, batch_size: int | None,
-                       setting: bool | None) -> bool:
-    """An explicit setting wins; auto turns the recompute on only when the activations of the
-    largest pass would not fit comfortably (it costs one extra forward pass)."""
+                       setting: bool | None, criterion: str = "") -> bool:
+    """An explicit setting wins; auto turns the low-memory mode on only when the activations of
+    the largest pass (and, for taylor-element2, the float32 Fisher buffers of every scored weight)
+    would not fit comfortably: it costs an extra forward pass per layer chunk."""
     if setting is not None:
         return bool(setting)
     rows = input_ids.shape[0] if batch_size is None else min(batch_size, input_ids.shape[0])
     device = next(model.parameters()).device
-    return activation_bytes(model, rows * input_ids.shape[1]) > available_bytes(device)
+    need = activation_bytes(model, rows * input_ids.shape[1])
+    if criterion in FISHER_CRITERIA:
+        need += 4 * sum(p.numel() for layer in layers_of(model) for p in layer.parameters())
+    return need > available_bytes(device)
 
 
 def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list[Family],
@@ -287,30 +325,51 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     if input_ids is None or input_ids.numel() == 0:
         raise ValueError(f"{criterion} needs calibration samples (input_ids)")
     input_ids = input_ids.to(device)
-    low_memory = resolve_low_memory(model, input_ids, batch_size, low_memory)
+    low_memory = resolve_low_memory(model, input_ids, batch_size, low_memory, criterion)
     names = set(by_param)
+    budget = None
+    if low_memory and criterion in FISHER_CRITERIA:
+        budget = int(ACCUMULATOR_SHARE * sum(p.numel() * p.element_size() for p in params.values()))
     was_training = model.training
     model.eval()
+    last_accumulator_peak["bytes"] = 0
     try:
-        fisher: dict[str, torch.Tensor] = {}
-        n = input_ids.shape[0]
-        if criterion in ("taylor-element2", "taylor-second"):
-            # per-sample gradients: F = mean_n g_n^2, accumulated in float32
-            def on_sample_grad(name, w, g):
-                g2 = g.float().square_() / n
-                if criterion == "taylor-second":
-                    add(name, g2.mul_(w.float().square()), stats)
-                elif name in fisher:
-                    fisher[name] += g2
-                else:
-                    fisher[name] = g2
-            samples = list(torch.split(input_ids, 1))
-            _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
-                             low_memory=low_memory)
-            if criterion == "taylor-second":
-                return stats
+        for chunk in accumulator_chunks(params, names, budget):
+            _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
+    finally:
+        model.train(was_training)
+    if criterion == "taylor-vector":
+        stats = [s.abs() for s in stats]
+    return stats
 
-        def on_grad(name, w, g):
+
+# the largest set of float32 Fisher buffers held at once by the last scoring (bytes): tests read it
+last_accumulator_peak = {"bytes": 0}
+
+
+def _gradient_statistics(model, input_ids, criterion, names, add, stats, batch_size, low_memory) -> None:
+    """The gradient criteria's passes over the weights `names` (one accumulator chunk)."""
+    fisher: dict[str, torch.Tensor] = {}
+    n = input_ids.shape[0]
+    if criterion in ("taylor-element2", "taylor-second"):
+        # per-sample gradients: F = mean_n g_n^2, accumulated in float32
+        def on_sample_grad(name, w, g):
+            g2 = g.float().square_() / n
+            if criterion == "taylor-second":
+                add(name, g2.mul_(w.float().square()), stats)
+            elif name in fisher:
+                fisher[name] += g2
+            else:
+                fisher[name] = g2
+                held = sum(f.numel() * 4 for f in fisher.values())
+                last_accumulator_peak["bytes"] = max(last_accumulator_peak["bytes"], held)
+        samples = list(torch.split(input_ids, 1))
+        _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
+                         low_memory=low_memory)
+        if criterion == "taylor-second":
+            return
+
+    def on_grad(name, w, g):
             w32, gw = w.float(), g.float() * w.float()
             if criterion == "taylor-vector":
                 add(name, gw, stats)                                   # |sum| taken at the end
@@ -321,14 +380,8 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
             else:
                 add(name, gw.abs_(), stats)
 
-        batches, weights = _split(input_ids, batch_size)
-        _backward_passes(model, names, batches, weights, on_grad, accumulate=True,
-                         low_memory=low_memory)
-    finally:
-        model.train(was_training)
-    if criterion == "taylor-vector":
-        stats = [s.abs() for s in stats]
-    return stats
+    batches, weights = _split(input_ids, batch_size)
+    _backward_passes(model, names, batches, weights, on_grad, accumulate=True, low_memory=low_memory)
 
 
 def _fluctuation(model, input_ids, fams, stats, params):

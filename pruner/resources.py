@@ -1,0 +1,171 @@
+"""What memory this process really has: the container's limit, not the host's.
+
+In a container `/proc/meminfo` shows the host. The limit that the kernel enforces is the cgroup's:
+v2 `memory.max` (the process's own cgroup and every parent up to the root; "max" = none), v1
+`memory/memory.limit_in_bytes` (a huge value = none). The limit used is the smallest of the cgroup
+limit, MemAvailable at start and, for work that stays on a GPU, that GPU's memory;
+$PRUNING_STUDIO_MEMORY_GB overrides all of them. Under ZeroGPU models live in CPU RAM between
+calls, so RAM is the limit that matters there.
+
+Paths are parameters so tests can point them at fake files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MEMORY_ENV = "PRUNING_STUDIO_MEMORY_GB"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+MEMINFO = Path("/proc/meminfo")
+UNLIMITED_V1 = 1 << 60          # v1 reports "no limit" as a page-aligned 2**63 - 1
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    bytes: int
+    source: str          # which limit won, in words
+
+    @property
+    def gb(self) -> float:
+        return self.bytes / 2**30
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max" or not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _own_cgroup_path(proc_self_cgroup: Path, controller: str | None) -> str:
+    """The process's cgroup path: v2's "0::/path", or v1's line for `controller`."""
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError:
+        return "/"
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if controller is None and parts[0] == "0" and parts[1] == "":
+            return parts[2] or "/"
+        if controller is not None and controller in parts[1].split(","):
+            return parts[2] or "/"
+    return "/"
+
+
+def cgroup_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> tuple[int, str] | None:
+    """(bytes, which file) of the tightest cgroup memory limit over this process, or None."""
+    root = Path(root)
+    if (root / "cgroup.controllers").exists() or (root / "memory.max").exists():      # v2
+        own = _own_cgroup_path(Path(proc_self_cgroup), None).strip("/")
+        found = []
+        folder = root / own if own else root
+        while True:
+            value = _read_int(folder / "memory.max")
+            if value is not None:
+                found.append((value, f"cgroup v2 {folder / 'memory.max'}"))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+        return min(found) if found else None
+    memory = root / "memory"                                                            # v1
+    if memory.is_dir():
+        own = _own_cgroup_path(Path(proc_self_cgroup), "memory").strip("/")
+        for folder in ([memory / own] if own else []) + [memory]:
+            value = _read_int(folder / "memory.limit_in_bytes")
+            if value is not None and value < UNLIMITED_V1:
+                return value, f"cgroup v1 {folder / 'memory.limit_in_bytes'}"
+    return None
+
+
+def mem_available(meminfo: Path = MEMINFO) -> int | None:
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def gpu_memory() -> int | None:
+    """Total memory of the first CUDA device, where models stay on it between calls (not ZeroGPU)."""
+    if os.environ.get("SPACES_ZERO_GPU"):
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory)
+    except Exception:  # noqa: BLE001 - no driver, no device
+        return None
+    return None
+
+
+def memory_limit(env: dict | None = None, root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP,
+                 meminfo: Path = MEMINFO, gpu_bytes: int | None = -1) -> MemoryLimit:
+    """The memory this process may use: $PRUNING_STUDIO_MEMORY_GB, else the smallest of the cgroup
+    limit, MemAvailable now, and the GPU's memory (`gpu_bytes=-1`: ask torch)."""
+    env = os.environ if env is None else env
+    if env.get(MEMORY_ENV):
+        return MemoryLimit(int(float(env[MEMORY_ENV]) * 2**30), f"${MEMORY_ENV}")
+    candidates = []
+    limit = cgroup_limit(root, proc_self_cgroup)
+    if limit is not None:
+        candidates.append(limit)
+    available = mem_available(meminfo)
+    if available is not None:
+        candidates.append((available, "MemAvailable in /proc/meminfo"))
+    gpu = gpu_memory() if gpu_bytes == -1 else gpu_bytes
+    if gpu:
+        candidates.append((gpu, "GPU memory"))
+    if not candidates:
+        return MemoryLimit(8 * 2**30, "a fallback of 8 GiB (no limit could be read)")
+    value, source = min(candidates)
+    return MemoryLimit(int(value), source)
+
+
+MMAP_THRESHOLD = 256 * 1024
+
+
+def return_large_frees_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
+    """glibc: serve every allocation over `threshold` bytes from its own mapping, handed back to
+    the OS when freed. By default glibc raises that threshold as large blocks are freed (up to
+    32 MiB), so freed gradients and activations stay in the heap and a server's RSS keeps what it
+    once used (measured: Taylor scoring of the default model left 0.5x its weights of freed memory
+    resident). Costs some page faults. True where applied (Linux with glibc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, threshold)) and \
+            bool(libc.mallopt(m_trim_threshold, 4 * threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def free_bytes(env: dict | None = None) -> int:
+    """Memory this process can still take now: the least of MemAvailable, the cgroup limit minus
+    this process's RSS, and $PRUNING_STUDIO_MEMORY_GB minus it."""
+    from .stats import rss_bytes
+
+    env = os.environ if env is None else env
+    rss = rss_bytes()
+    candidates = [mem_available() or 8 * 2**30]
+    limit = cgroup_limit()
+    if limit is not None:
+        candidates.append(limit[0] - rss)
+    if env.get(MEMORY_ENV):
+        candidates.append(int(float(env[MEMORY_ENV]) * 2**30) - rss)
+    return max(0, min(candidates))

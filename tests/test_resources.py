@@ -1,0 +1,82 @@
+"""The memory limit is the container's (cgroup v1 / v2), not the host's /proc/meminfo."""
+
+from pathlib import Path
+
+import pytest
+
+from pruner.resources import cgroup_limit, memory_limit
+
+GB = 2**30
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def meminfo(tmp_path):
+    path = tmp_path / "meminfo"
+    write(path, f"MemTotal:       {256 * GB // 1024} kB\nMemAvailable:   {200 * GB // 1024} kB\n")
+    return path
+
+
+def v2(tmp_path, own="/", limits=None):
+    root = tmp_path / "cg2"
+    write(root / "cgroup.controllers", "cpu memory\n")
+    for folder, value in (limits or {}).items():
+        write(root / folder.strip("/") / "memory.max", value)
+    write(tmp_path / "self_cgroup", f"0::{own}\n")
+    return root, tmp_path / "self_cgroup"
+
+
+def test_cgroup_v2_limit_beats_the_hosts_meminfo(tmp_path, meminfo):
+    root, self_cgroup = v2(tmp_path, limits={"/": f"{16 * GB}\n"})
+    limit = memory_limit({}, root, self_cgroup, meminfo, gpu_bytes=None)
+    assert limit.bytes == 16 * GB and "cgroup v2" in limit.source
+
+
+def test_cgroup_v2_max_means_no_limit(tmp_path, meminfo):
+    root, self_cgroup = v2(tmp_path, limits={"/": "max\n"})
+    assert cgroup_limit(root, self_cgroup) is None
+    limit = memory_limit({}, root, self_cgroup, meminfo, gpu_bytes=None)
+    assert limit.bytes == 200 * GB and "MemAvailable" in limit.source
+
+
+def test_cgroup_v2_the_tightest_of_the_own_group_and_its_parents(tmp_path, meminfo):
+    root, self_cgroup = v2(tmp_path, own="/kubepods/pod1/app",
+                           limits={"/kubepods/pod1/app": "max", "/kubepods/pod1": f"{12 * GB}",
+                                   "/kubepods": f"{64 * GB}"})
+    assert cgroup_limit(root, self_cgroup)[0] == 12 * GB
+
+
+def test_cgroup_v1_limit_and_its_unlimited_marker(tmp_path, meminfo):
+    root = tmp_path / "cg1"
+    write(root / "memory" / "memory.limit_in_bytes", f"{8 * GB}\n")
+    write(tmp_path / "self_cgroup", "4:memory:/docker/abc\n0::/\n")
+    limit = memory_limit({}, root, tmp_path / "self_cgroup", meminfo, gpu_bytes=None)
+    assert limit.bytes == 8 * GB and "cgroup v1" in limit.source
+    write(root / "memory" / "docker" / "abc" / "memory.limit_in_bytes", f"{4 * GB}\n")
+    assert cgroup_limit(root, tmp_path / "self_cgroup")[0] == 4 * GB
+    write(root / "memory" / "docker" / "abc" / "memory.limit_in_bytes", "9223372036854771712\n")
+    write(root / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    assert cgroup_limit(root, tmp_path / "self_cgroup") is None
+
+
+def test_no_cgroup_files_fall_back_to_meminfo_then_a_fixed_value(tmp_path, meminfo):
+    absent = tmp_path / "nothing"
+    assert cgroup_limit(absent, absent / "cgroup") is None
+    assert memory_limit({}, absent, absent / "cgroup", meminfo, gpu_bytes=None).bytes == 200 * GB
+    fallback = memory_limit({}, absent, absent / "cgroup", absent / "meminfo", gpu_bytes=None)
+    assert fallback.bytes == 8 * GB and "fallback" in fallback.source
+
+
+def test_gpu_memory_and_the_override(tmp_path, meminfo):
+    root, self_cgroup = v2(tmp_path, limits={"/": f"{16 * GB}"})
+    assert memory_limit({}, root, self_cgroup, meminfo, gpu_bytes=10 * GB).source == "GPU memory"
+    override = memory_limit({"PRUNING_STUDIO_MEMORY_GB": "3"}, root, self_cgroup, meminfo, gpu_bytes=10 * GB)
+    assert override.bytes == 3 * GB and "PRUNING_STUDIO_MEMORY_GB" in override.source
+
+
+def test_this_machine_reads_a_limit():
+    assert memory_limit().bytes > 0
