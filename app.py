@@ -249,22 +249,23 @@ def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=Tr
 def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
                 progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    recovery, hit, _, note = handlers.start_recovery(STORE, session, preset_name, steps, lr, distill,
-                                                     data_source, progress)
-    if hit:
-        yield (figures.loss_figure(recovery.history),
-               f"Recovered: {recovery.step} steps, final loss {recovery.history[-1]['loss']:.3f}."
-               + handlers.cache_note(True) + note + " Press **Merge** to fold LoRA into the weights.")
-        return
-    yield figures.loss_figure([]), f"Training LoRA on {len(recovery.tokenized)} examples ..."
-    original = session.original(STORE).model
-    with handlers.accelerated(original, recovery.model):
-        for figures_now in recovery.train():
-            s = recovery.settings
+    with STORE.admit("recovery", handlers.recovery_peak(STORE, session, preset_name, distill), progress):
+        recovery, hit, _, note = handlers.start_recovery(STORE, session, preset_name, steps, lr, distill,
+                                                         data_source, progress)
+        if hit:
             yield (figures.loss_figure(recovery.history),
-                   f"step {figures_now['step']}/{s.max_steps}  loss {figures_now['loss']:.3f}  "
-                   f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
-    handlers.finish_recovery(STORE, session, recovery)
+                   f"Recovered: {recovery.step} steps, final loss {recovery.history[-1]['loss']:.3f}."
+                   + handlers.cache_note(True) + note + " Press **Merge** to fold LoRA into the weights.")
+            return
+        yield figures.loss_figure([]), f"Training LoRA on {len(recovery.tokenized)} examples ..."
+        original = session.original(STORE).model
+        with handlers.accelerated(original, recovery.model):
+            for figures_now in recovery.train():
+                s = recovery.settings
+                yield (figures.loss_figure(recovery.history),
+                       f"step {figures_now['step']}/{s.max_steps}  loss {figures_now['loss']:.3f}  "
+                       f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
+        handlers.finish_recovery(STORE, session, recovery)
     yield (figures.loss_figure(recovery.history),
            f"Stopped after {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s) on "
            f"'{session.recovery_data}' data.{note} Press **Merge** to fold LoRA into the weights.")

@@ -38,9 +38,12 @@ from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params
 
+from pruner import footprint
+
 from . import figures
+from .policy import check_source, max_params
 from .session import Session, SessionRegistry
-from .store import Store, content_key, size_of
+from .store import Store, content_key
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT_ROOT = Path(tempfile.gettempdir()) / "pruning-studio-exports"
@@ -122,14 +125,18 @@ def load(registry: SessionRegistry, store: Store, key: str, source: str, progres
     """Give the visitor a new session on `source`; the original is loaded once per server and
     shared. A failed load leaves the visitor's previous session as it was."""
     source = (source or "").strip() or "default"
+    check_source(source)
     identity, estimate = source_key(source)
     if progress:
         progress(0.05, desc="checking the server's memory")
 
     def read():
-        if progress:
-            progress(0.2, desc=f"loading {source}" + (" (dequantizing the GGUF file)" if source == "default" else ""))
-        model, tokenizer = load_model(source, device=LOAD_DEVICE)
+        with store.admit("loading the model", footprint.load_peak(estimate, source == "default"), progress):
+            if progress:
+                progress(0.2, desc=f"loading {source}" + (" (dequantizing the GGUF file)" if source == "default" else ""))
+            # a model and its pruned copy must fit together: hub ids larger than half the budget are refused
+            model, tokenizer = load_model(source, device=LOAD_DEVICE, max_params=max_params(),
+                                          max_bytes=store.budget // 2)
         if progress:
             progress(0.8, desc="reading the coupled structure")
         return model, tokenizer, describe_model(model)
@@ -238,7 +245,8 @@ def run_score(store: Store, session: Session, criterion, aggregation, source, sa
 
     def compute():
         ids = calibration(store, session, calib)
-        with accelerated(original.model):
+        peak = footprint.score_peak(original.model, criterion, calib["samples"], calib["seq_len"])
+        with store.admit("scoring", peak), accelerated(original.model):
             return score(original.model, ids, config)
 
     scores, hit, key = store.compute("scores", spec, compute)
@@ -283,7 +291,9 @@ def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b,
 
     def compute():
         ids = calibration(store, session, calib)
-        with accelerated(original.model):
+        peak = max(footprint.score_peak(original.model, c, calib["samples"], calib["seq_len"])
+                   for c in (crit_a, crit_b))
+        with store.admit("scoring both", peak), accelerated(original.model):
             return score_many(original.model, ids, sorted({crit_a, crit_b}), sorted({agg_a, agg_b}))
 
     spec = {"model": session.original_key, "criteria": sorted({crit_a, crit_b}),
@@ -507,8 +517,9 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
             progress((step + 0.5) / (total + 1) * 0.7, desc=message)
 
     def compute():
-        store.reserve(size_of(original.model))            # the copy pruning makes
-        with accelerated(original.model):
+        samples, seq_len = (ids.shape[0], ids.shape[1]) if ids is not None else (0, 0)
+        peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=False)
+        with store.admit("pruning", peak, progress), accelerated(original.model):
             result = prune_model(original.model, ids, score_config, config, report)
         pruned = result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU
         result.model = None            # held once, under "model" (and counted once by the store)
@@ -552,17 +563,17 @@ def magnitude_contrast(store: Store, session: Session, share: float):
         structured_model = _pruned_model(store, session)
 
     def compute():
-        store.reserve(size_of(original.model))
-        sparse = copy.deepcopy(original.model)
-        linears = [m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
-        for m in linears:
-            torch_prune.l1_unstructured(m, "weight", amount=share)
-            torch_prune.remove(m, "weight")
-        models = [original.model, sparse] + ([structured_model] if structured_model is not None else [])
-        with accelerated(*models):
-            figures_ = measure(sparse, original.tokenizer, timed=False)
-            rates = decode_rates(models, original.tokenizer)        # side by side, taking turns
-        return {"sparse": figures_, "speeds": [speed_figures(r) for r in rates]}
+        with store.admit("the unstructured contrast", footprint.copy_peak(original.model, 8 * 128)):
+            sparse = copy.deepcopy(original.model)
+            linears = [m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+            for m in linears:
+                torch_prune.l1_unstructured(m, "weight", amount=share)
+                torch_prune.remove(m, "weight")
+            models = [original.model, sparse] + ([structured_model] if structured_model is not None else [])
+            with accelerated(*models):
+                figures_ = measure(sparse, original.tokenizer, timed=False)
+                rates = decode_rates(models, original.tokenizer)        # side by side, taking turns
+            return {"sparse": figures_, "speeds": [speed_figures(r) for r in rates]}
 
     spec = {"model": session.original_key, "share": share, "structured": session.prune_key
             if structured_model is not None else None}
@@ -651,7 +662,6 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
         return finished, True, key, note
     if progress:
         progress(0.5, desc="setting up LoRA on a copy of the pruned model")
-    store.reserve(size_of(pruned))
     with accelerated(original.model, pruned):
         recovery = LoraRecovery(pruned, original.tokenizer, data, settings,
                                 teacher=original.model if settings.distill_weight > 0 else None)
@@ -660,12 +670,21 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     return recovery, False, key, note
 
 
+def recovery_peak(store: Store, session: Session, preset_name, distill) -> int:
+    """The transient peak of a recovery (the LoRA copy and its training) for admission."""
+    settings = preset(preset_name, distill_weight=float(distill))
+    return footprint.recover_peak(_pruned_model(store, session), settings.batch_size, settings.seq_len,
+                                  settings.distill_weight > 0)
+
+
 def finish_recovery(store: Store, session: Session, recovery) -> None:
-    """A recovery that ran all its steps is shared with the class; a stopped one stays this visitor's."""
+    """A recovery that ran all its steps is shared with the class; a stopped one stays this visitor's
+    (under a key of its own). Either is held by the store, so its memory counts in the budget."""
     recovery.teacher = None     # the shared original is not part of the result
-    if recovery.step >= recovery.settings.max_steps:
-        store.put(recovery.cache_key, "recovery", recovery)
-        session.recovery, session.recovery_key = None, recovery.cache_key
+    finished = recovery.step >= recovery.settings.max_steps
+    key = recovery.cache_key if finished else f"recovery:{session.key}:{recovery.step}"
+    store.put(key, "recovery", recovery)
+    session.recovery, session.recovery_key = None, key
 
 
 def current_recovery(store: Store, session: Session):
@@ -680,11 +699,16 @@ def merge(store: Store, session: Session):
     recovery = current_recovery(store, session)
     if recovery is None or not recovery.history:
         raise ValueError("run recovery first")
+
+    def merged_copy():
+        with store.admit("merging", footprint.merge_peak(_pruned_model(store, session))):
+            return recovery.merge()
+
     if session.recovery_key:
-        merged, hit, key = store.compute("merged", {"recovery": session.recovery_key}, recovery.merge)
+        merged, hit, key = store.compute("merged", {"recovery": session.recovery_key}, merged_copy)
     else:   # this visitor's own (stopped early) recovery
         key = f"merged:{session.key}:{recovery.step}"
-        merged, hit = recovery.merge(), False
+        merged, hit = merged_copy(), False
         store.put(key, "merged", merged)
     session.merged_key = key
     pruned = _pruned_model(store, session)      # measured when it was pruned: served from the cache
@@ -729,7 +753,8 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
             yield texts, rates, cached
             continue
         last = None
-        with accelerated(model):
+        with store.admit("generation", footprint.generate_peak([model], settings.max_new_tokens)), \
+                accelerated(model):
             for last in stream(model, tokenizer, prompt, settings):
                 texts[name] = last["text"]
                 yield texts, rates, cached
@@ -760,7 +785,7 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
             progress(i / len(chosen), desc=f"evaluating {name} ({', '.join(corpora + tasks)})")
 
         def compute(name=name):
-            with accelerated(models[name]):
+            with store.admit("evaluation", footprint.evaluate_peak(models[name])), accelerated(models[name]):
                 res = evaluate(models[name], tokenizer, corpora, tasks, max_windows=int(windows),
                                limit=int(limit), data_dir_path=data_dir(), progress=False)
             row = {"params": count_params(models[name])["params"],
@@ -848,8 +873,9 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
                            f"WikiText-2, first {QUICK_PPL_WINDOWS} windows of 128 tokens (the dashboard's quick figure)")
         if progress:
             progress(0.2, desc="writing safetensors, config and tokenizer")
-        save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
-             stats=stats)
+        with store.admit("export", footprint.export_peak(models[which]), progress):
+            save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
+                 stats=stats)
         if progress:
             progress(0.6, desc="zipping the folder")
         archive = zip_folder(folder, name)
@@ -884,8 +910,9 @@ def export_gguf(store: Store, session: Session, which: str, precision: str = "f1
         folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:gguf:{time.time()}".encode()).hexdigest()[:16]
         if progress:
             progress(0.2, desc=f"writing {precision} GGUF")
-        summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
-                             base_model=base_model)
+        with store.admit("GGUF export", footprint.export_peak(models[which], precision), progress):
+            summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
+                                 base_model=base_model)
         return {"path": str(summary.path), "sentence": describe(summary)}
 
     files, hit, _ = store.compute("gguf", {"model": keys[which], "precision": precision}, compute)

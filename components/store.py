@@ -6,10 +6,14 @@ of what determines it, inside one memory budget.
   which nothing mutates (pruning, recovery and contrast work on copies).
 - `Store.compute(kind, spec, fn)` returns the cached value for `spec` or runs `fn()` once, even
   when several visitors ask at the same moment (the others wait for the first); `hit` says which.
-- Memory: values are sized (model weights, DataFrame bytes); when a new value would exceed the
-  budget, least recently used results go first (those no live session refers to before the
-  rest), then originals no session uses. If that cannot make room the request is refused with a
-  message that says why and when to retry.
+- Memory: the budget is the process's memory limit (the container's cgroup limit, MemAvailable,
+  the GPU's memory or $PRUNING_STUDIO_MEMORY_GB: pruner.resources) less what the server itself
+  held at start and a margin. Held values are sized (model weights, DataFrame bytes); every heavy
+  step is *admitted* with its transient peak stated beforehand (pruner.footprint) and holds it
+  while it runs, so held + in flight stays within the budget: admission evicts least recently
+  used results first (those no live session refers to before the rest, then originals no session
+  uses), waits in line while other steps hold memory (saying so), and refuses with the numbers
+  when the step could never fit.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pandas as pd
+
+from pruner.stats import release_freed_memory
 
 
 class CapacityError(RuntimeError):
@@ -68,24 +74,23 @@ def size_of(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
     return 64
 
 
-def default_budget_bytes() -> int:
-    """$PRUNING_STUDIO_MEMORY_GB, else 70% of the GPU's memory (when one is present) or of the RAM
-    available at start-up."""
-    if os.environ.get("PRUNING_STUDIO_MEMORY_GB"):
-        return int(float(os.environ["PRUNING_STUDIO_MEMORY_GB"]) * 2**30)
-    try:
-        import torch
+ADMISSION_TIMEOUT_S = 600.0     # a step waits in line at most this long for memory to free up
 
-        if torch.cuda.is_available() and not os.environ.get("SPACES_ZERO_GPU"):
-            return int(0.7 * torch.cuda.get_device_properties(0).total_memory)
-    except Exception:   # noqa: BLE001 - any failure here falls back to RAM
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(0.7 * int(info["MemAvailable"].split()[0]) * 1024)
-    except (OSError, KeyError, ValueError):
-        return 8 * 2**30
+
+def overhead_bytes(limit_bytes: int) -> int:
+    """What the server itself needs beside the store: its RSS now (Python, torch, Gradio) and a
+    margin for what grows with use (tokenizers, buffers, allocator slack)."""
+    from pruner.stats import rss_bytes
+
+    return rss_bytes() + max(256 * 2**20, int(0.05 * limit_bytes))
+
+
+def default_budget_bytes() -> int:
+    """The memory limit of this process (pruner.resources.memory_limit) less `overhead_bytes`."""
+    from pruner.resources import memory_limit
+
+    limit = memory_limit().bytes
+    return max(256 * 2**20, limit - overhead_bytes(limit))
 
 
 @dataclass
@@ -119,6 +124,10 @@ class Store:
         self._originals: dict[str, Original] = {}
         self._lock = threading.RLock()
         self._computing: dict[str, threading.Lock] = {}
+        self._in_flight: dict[int, int] = {}           # thread id -> bytes its admitted step holds
+        self._line: list[int] = []                     # tickets of steps waiting for memory, in order
+        self._freed = threading.Condition(self._lock)
+        self.waits: list[float] = []                   # seconds each admitted step waited for memory
         self.hits = self.misses = 0
         self.in_use: Callable[[], set[str]] = set     # keys live sessions refer to (set by the registry)
 
@@ -128,43 +137,116 @@ class Store:
             return sum(e.nbytes for e in self._entries.values()) + \
                 sum(o.nbytes for o in self._originals.values())
 
+    def in_flight_bytes(self, exclude_own: bool = False) -> int:
+        """Transient bytes admitted steps hold now (the calling thread's own step left out on
+        request: its result is part of its stated peak)."""
+        with self._lock:
+            own = threading.get_ident() if exclude_own else None
+            return sum(b for t, b in self._in_flight.items() if t != own)
+
     def stats(self) -> dict:
         with self._lock:
             total = self.hits + self.misses
             return {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / total if total else 0.0,
                     "entries": len(self._entries), "originals": len(self._originals),
-                    "used_gb": self.used_bytes() / 2**30, "budget_gb": self.budget / 2**30}
+                    "used_gb": self.used_bytes() / 2**30, "budget_gb": self.budget / 2**30,
+                    "in_flight_gb": self.in_flight_bytes() / 2**30, "waiting": len(self._line),
+                    "waits": len(self.waits)}
 
-    def _make_room(self, nbytes: int, protect: set[str] = frozenset()) -> None:
-        """Evict until `nbytes` more fit: unreferenced results first (LRU), then referenced ones,
-        then originals no session uses. Raise CapacityError if it still does not fit."""
-        if self.used_bytes() + nbytes <= self.budget:
-            return
+    def _fits(self, nbytes: int) -> bool:
+        return self.used_bytes() + self.in_flight_bytes(exclude_own=True) + nbytes <= self.budget
+
+    def _evict_for(self, nbytes: int, protect: set[str] = frozenset()) -> bool:
+        """Evict until `nbytes` more fit: unreferenced results first (LRU), then referenced ones
+        (their sessions rebuild them on demand), then originals no session uses."""
+        if self._fits(nbytes):
+            return True
         live = set(self.in_use())
         ordered = sorted(self._entries.values(), key=lambda e: (e.key in live, e.last_used))
         for entry in ordered:
-            if self.used_bytes() + nbytes <= self.budget:
+            if self._fits(nbytes):
                 break
             if entry.key not in protect:
                 del self._entries[entry.key]
         for original in sorted(self._originals.values(), key=lambda o: o.last_used):
-            if self.used_bytes() + nbytes <= self.budget:
+            if self._fits(nbytes):
                 break
             if original.key not in live and original.key not in protect:
                 del self._originals[original.key]
         gc.collect()
-        if self.used_bytes() + nbytes > self.budget:
-            raise CapacityError(
-                f"The server's memory is full: this needs {nbytes / 2**30:.2f} GB more, "
-                f"{self.used_bytes() / 2**30:.2f} of {self.budget / 2**30:.2f} GB are held by models "
-                "visitors are using right now. Please retry in a few minutes, when idle sessions "
-                "have expired (or use a smaller model).")
+        release_freed_memory()
+        return self._fits(nbytes)
+
+    def _full(self, nbytes: int, what: str = "this") -> CapacityError:
+        return CapacityError(
+            f"The server's memory is full: {what} needs {nbytes / 2**30:.2f} GB more, "
+            f"{self.used_bytes() / 2**30:.2f} GB are held by models visitors are using and "
+            f"{self.in_flight_bytes(exclude_own=True) / 2**30:.2f} GB by steps running now, of "
+            f"{self.budget / 2**30:.2f} GB. Please retry in a few minutes, when idle sessions have "
+            "expired (or use a smaller model).")
+
+    def _make_room(self, nbytes: int, protect: set[str] = frozenset()) -> None:
+        if not self._evict_for(nbytes, protect):
+            raise self._full(nbytes)
 
     def reserve(self, nbytes: int) -> None:
-        """Make room for `nbytes` that a caller is about to allocate outside the store (a model
-        being loaded, a LoRA copy in training)."""
+        """Make room for `nbytes` that a caller is about to allocate outside the store."""
         with self._lock:
             self._make_room(nbytes)
+
+    @contextmanager
+    def admit(self, step: str, peak_bytes: int, progress=None, timeout_s: float = ADMISSION_TIMEOUT_S):
+        """Run a heavy step holding `peak_bytes` (its stated transient peak, result included).
+
+        Refused at once when the step could never fit the budget; otherwise evicts what it can
+        and, while other steps hold the memory it needs, waits in line (first come, first
+        served), telling `progress` its position; refused after `timeout_s` of waiting."""
+        me = threading.get_ident()
+        if me in self._in_flight:          # nested inside an admitted step: already counted
+            yield
+            return
+        peak_bytes = int(peak_bytes)
+        if peak_bytes > self.budget:
+            raise CapacityError(
+                f"{step} needs about {peak_bytes / 2**30:.2f} GB at its peak, more than the "
+                f"{self.budget / 2**30:.2f} GB this server has for work (its memory limit less what "
+                "the server itself holds). Use a smaller model, fewer calibration samples or a "
+                "shorter sequence.")
+        start = time.monotonic()
+        with self._freed:
+            ticket = object()
+            self._line.append(id(ticket))
+            try:
+                while True:
+                    first = self._line[0] == id(ticket)
+                    if first and self._evict_for(peak_bytes):
+                        break
+                    if first and not self._in_flight:  # nothing will free memory by finishing
+                        raise self._full(peak_bytes, step)
+                    waited = time.monotonic() - start
+                    if waited > timeout_s:
+                        raise self._full(peak_bytes, step)
+                    if progress:
+                        position = self._line.index(id(ticket)) + 1
+                        progress(0.0, desc=f"waiting for memory: {position} in line, "
+                                           f"{self.in_flight_bytes() / 2**30:.1f} GB held by running steps "
+                                           f"({waited:.0f} s so far)")
+                    self._freed.wait(timeout=1.0)
+            finally:
+                self._line.remove(id(ticket))
+                self._freed.notify_all()
+            waited = time.monotonic() - start
+            if waited > 0.5:
+                self.waits.append(waited)
+            self._in_flight[me] = peak_bytes
+        try:
+            yield
+        finally:
+            with self._freed:
+                self._in_flight.pop(me, None)
+                self._freed.notify_all()
+            gc.collect()
+            release_freed_memory()
 
     # ------------------------------------------------------------------ originals
     def original(self, key: str, source: str, load: Callable[[], tuple], estimate: int = 0) -> tuple[Original, bool]:

@@ -40,7 +40,7 @@ def macs_per_token(model, seq_len: int = 128) -> float:
     return counter.get_total_flops() / 2 / seq_len
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand memory that glibc keeps after frees back to the OS, so RSS growth is measurable."""
     try:
         import ctypes
@@ -69,7 +69,7 @@ class PeakMemory:
 
     def __enter__(self):
         gc.collect()
-        _release_freed_memory()
+        release_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -87,9 +87,10 @@ def lesson(c, folder, amount=0.5):
     assert "Merged" in c.predict(api_name="/merge")
     o, p, l, speed = c.predict("The Leaning Tower of Pisa is known for", 8, False, 0, False, api_name="/compare")
     assert o and p and l and "tokens/s" in speed
-    table, fig, status = c.predict(["original", "pruned", "pruned + LoRA"], ["ptb"], ["arc_easy"], 4, 10,
+    table, fig, status = c.predict(["original", "pruned", "pruned + LoRA"], ["wikitext2"], ["arc_easy"], 4, 10,
                                    api_name="/evaluate")
     assert [r[0] for r in table["data"]] == ["original", "pruned", "pruned + LoRA"], status
+    assert "Data: arc_easy: " in status and "wikitext2: " in status        # where each set came from
     assert "arc_easy acc % (± s.e.)" in table["headers"] and "±" in table["data"][0][-1]
     archive, recipe, adapter, note = c.predict("pruned + LoRA", api_name="/export")
     with zipfile.ZipFile(archive) as z:
@@ -219,12 +220,21 @@ def test_full_memory_evicts_then_refuses_with_a_reason(server, tiny_folder, monk
     store = server.STORE
     c = client(server)
     c.predict(CUSTOM, tiny_folder, api_name="/load_model")
-    monkeypatch.setattr(store, "budget", store.used_bytes())            # full: only what is held
+    from pruner import footprint
+
+    original = next(o for o in store._originals.values() if o.source == tiny_folder).model
+    store.put("unused", "scores", torch.zeros(2**20))                   # 4 MiB no session refers to
+    peak = footprint.prune_peak(original, "l1", 0, 0, scores_cached=False)
+    monkeypatch.setattr(store, "budget", store.used_bytes() + peak - 2**21)   # fits only without "unused"
     text = c.predict(*prune_args(0.6, criterion="l1"), api_name="/prune")[-1]
-    assert "Removed" in text                              # made room by evicting unused results
-    monkeypatch.setattr(store, "budget", 1)
+    assert "Removed" in text and store.peek("unused") is None       # made room by evicting unused results
+    held = sum(o.nbytes for o in store._originals.values() if o.key in store.in_use())
+    monkeypatch.setattr(store, "budget", held + peak - 1)      # the original in use leaves too little
     text = c.predict(*prune_args(0.4, criterion="l1"), api_name="/prune")[-1]
     assert "memory is full" in text and "retry" in text
+    monkeypatch.setattr(store, "budget", 1)
+    text = c.predict(*prune_args(0.3, criterion="l1"), api_name="/prune")[-1]
+    assert "at its peak, more than" in text                   # could never fit: said at once
 
 
 def test_server_stats_endpoint(server):

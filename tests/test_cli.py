@@ -18,10 +18,11 @@ def test_eval_json(tiny_folder, data_dir, capsys):
     assert out["details"]["arc_easy"]["n"] == 4
 
 
-def test_recover_saves_merged_model_and_adapter(tiny_folder, data_dir, tmp_path, capsys):
+def test_recover_saves_merged_model_and_adapter(tiny_folder, tmp_path, capsys):
     out_dir = tmp_path / "recovered"
+    (tmp_path / "empty").mkdir()                 # no data folder: WikiText-2 from the shipped slice
     assert main(["recover", "--model", tiny_folder, "--teacher", tiny_folder, "--data", "builtin",
-                 "--steps", "3", "--seq-len", "32", "--ppl-windows", "2", "--data-dir", str(data_dir),
+                 "--steps", "3", "--seq-len", "32", "--ppl-windows", "2", "--data-dir", str(tmp_path / "empty"),
                  "--out", str(out_dir), "--json"]) == 0
     out = last_json(capsys)
     assert out["steps"] == 3 and len(out["loss_curve"]) == 3 and out["ppl_after"] > 0

@@ -111,3 +111,63 @@ def test_a_reconnection_reaches_the_same_session():
     registry.alias("connection-after-reload", "visitor-1")
     assert registry.get(registry.visitor("connection-after-reload")) is session
     assert registry.visitor("api-client") == "api-client"       # no browser key: the connection itself
+
+
+# ----------------------------------------------------------------------------- admission
+
+def test_a_step_that_can_never_fit_is_refused_at_once_with_numbers():
+    store = Store(budget_bytes=1000)
+    with pytest.raises(CapacityError, match=r"scoring needs about .* GB at its peak, more than"):
+        with store.admit("scoring", 2000):
+            pass
+
+
+def test_admission_evicts_unreferenced_results_first():
+    store = Store(budget_bytes=1000)
+    store.put("old", "scores", tensor(400))
+    store.put("kept", "scores", tensor(400))
+    store.in_use = lambda: {"kept"}
+    with store.admit("pruning", 500):
+        assert store.peek("old") is None and store.peek("kept") is not None
+        assert store.in_flight_bytes() == 500
+    assert store.in_flight_bytes() == 0
+
+
+def test_a_step_waits_in_line_while_another_holds_the_memory():
+    store = Store(budget_bytes=1000)
+    started, events, positions = threading.Event(), [], []
+
+    def first():
+        with store.admit("recovery", 800):
+            started.set()
+            time.sleep(0.6)
+            events.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait()
+    with store.admit("evaluation", 500, progress=lambda f, desc: positions.append(desc)):
+        events.append("second admitted")
+    thread.join()
+    assert events == ["first done", "second admitted"]
+    assert positions and "1 in line" in positions[0]
+    assert len(store.waits) == 1 and store.waits[0] >= 0.3
+
+
+def test_the_result_a_step_puts_is_part_of_its_own_peak():
+    store = Store(budget_bytes=1000)
+    with store.admit("pruning", 900):
+        store.put("pruned", "pruned", tensor(800))      # no CapacityError: its memory was admitted
+    assert store.used_bytes() == 800
+
+
+def test_refused_when_an_original_in_use_fills_it_and_nothing_runs():
+    store = Store(budget_bytes=1000)
+    store.put("evictable", "scores", tensor(100))
+    model = torch.nn.Linear(10, 20)                     # 880 bytes, loaded by a live session
+    original, _ = store.original("orig", "src", lambda: (model, None, {}))
+    store.in_use = lambda: {"orig"}
+    with pytest.raises(CapacityError, match="memory is full"):
+        with store.admit("export", 600, timeout_s=0.1):
+            pass
+    assert store.loaded_original("orig") is original and store.peek("evictable") is None

@@ -1,0 +1,108 @@
+"""The transient memory peak of each heavy step, stated before it starts, from the model's size
+and the step's settings. A server admits a step only when its peak fits (components/store.py).
+
+Each estimate is what the step allocates on top of what is already held (the shared original),
+including the result it returns: a pruned copy, a LoRA copy, a merged copy. They are upper
+bounds on purpose; `bench/step_peaks.py` measures every step's real peak beside its estimate.
+"""
+
+from __future__ import annotations
+
+from .importance import FISHER_CRITERIA, activation_bytes
+from .models import layers_of
+from .stats import weight_bytes
+
+def _shape(model) -> tuple[int, int, int, int]:
+    """(layers, hidden, widest MLP, vocabulary) of a loaded model."""
+    from .arch import arch_of
+
+    arch = arch_of(model)
+    hidden = model.model.embed_tokens.weight.shape[1]
+    inter = max(arch.mlp_width(layer) for layer in layers_of(model))
+    return len(layers_of(model)), hidden, inter, model.model.embed_tokens.weight.shape[0]
+
+
+def forward_bytes(model, tokens: int) -> int:
+    """One no-grad forward over `tokens` tokens: a few hidden-size and MLP-width activations of
+    one layer at a time, plus float32 logits over the vocabulary (and their softmax)."""
+    _, hidden, inter, vocab = _shape(model)
+    elem = next(model.parameters()).element_size()
+    return int(tokens * ((8 * hidden + 4 * inter) * elem + 2 * vocab * 4))
+
+
+def load_peak(weight_bytes_estimate: int, default_gguf: bool = False) -> int:
+    """Loading a model: its weights, plus the dequantized GGUF copy for the built-in default."""
+    return int(weight_bytes_estimate * (2.0 if default_gguf else 1.2))
+
+
+def score_peak(model, criterion: str, samples: int, seq_len: int, low_memory: bool = True) -> int:
+    """Scoring on the shared original (no copy): activations kept for backward (layer inputs only
+    in low-memory mode), one layer's gradients, float32 Fisher buffers for taylor-element2."""
+    if not criterion.startswith("taylor"):
+        return forward_bytes(model, samples * seq_len) if criterion == "fluctuation" else 0
+    layers, hidden, inter, vocab = _shape(model)
+    elem = next(model.parameters()).element_size()
+    tokens = samples * seq_len
+    if low_memory:
+        from .importance import ACCUMULATOR_SHARE, LOSS_CHUNK
+
+        kept = layers * tokens * hidden * elem + activation_bytes(model, tokens) // layers
+        kept += 3 * LOSS_CHUNK * vocab * 4
+        fisher = ACCUMULATOR_SHARE * weight_bytes(model) if criterion in FISHER_CRITERIA else 0
+    else:
+        kept = activation_bytes(model, tokens)
+        fisher = 4 * sum(p.numel() for layer in layers_of(model) for p in layer.parameters()) \
+            if criterion in FISHER_CRITERIA else 0
+    layer_grads = 2 * max(sum(p.numel() for p in layer.parameters()) for layer in layers_of(model)) * 4
+    return int(kept + fisher + layer_grads)
+
+
+def copy_peak(model, measure_tokens: int = 128) -> int:
+    """A full copy of the model (pruning and the unstructured contrast work on one) and the
+    forwards that measure it."""
+    return weight_bytes(model) + forward_bytes(model, measure_tokens)
+
+
+def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached: bool) -> int:
+    """A pruned copy (at most the original's size while it is sliced) and, unless the scores are
+    cached, the scoring pass; then the before/after measurements (8 x 128-token windows)."""
+    scoring = 0 if scores_cached else score_peak(model, criterion, samples, seq_len)
+    return copy_peak(model, 8 * 128) + scoring
+
+
+def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
+    """LoRA on a copy of the pruned model: the copy, activations for backward of one batch
+    (stored: LoRA trains fast mode), the teacher's float32 logits, small adapters and optimizer."""
+    _, _, _, vocab = _shape(pruned)
+    tokens = batch_size * seq_len
+    teacher = 2 * tokens * vocab * 4 if distill else 0
+    return int(weight_bytes(pruned) + activation_bytes(pruned, tokens) + teacher + 0.05 * weight_bytes(pruned))
+
+
+def merge_peak(pruned) -> int:
+    """The merged copy (LoRA folded into the weights) and the quick perplexity of it."""
+    return weight_bytes(pruned) + forward_bytes(pruned, 8 * 128)
+
+
+def evaluate_peak(model, batch_size: int = 16, seq_len: int = 512) -> int:
+    """No-grad forwards: the zero-shot batches (16 requests up to `seq_len` tokens) dominate."""
+    return forward_bytes(model, batch_size * seq_len)
+
+
+def export_peak(model, gguf_precision: str | None = None) -> int:
+    """Writing safetensors serializes a contiguous copy of the weights; GGUF converts each
+    tensor to its precision (a float16 copy is half of a float32 model)."""
+    if gguf_precision is None:
+        return weight_bytes(model)
+    elem = next(model.parameters()).element_size()
+    return int(weight_bytes(model) * (2 if gguf_precision == "f16" else 4) / elem)
+
+
+def generate_peak(models: list, max_new_tokens: int, prompt_tokens: int = 64) -> int:
+    """Greedy or sampled decoding: a KV cache and one step's logits per model."""
+    total = 0
+    for model in models:
+        layers, hidden, _, vocab = _shape(model)
+        elem = next(model.parameters()).element_size()
+        total += 2 * layers * (prompt_tokens + max_new_tokens) * hidden * elem + 2 * vocab * 4
+    return total
