@@ -40,6 +40,8 @@ log = logging.getLogger("pruning-studio")
 return_large_frees_to_os()      # freed model copies go back to the OS: the process's RSS tracks what it holds
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
+# an evicted export's files go with its cache entry
+STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if entry.kind in ("export", "gguf") else None
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects

@@ -11,7 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,10 +43,10 @@ from pruner import footprint
 from . import figures
 from .policy import check_source, max_params
 from .session import Session, SessionRegistry
+from .exports import ExportDisk
 from .store import Store, content_key
 
 REPO = Path(__file__).resolve().parent.parent
-EXPORT_ROOT = Path(tempfile.gettempdir()) / "pruning-studio-exports"
 # with `spaces` (Hugging Face Spaces, ZeroGPU) models live on the CPU between calls and move to the
 # GPU only inside a @spaces.GPU call; elsewhere they load where they run (cuda > mps > cpu)
 SPACES = importlib.util.find_spec("spaces") is not None
@@ -852,6 +852,41 @@ def _exportable(store: Store, session: Session, which: str) -> tuple[dict, dict,
     return models, session.model_keys(), "pruned" if which == "pruned" else "pruned-lora"
 
 
+EXPORT_SHARD = "200MB"      # weights in shards, each moved into the zip and deleted: no second full copy
+_EXPORTS: list[ExportDisk] = []
+
+
+def export_disk() -> ExportDisk:
+    """The server's one export folder under its disk budget (created on first use)."""
+    if not _EXPORTS:
+        _EXPORTS.append(ExportDisk())
+    return _EXPORTS[0]
+
+
+def _written(store: Store, kind: str, spec: dict, compute, path_field: str) -> tuple[dict, bool]:
+    """An export's files from the cache, written again when the disk budget deleted them."""
+    files, hit, key = store.compute(kind, spec, compute)
+    if not export_disk().touch(files[path_field]):
+        store.drop(key)
+        files, hit, key = store.compute(kind, spec, compute)
+    return files, hit
+
+
+@contextlib.contextmanager
+def _export_folder(key: str, nbytes: int, what: str):
+    """A new folder under the export root with `nbytes` of disk promised to it; deleted on failure."""
+    disk = export_disk()
+    folder = disk.new_folder(key)
+    try:
+        disk.reserve(folder, nbytes, what)
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        disk.done(folder)
+
+
 def export(store: Store, session: Session, which: str, progress=None) -> tuple[str, str, str | None, str, bool]:
     models, keys, name = _exportable(store, session, which)
     recipe = dict(session.recipe)
@@ -861,7 +896,6 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
     tokenizer = session.original(store).tokenizer
 
     def compute():
-        folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:{time.time()}".encode()).hexdigest()[:16]
         if progress:
             progress(0.1, desc="measuring both models for the model card")
         before = measured(store, session, session.original_key, models["original"])
@@ -871,29 +905,28 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
                             "macs_per_token_after": after["MACs / token"]},
                            before[QUICK_PPL], after[QUICK_PPL],
                            f"WikiText-2, first {QUICK_PPL_WINDOWS} windows of 128 tokens (the dashboard's quick figure)")
-        if progress:
-            progress(0.2, desc="writing safetensors, config and tokenizer")
-        with store.admit("export", footprint.export_peak(models[which]), progress):
-            save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
-                 stats=stats)
-        if progress:
-            progress(0.6, desc="zipping the folder")
-        archive = zip_folder(folder, name)
-        recipe_path = folder / "recipe.json"
-        recipe_path.write_text(json.dumps(recipe, indent=2, default=str) + "\n")
-        adapter = None
-        if recovery is not None:
+        disk = footprint.export_disk_bytes(models[which], shard_bytes=200 * 10**6)
+        with _export_folder(keys[which], disk, "this export") as folder:
             if progress:
-                progress(0.85, desc="saving the LoRA adapter")
-            recovery.save_adapter(folder / "adapter")
-            adapter = zip_folder(folder, "adapter", "lora-adapter")
-        return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter,
-                "loader": loader_of(folder / name)}
+                progress(0.2, desc="writing safetensors, config and tokenizer")
+            with store.admit("export", footprint.export_peak(models[which]), progress):
+                save(models[which], folder / name, tokenizer, recipe=json.loads(json.dumps(recipe, default=str)),
+                     stats=stats, max_shard_size=EXPORT_SHARD)
+            loader = loader_of(folder / name)
+            if progress:
+                progress(0.6, desc="moving the files into one zip")
+            archive = zip_folder(folder, name)
+            recipe_path = folder / "recipe.json"
+            recipe_path.write_text(json.dumps(recipe, indent=2, default=str) + "\n")
+            adapter = None
+            if recovery is not None:
+                if progress:
+                    progress(0.85, desc="saving the LoRA adapter")
+                recovery.save_adapter(folder / "adapter")
+                adapter = zip_folder(folder, "adapter", "lora-adapter")
+        return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter, "loader": loader}
 
-    spec = {"model": keys[which], "recipe": recipe}
-    files, hit, _ = store.compute("export", spec, compute)
-    if not Path(files["archive"]).is_file():        # the temporary folder was cleaned: write again
-        files = compute()
+    files, hit = _written(store, "export", {"model": keys[which], "recipe": recipe}, compute, "archive")
     return files["archive"], files["recipe"], files["adapter"], files["loader"], hit
 
 
@@ -907,23 +940,23 @@ def export_gguf(store: Store, session: Session, which: str, precision: str = "f1
     base_model = session.recipe.get("base_model") or getattr(models["original"].config, "_name_or_path", "")
 
     def compute():
-        folder = EXPORT_ROOT / hashlib.sha256(f"{keys[which]}:gguf:{time.time()}".encode()).hexdigest()[:16]
-        if progress:
-            progress(0.2, desc=f"writing {precision} GGUF")
-        with store.admit("GGUF export", footprint.export_peak(models[which], precision), progress):
-            summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
-                                 base_model=base_model)
+        peak = footprint.export_peak(models[which], precision)
+        with _export_folder(f"{keys[which]}:gguf", peak, "this GGUF export") as folder:
+            if progress:
+                progress(0.2, desc=f"writing {precision} GGUF")
+            with store.admit("GGUF export", peak, progress):
+                summary = write_gguf(models[which], tokenizer, folder / f"{name}-{precision}.gguf", precision,
+                                     base_model=base_model)
         return {"path": str(summary.path), "sentence": describe(summary)}
 
-    files, hit, _ = store.compute("gguf", {"model": keys[which], "precision": precision}, compute)
-    if not Path(files["path"]).is_file():
-        files = compute()
+    files, hit = _written(store, "gguf", {"model": keys[which], "precision": precision}, compute, "path")
     return files["path"], files["sentence"], hit
 
 
 def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
-    """root/name -> root/archive_name.zip, stored uncompressed: safetensors weights barely
-    compress, and deflating hundreds of MB took most of an export's time on a CPU."""
+    """root/name -> root/archive_name.zip, moving each file into the archive (added, then deleted:
+    the disk holds one copy plus the file being moved), stored uncompressed: safetensors weights
+    barely compress, and deflating hundreds of MB took most of an export's time on a CPU."""
     import zipfile
 
     archive = root / f"{archive_name or name}.zip"
@@ -931,6 +964,8 @@ def zip_folder(root: Path, name: str, archive_name: str | None = None) -> str:
         for path in sorted((root / name).rglob("*")):
             if path.is_file():
                 z.write(path, path.relative_to(root))
+                path.unlink()
+    shutil.rmtree(root / name, ignore_errors=True)
     return str(archive)
 
 
@@ -939,7 +974,14 @@ def push_to_hub(store: Store, session: Session, which: str, repo_id: str, token:
         raise ValueError("a Hugging Face write token is needed to push")
     if which not in session.models(store) or which == "original":
         raise ValueError("prune before pushing")
+    import zipfile
+
     archive, *_ = export(store, session, which)
-    return f"Pushed to {push(Path(archive).with_suffix(''), repo_id, token)}"
-
-
+    with _export_folder(f"push:{repo_id}", Path(archive).stat().st_size, "unpacking for the push") as folder:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(folder)
+        try:
+            name = next(p.parent for p in folder.rglob("config.json"))
+            return f"Pushed to {push(name, repo_id, token)}"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)

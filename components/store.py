@@ -130,6 +130,7 @@ class Store:
         self.waits: list[float] = []                   # seconds each admitted step waited for memory
         self.hits = self.misses = 0
         self.in_use: Callable[[], set[str]] = set     # keys live sessions refer to (set by the registry)
+        self.on_evict: Callable[[Entry], None] = lambda entry: None   # e.g. delete an export's files
 
     # ------------------------------------------------------------------ accounting
     def used_bytes(self) -> int:
@@ -168,6 +169,7 @@ class Store:
                 break
             if entry.key not in protect:
                 del self._entries[entry.key]
+                self.on_evict(entry)
         for original in sorted(self._originals.values(), key=lambda o: o.last_used):
             if self._fits(nbytes):
                 break

@@ -40,13 +40,15 @@ def _write_modeling_file(model, out: Path) -> None:
     (out / "modeling_pruned.py").write_text(text)
 
 
-def save(model, directory, tokenizer=None, recipe: dict | None = None, stats: dict | None = None) -> Path:
+def save(model, directory, tokenizer=None, recipe: dict | None = None, stats: dict | None = None,
+         max_shard_size: int | str = "5GB") -> Path:
     """Write safetensors weights, config (with the pruning record), tokenizer and pruning.json.
 
     Per-layer widths: config.json also gets `auto_map` to the modeling_pruned.py written beside it,
     so `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads the export where
     this project is not installed; `pruner.load_model(dir)` loads it without remote code.
     A Hub-style model card (README.md) describes the recipe and `stats` (see `card.card_stats`).
+    `max_shard_size` splits the weights into several safetensors files (transformers' index).
     """
     out = Path(directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def save(model, directory, tokenizer=None, recipe: dict | None = None, stats: di
             config.auto_map = None
         (out / "modeling_pruned.py").unlink(missing_ok=True)
     config.pruning = record
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     (out / "pruning.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

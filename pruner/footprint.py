@@ -106,3 +106,9 @@ def generate_peak(models: list, max_new_tokens: int, prompt_tokens: int = 64) ->
         elem = next(model.parameters()).element_size()
         total += 2 * layers * (prompt_tokens + max_new_tokens) * hidden * elem + 2 * vocab * 4
     return total
+
+
+def export_disk_bytes(model, shard_bytes: int = 200 * 10**6, extra: int = 64 * 2**20) -> int:
+    """Disk an export needs at its peak: the zip of the weights, one shard being moved into it,
+    and tokenizer, config, card and adapter files (`extra`)."""
+    return weight_bytes(model) + shard_bytes + extra
