@@ -120,24 +120,38 @@ def session_of(request: gr.Request):
 
 # ----------------------------------------------------------------------------- event functions
 
+RESTORED_PANELS = 16      # restore's outputs between the visitor key and the status line
+
+
 def restore(visitor_key, request: gr.Request):
-    """Page load: remember this browser's visitor key (a new one on a first visit) and say what
-    this visitor's session still holds, so a reload loses nothing."""
+    """Page load: remember this browser's visitor key (a new one on a first visit) and redraw
+    every panel from what this visitor's session holds, so a reload loses nothing."""
     key = visitor_key or f"v-{uuid.uuid4().hex}"
     REGISTRY.alias(request.session_hash, key)
     session = REGISTRY.find(key)
+    skip = (gr.skip(),) * RESTORED_PANELS
     if session is None:
         if REGISTRY.expired(key):
-            return key, gr.skip(), (f"Your previous session expired after {REGISTRY.ttl_s / 60:.0f} idle minutes "
-                                    "and its models were freed: press **Load model** to start again.")
-        return key, gr.skip(), "Press **Load model** to start."
+            return (key, *skip, f"Your previous session expired after {REGISTRY.ttl_s / 60:.0f} idle minutes "
+                                "and its models were freed: press **Load model** to start again.")
+        return (key, *skip, "Press **Load model** to start.")
+    try:
+        parts = handlers.redraw(STORE, session)
+    except Exception as err:  # noqa: BLE001 - e.g. its original was freed: say so, keep the key
+        return (key, *skip, message_of(err))
     held = ["model"] + [what for what, have in (("scores", session.scores is not None),
                                                 ("a pruned model", session.prune_key),
                                                 ("a LoRA recovery", session.recovery or session.recovery_key),
                                                 ("pruned + LoRA", session.merged_key)) if have]
-    return key, handlers.facts_table(session.info), (
-        f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
-        f"({', '.join(held)}). Carry on where you left off.")
+    n = session.info["layers"]
+    got = lambda name, i=None: (parts[name] if i is None else parts[name][i]) if name in parts else gr.skip()  # noqa: E731
+    return (key, parts["facts"], gr.update(maximum=n - 1, value=parts["layer"]), got("structure", 0),
+            got("structure", 1), got("heatmaps", 0), got("heatmaps", 1), got("score_summary"),
+            gr.update(maximum=n - 1, value=min(3, n - 1)), got("before_after"), got("widths"),
+            got("prune_maps", 0), got("prune_maps", 1), got("loss"), got("evaluation", 0), got("evaluation", 1),
+            gr.update(value=parts["models"]),
+            f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
+            f"({', '.join(held)}), redrawn below and on every tab. Carry on where you left off.")
 
 
 @friendly(10)
@@ -151,7 +165,9 @@ def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.P
     start, end = default_layer_range(n)
     fig, groups = handlers.structure(STORE, session, min(start, n - 1))
     slider = gr.update(maximum=n - 1, value=min(start, n - 1))
-    ranges = [gr.update(maximum=n, value=v) for v in (start, end, start, end)]
+    # values and hints only: a maximum sent with them races the values' change events (stale
+    # values above a new maximum were refused with toasts); the engine checks the ranges
+    ranges = [gr.update(value=v, info=f"0 to {n} (this model's {n} layers)") for v in (start, end, start, end)]
     config, notes = RECIPES["default"][1].normalized(session.original(STORE).model)
     compensate_box = gr.update(value=config.compensate, info=notes[0] if notes else None)
     status = (f"Loaded **{session.info['name']}** ({session.info['family']}) on {session.info['device']} "
@@ -359,18 +375,37 @@ def preset_controls(name):
     return s.max_steps, s.learning_rate, s.distill_weight, PRESET_DATA.get(name, "self")
 
 
-def after_load(layer, granularity, group, mode, one_ratio, attn_share, a0, a1, m0, m1, request: gr.Request):
-    """After a load: the zoom slider's range, the dependency graph, Evaluate's model choice and
-    the amount's feasible maximum for the new model."""
+def after_load(layer, granularity, group, mode, one_ratio, attn_share, a0, a1, m0, m1, amount,
+               request: gr.Request):
+    """After a load, every control that depends on the model: the zoom slider's range, the
+    dependency graph, Evaluate's model choice, the amount's feasible maximum (switching to a ratio
+    of groups where no share of parameters is feasible, and saying so), the notices' numbers."""
     try:
         session = session_of(request)
-        fig, why = handlers.dependency_graph(STORE, session, layer, granularity, 0)
-        top = handlers.max_amount(STORE, session, mode, None if one_ratio else attn_share, a0, a1, m0, m1)
     except Exception:  # noqa: BLE001 - the load itself failed and said so
-        return (gr.skip(),) * 5
-    n = session.info["layers"]
-    return (gr.update(maximum=n - 1, value=min(int(layer), n - 1)), fig, why, gr.update(value=["original"]),
-            gr.update(maximum=top))
+        return (gr.skip(),) * 9
+    info = session.info
+    n = info["layers"]
+    zoom = gr.update(maximum=n - 1, value=min(int(layer), n - 1))
+    try:
+        fig, why = handlers.dependency_graph(STORE, session, min(int(layer), n - 1), granularity, 0)
+    except Exception as err:  # noqa: BLE001 - shown as the graph's sentence, never a badge
+        fig, why = gr.skip(), f"No dependency graph for this layer: {message_of(err)}"
+    share = None if one_ratio else attn_share
+    top = handlers.max_amount(STORE, session, mode, share, a0, a1, m0, m1)
+    advice = handlers.amount_advice(top, float(amount), info)
+    if top < handlers.AMOUNT_MIN:
+        mode_update, amount_update = "ratio of groups", gr.update(maximum=handlers.AMOUNT_MAX, value=0.2)
+    else:
+        mode_update, amount_update = gr.skip(), gr.update(maximum=top, value=min(float(amount), top))
+    return (zoom, fig, why, gr.update(value=["original"]), amount_update, mode_update, advice,
+            text.notice("model", info), text.notice("structure", info))
+
+
+def clear_errors(*lines):
+    """After a successful load, the error lines other tabs showed before it (e.g. "no model loaded")
+    no longer hold: clear them; any other line stays."""
+    return tuple("" if isinstance(t, str) and t.startswith("**Error:**") else gr.skip() for t in lines)
 
 
 def session_models(request: gr.Request):
@@ -394,14 +429,20 @@ def apply_recipe(name):
             aggregation, note)
 
 
-def amount_bounds(mode, one_ratio, attn_share, a0, a1, m0, m1, request: gr.Request):
-    """The amount slider's maximum: what the chosen kinds and layer ranges can remove."""
+def amount_bounds(mode, one_ratio, attn_share, a0, a1, m0, m1, amount, request: gr.Request):
+    """The amount slider's maximum (what the chosen kinds and layer ranges can remove), its value
+    kept inside it, and a sentence when the amount asked for cannot be reached."""
     try:
-        top = handlers.max_amount(STORE, session_of(request), mode, None if one_ratio else attn_share,
-                                  a0, a1, m0, m1)
+        session = session_of(request)
+        top = handlers.max_amount(STORE, session, mode, None if one_ratio else attn_share, a0, a1, m0, m1)
     except Exception:  # noqa: BLE001 - no model yet: keep the static bounds
-        return gr.skip(), gr.skip()
-    return gr.update(maximum=top), gr.update(interactive=not one_ratio)
+        return gr.skip(), gr.skip(), gr.skip()
+    advice = handlers.amount_advice(top, float(amount), session.info) if top < float(amount) else ""
+    if top < handlers.AMOUNT_MIN:        # keep the slider valid; the sentence says what to change
+        advice = advice.split("**:")[0] + "**: no share of parameters can be removed with these settings; " \
+            "use **ratio of groups**, widen the layer ranges or give attention a share."
+        return gr.update(maximum=2 * handlers.AMOUNT_MIN), gr.update(interactive=not one_ratio), advice
+    return gr.update(maximum=top, value=min(float(amount), top)), gr.update(interactive=not one_ratio), advice
 
 
 # ----------------------------------------------------------------------------- layout
@@ -439,7 +480,7 @@ def build() -> gr.Blocks:
                 load_status = gr.Markdown(elem_classes="ps-status")
                 facts = gr.Dataframe(pd.DataFrame(columns=["property", "value"]), label="architecture",
                                      interactive=False)
-                notice(text.NOTICE["model"])
+                model_notice = notice(text.NOTICE["model"])
                 with gr.Accordion("Server (for teachers): class cache and memory", open=False):
                     stats_btn = gr.Button("Refresh")
                     stats_json = gr.JSON(label="cache hits, entries, memory used of the budget")
@@ -462,7 +503,7 @@ def build() -> gr.Blocks:
                 graph_fig = gr.Plot(label="dependency graph of the layer", elem_id="dependency-graph")
                 graph_text = gr.Markdown()
                 structure_status = gr.Markdown(elem_classes="ps-status")
-                notice(text.NOTICE["structure"])
+                structure_notice = notice(text.NOTICE["structure"])
             # 3 ---------------------------------------------------------------- Importance
             with gr.Tab("3 · Importance"):
                 explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
@@ -524,7 +565,8 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
                                     label="amount is a")
-                    amount = gr.Slider(0.05, 0.9, value=0.2, step=0.05, label="amount")
+                    amount = gr.Slider(handlers.AMOUNT_MIN, handlers.AMOUNT_MAX, value=0.2, step=handlers.AMOUNT_STEP,
+                                       label="amount")
                     strategy = gr.Radio(["block", "channel", "layer"], value="block", label="strategy")
                     scope = gr.Radio(["local", "global"], value="local", label="scope")
                 with gr.Row():
@@ -540,9 +582,9 @@ def build() -> gr.Blocks:
                                           info="sensitivity: each layer's calibration-loss increase when "
                                                "pruned alone sets its share")
                 with gr.Row():
-                    attn_start = gr.Number(3, label="attention layers from", precision=0)
+                    attn_start = gr.Number(3, label="attention layers from", precision=0, minimum=0)
                     attn_end = gr.Number(28, label="to (exclusive)", precision=0)
-                    mlp_start = gr.Number(3, label="MLP layers from", precision=0)
+                    mlp_start = gr.Number(3, label="MLP layers from", precision=0, minimum=0)
                     mlp_end = gr.Number(28, label="to (exclusive)", precision=0)
                     steps = gr.Slider(1, 5, value=1, step=1, label="iterative steps")
                 with gr.Row():
@@ -670,17 +712,23 @@ def build() -> gr.Blocks:
                            [granularity, one_ratio, attn_share, compensate, allocation, criterion,
                             aggregation, recipe_note],
                            api_name="recipe")
-        bounds_inputs = [mode, one_ratio, attn_share, attn_start, attn_end, mlp_start, mlp_end]
+        bounds_inputs = [mode, one_ratio, attn_share, attn_start, attn_end, mlp_start, mlp_end, amount]
         for control in (mode, one_ratio, attn_start, attn_end, mlp_start, mlp_end):
-            control.change(amount_bounds, bounds_inputs, [amount, attn_share], api_visibility="private")
-        attn_share.release(amount_bounds, bounds_inputs, [amount, attn_share], api_visibility="private")
+            control.change(amount_bounds, bounds_inputs, [amount, attn_share, prune_status],
+                           api_visibility="private")
+        attn_share.release(amount_bounds, bounds_inputs, [amount, attn_share, prune_status],
+                           api_visibility="private")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
+        status_lines = [structure_status, score_status, compare_status, prune_status, contrast_status,
+                        recover_status, speed, eval_status, export_note, gguf_note, push_status]
         load_btn.click(load_model, [source_kind, custom],
                        [facts, layer, structure_fig, structure_table,
                         attn_start, attn_end, mlp_start, mlp_end, compensate, load_status], api_name="load_model", **heavy
                        ).then(after_load, [layer, graph_kind, graph_group, mode, one_ratio, attn_share,
-                                           attn_start, attn_end, mlp_start, mlp_end],
-                              [zoom_layer, graph_fig, graph_text, which, amount], api_visibility="private")
+                                           attn_start, attn_end, mlp_start, mlp_end, amount],
+                              [zoom_layer, graph_fig, graph_text, which, amount, mode, prune_status,
+                               model_notice, structure_notice], api_visibility="private"
+                       ).then(clear_errors, status_lines, status_lines, api_visibility="private")
         graph_inputs = [layer, graph_kind, graph_group]
         layer.release(show_structure, layer, [structure_fig, structure_table, structure_status], api_name="structure"
                       ).then(show_graph, graph_inputs, [graph_fig, graph_text, structure_status],
@@ -729,7 +777,10 @@ def build() -> gr.Blocks:
                        api_name="export_gguf", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
         # the visitor's key lives in the browser: a reload finds the same session
-        demo.load(restore, visitor, [visitor, facts, load_status], api_visibility="private")
+        demo.load(restore, visitor, [visitor, facts, layer, structure_fig, structure_table, attn_map, mlp_map,
+                                     score_summary, zoom_layer, before_after, widths_fig, prune_attn_map,
+                                     prune_mlp_map, loss_fig, eval_table, eval_fig, which, load_status],
+                  api_visibility="private")
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
     demo.queue(default_concurrency_limit=4)
     return demo

@@ -32,7 +32,7 @@ from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_groups, describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
-from pruner.prune import needs_calibration, score_kinds
+from pruner.prune import default_layer_range, needs_calibration, prunable_share, score_kinds
 from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.sensitivity import layer_sensitivity
@@ -141,7 +141,10 @@ def load(registry: SessionRegistry, store: Store, key: str, source: str, progres
             progress(0.8, desc="reading the coupled structure")
         return model, tokenizer, describe_model(model)
 
+    current = registry.find(key)
     original, shared = store.original(identity, source, read, estimate)
+    if current is not None and current.original_key == original.key:     # the same model: keep the work
+        return current, facts_table(current.info), True
     session = Session(key=key, source=source, original_key=original.key, info=dict(original.info))
     return registry.put(session), facts_table(session.info), shared
 
@@ -352,26 +355,33 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
     return config.normalized(model)
 
 
+AMOUNT_MIN, AMOUNT_MAX, AMOUNT_STEP = 0.01, 0.9, 0.01     # the Prune tab's amount slider
+
+
 def max_amount(store: Store, session: Session, mode: str, attn_share, a0, a1, m0, m1) -> float:
-    """The largest amount the Prune tab can ask for with these layer ranges: the share of all
-    parameters in the prunable groups (split by attention's share), a step below removing them all."""
+    """The largest amount the Prune tab can ask for with these layer ranges: a ratio of groups up
+    to AMOUNT_MAX; a share of parameters up to 95% of what the prunable groups hold, rounded down
+    to the slider's step (0 when not even one step is possible)."""
     if mode != "share of parameters":
-        return 0.9
-    model = session.original(store).model
-    groups = describe_groups(model)
-    total = count_params(model)["params"]
-    in_range = lambda kind, lo, hi: groups[(groups.kind == kind) & (groups.layer >= int(lo))  # noqa: E731
-                                           & (groups.layer < int(hi))].params.sum() / total
-    attn, mlp = in_range("attn", a0, a1), in_range("mlp", m0, m1)
-    if attn_share is None:
-        room = attn + mlp
-    elif float(attn_share) <= 0:
-        room = mlp
-    elif float(attn_share) >= 1:
-        room = attn
-    else:
-        room = min(mlp / (1 - float(attn_share)), attn / float(attn_share))
-    return float(max(0.05, min(0.9, np.floor(20 * 0.95 * room) / 20)))
+        return AMOUNT_MAX
+    share = None if attn_share is None else float(attn_share)
+    room = prunable_share(session.original(store).model, share, (int(a0), int(a1)), (int(m0), int(m1)))
+    steps = round(1 / AMOUNT_STEP)
+    return float(min(AMOUNT_MAX, np.floor(0.95 * room * steps) / steps))
+
+
+def amount_advice(top: float, wanted: float, info: dict) -> str:
+    """What the page says when the amount asked for cannot be reached with this model."""
+    if top >= wanted:
+        return ""
+    embedding = 1 - info["params_non_embedding"] / info["params"]
+    if top < AMOUNT_MIN:
+        return (f"**This model's embeddings hold {100 * embedding:.0f}% of its parameters**: the groups in the "
+                f"chosen layers hold too few to remove even {100 * AMOUNT_MIN:.0f}% of all parameters, so "
+                "'amount is a' was switched to **ratio of groups** (that share of each pruned layer's groups).")
+    return (f"With this model and these layer ranges at most **{100 * top:.0f}%** of all parameters can be "
+            f"removed (its embeddings hold {100 * embedding:.0f}% of them): the amount was set to {top:.2f}. "
+            "Widen the layer ranges, give attention a share, or switch 'amount is a' to ratio of groups.")
 
 
 def _scores_for(store: Store, session: Session, config: PruneConfig, criterion: str, aggregation: str):
@@ -467,6 +477,44 @@ def measured(store: Store, session: Session, model_key: str, model) -> dict:
     return store.compute("measure", {"model": model_key}, lambda: measure(model, tokenizer))[0]
 
 
+def cached_measure(store: Store, model_key: str | None) -> dict | None:
+    """`measured`'s figures when the store still holds them (a redraw never measures again)."""
+    return store.peek(content_key("measure", {"model": model_key})) if model_key else None
+
+
+def redraw(store: Store, session: Session, scale: str = "rank") -> dict:
+    """Every panel a reload must show again, drawn from what the session holds (nothing is
+    computed: a part the store no longer holds is left out and comes back when its step runs)."""
+    out = {"facts": facts_table(session.info)}
+    n = session.info["layers"]
+    layer = min(default_layer_range(n)[0], n - 1)
+    out["layer"] = layer
+    out["structure"] = structure(store, session, layer)
+    if session.scores is not None:
+        out["heatmaps"] = heatmaps(session, scale)
+        top = session.scores.groupby("kind").score.agg(["min", "median", "max"]).reset_index()
+        out["score_summary"] = top.assign(**{c: top[c].map(lambda v: f"{v:.4g}") for c in ("min", "median", "max")})
+    if session.prune_key:
+        value = store.peek(session.prune_key)
+        before, after = cached_measure(store, session.original_key), cached_measure(store, session.prune_key)
+        if before is not None and after is not None:
+            out["before_after"] = comparison_table(before, ("pruned", after))
+        if value is not None:
+            result = value["result"]
+            out["widths"] = figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity)
+            out["prune_maps"] = heatmaps(session, scale, session.removed)
+    recovery = session.recovery
+    if recovery is None and session.recovery_key:
+        recovery = store.peek(session.recovery_key)
+    if recovery is not None and recovery.history:
+        out["loss"] = figures.loss_figure(recovery.history)
+    if session.evaluations:
+        table = pd.DataFrame(session.evaluations)
+        out["evaluation"] = (evaluation_display(table), figures.evaluation_figure(table))
+    out["models"] = list(session.model_keys())
+    return out
+
+
 COMPARISON_COLUMNS = ["metric", "original", "pruned", "change"]
 
 
@@ -533,7 +581,12 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
     with accelerated(original.model, value["model"]):
         before = measured(store, session, session.original_key, original.model)
         after = measured(store, session, key, value["model"])
-    session.prune_key, session.recovery, session.recovery_key, session.merged_key = key, None, None, None
+    dropped = []
+    if key != session.prune_key:        # later results derive from the previous pruned model
+        dropped = [what for what, have in (("the LoRA recovery", session.recovery or session.recovery_key),
+                                           ("the pruned + LoRA model", session.merged_key)) if have]
+        session.recovery, session.recovery_key, session.merged_key = None, None, None
+    session.prune_key = key
     session.recipe = recipe_record(score_config, config, calib, session.source, result.group_ratios,
                                    notes=notes)
     removed = result.plans[0].removed_groups(scores) if len(result.plans) == 1 else None
@@ -542,7 +595,9 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
             f"({result.report['params_before']:,} -> {result.report['params_after']:,}); "
             f"MACs per token {result.report['macs_per_token_before']:,.0f} -> "
             f"{result.report['macs_per_token_after']:,.0f}. The original model is unchanged."
-            + cache_note(hit) + "".join(f"\n\nNote: {n}." for n in notes or []))
+            + cache_note(hit) + "".join(f"\n\nNote: {n}." for n in notes or [])
+            + (f"\n\nNote: {' and '.join(dropped)} of the previous pruned model were dropped: they do not "
+               "apply to this one (recover again)." if dropped else ""))
     return (comparison_table(before, ("pruned", after)),
             figures.widths_figure(result.widths_before, result.widths_after, result.sensitivity),
             *heatmaps(session, scale, removed), text)
@@ -655,7 +710,8 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
                 "model's own answers ('self') were used instead.")
         data_source, data = "self", examples("self")
     key = content_key("recovery", {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source})
-    session.merged_key = None
+    if key != session.recovery_key:     # a merge belongs to the recovery it merged
+        session.merged_key = None
     finished = store.lookup(key)
     if finished is not None:
         session.recovery, session.recovery_key, session.recovery_data = None, key, data_source

@@ -66,3 +66,26 @@ NOTICE = {
                "own Llama class cannot describe in one config: the export says which loader it needs. *Ask:* "
                "what would you give up by rounding every layer to one width?"),
 }
+
+
+def notice(tab: str, info: dict | None = None) -> str:
+    """A tab's "what to notice" box with the loaded model's own numbers (the built-in default's
+    text where no model is loaded yet)."""
+    if not info or tab not in ("model", "structure"):
+        return NOTICE[tab]
+    heads, kv, width = info["heads"], info["kv_heads"], info["intermediate_size"]
+    per_group = heads // kv if kv else heads
+    attention = (f"{heads} query heads sharing {kv} KV heads (grouped-query attention)" if kv < heads
+                 else f"{heads} attention heads, each with its own keys and values")
+    if tab == "model":
+        return (f"**What to notice.** This model has {info['layers']} layers, each with {attention} and "
+                f"{width:,} MLP channels; its embeddings hold "
+                f"{100 * (1 - info['params_non_embedding'] / info['params']):.0f}% of its parameters. *Ask:* "
+                "which of these numbers will pruning change, and which must stay the same for the residual "
+                "stream to still add up?")
+    unit = (f"A KV group drags {per_group} query heads with it, so removing one removes "
+            f"{'a third' if kv == 3 else f'1/{kv}'} of the layer's attention"
+            if kv < heads else "A KV group here is a single head with its own keys and values")
+    return (f"**What to notice.** {unit}; a query head or an MLP channel (of {width:,}) is a much finer "
+            "unit. A hidden channel touches every layer. *Ask:* why does the paper score whole groups rather "
+            "than single weights?")

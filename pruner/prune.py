@@ -147,6 +147,31 @@ def default_layer_range(n_layers: int) -> tuple[int, int]:
     return (3, n_layers - 2) if n_layers >= 8 else (0, n_layers)
 
 
+def prunable_share(model, attn_share: float | None, attn_layers: tuple[int, int],
+                   mlp_layers: tuple[int, int]) -> float:
+    """The largest share of *all* parameters (embeddings included) that attention and MLP groups
+    in these layer ranges can give, split as `attn_share` asks (None: one ratio for both, 0: MLP
+    only, 1: attention only). Removing every group of a kind is the ceiling, never reachable."""
+    from .groups import describe_groups
+    from .models import unique_parameters
+
+    groups = describe_groups(model)
+    total = sum(p.numel() for p in unique_parameters(model))
+
+    def in_range(kind, lo, hi):
+        rows = groups[(groups.kind == kind) & (groups.layer >= int(lo)) & (groups.layer < int(hi))]
+        return float(rows.params.sum()) / total
+
+    attn, mlp = in_range("attn", *attn_layers), in_range("mlp", *mlp_layers)
+    if attn_share is None:
+        return attn + mlp
+    if attn_share <= 0:
+        return mlp
+    if attn_share >= 1:
+        return attn
+    return min(mlp / (1 - attn_share), attn / attn_share)
+
+
 def layer_ranges(config: PruneConfig, n_layers: int) -> dict[str, range]:
     default = default_layer_range(n_layers)
     return {"attn": range(*(config.attn_layers or default)),

@@ -8,6 +8,7 @@ import zipfile
 
 import gguf
 
+import pandas as pd
 import pytest
 import torch
 from gradio_client import Client
@@ -181,10 +182,15 @@ def test_a_reload_keeps_the_session(server, tiny_folder):
     key = server.REGISTRY.visitor(old_hash)
     session = server.REGISTRY.get(key)
     new_connection = "reloaded-page-hash"
-    visitor, facts, message = server.restore(key, type("Request", (), {"session_hash": new_connection})())
+    visitor, facts, *panels, models, message = server.restore(
+        key, type("Request", (), {"session_hash": new_connection})())
     assert visitor == key and "Welcome back" in message and "a pruned model" in message
     assert server.REGISTRY.get(server.REGISTRY.visitor(new_connection)) is session
-    fresh, _, message = server.restore("", type("Request", (), {"session_hash": "someone-new"})())
+    # every panel is redrawn from the session: the before/after table and kept widths among them
+    before_after, widths = panels[7], panels[8]
+    assert isinstance(before_after, pd.DataFrame) and "parameters" in set(before_after.metric)
+    assert widths is not None and not isinstance(widths, dict) and models["value"] == ["original", "pruned"]
+    fresh, *_, message = server.restore("", type("Request", (), {"session_hash": "someone-new"})())
     assert fresh != key and "Load model" in message
 
 
@@ -255,3 +261,21 @@ def test_spaces_gpu_decorator_is_used_and_runs_on_cpu(server):
     with handlers.accelerated(model):
         pass
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_rerunning_a_step_keeps_later_results(server, tiny_folder):
+    """Prune (or load) again with the same inputs: the recovery and the merged model still derive
+    from them and stay; with other inputs they are dropped and the status line says so."""
+    c = client(server)
+    c.predict(CUSTOM, tiny_folder, api_name="/load_model")
+    c.predict(*prune_args(0.25, criterion="l2"), api_name="/prune")
+    c.predict("quick", 3, 1e-3, 0.0, "builtin", api_name="/recover")
+    assert "Merged" in c.predict(api_name="/merge")
+    session = server.REGISTRY.get(server.REGISTRY.visitor(c.session_hash))
+    assert "dropped" not in c.predict(*prune_args(0.25, criterion="l2"), api_name="/prune")[-1]
+    c.predict(CUSTOM, tiny_folder, api_name="/load_model")             # the same model: work kept
+    assert server.REGISTRY.get(server.REGISTRY.visitor(c.session_hash)) is session
+    assert session.recovery_key and session.merged_key
+    text = c.predict(*prune_args(0.5, criterion="l2"), api_name="/prune")[-1]
+    assert "the LoRA recovery and the pruned + LoRA model of the previous pruned model were dropped" in text
+    assert session.recovery_key is None and session.merged_key is None

@@ -87,7 +87,7 @@ def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenize
     session, *_ = handlers.load(SessionRegistry(store), store, "v1", str(tmp_path))
     total = session.info["params"]
     mlp, attn = 2 * 3 * 32 * 64, 2 * (2 * 32 * 32 + 2 * 32 * 16)
-    bound = lambda room: max(0.05, np.floor(20 * 0.95 * room) / 20)          # noqa: E731
+    bound = lambda room: np.floor(100 * 0.95 * room) / 100                   # noqa: E731
     assert handlers.max_amount(store, session, "share of parameters", 0.0, 0, 2, 0, 2) == bound(mlp / total)
     assert handlers.max_amount(store, session, "share of parameters", None, 0, 2, 0, 2) == \
         bound((mlp + attn) / total)
@@ -142,3 +142,12 @@ def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny
     recovery, hit, _, note = handlers.start_recovery(store, session, "quick", 2, 1e-3, 0.0, "lambada")
     assert asked == ["lambada", "self"] and not hit
     assert "'lambada' data is not available here" in note and session.recovery_data == "self"
+
+
+def test_an_embedding_heavy_model_gets_advice_before_any_work():
+    info = {"params": 1_000_000, "params_non_embedding": 20_000}
+    assert handlers.amount_advice(0.25, 0.2, info) == ""
+    some = handlers.amount_advice(0.15, 0.2, info)
+    assert "at most **15%**" in some and "embeddings hold 98%" in some and "ratio of groups" in some
+    none = handlers.amount_advice(0.0, 0.2, info)
+    assert "switched to **ratio of groups**" in none
