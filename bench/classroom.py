@@ -1,7 +1,7 @@
 """A mixed class on one server under a memory and a disk budget, through gradio_client, against
 the real app on a free local port.
 
-30 students (by default) with different recipes: six amounts and three criteria; a third of them
+30 students (by default) with six different recipes (six amounts, three criteria); a third of them
 recover (the quick preset, shortened with --recover-steps) and merge; some export a zip, some a
 GGUF; three load tiny bring-your-own models (Qwen2, Gemma 2, Phi-3) from a folder the server
 allows ($PRUNING_STUDIO_LOCAL_ROOTS); all at once, with PRUNING_STUDIO_MEMORY_GB (default 4) and
@@ -104,7 +104,8 @@ def lesson_of(i: int, byo: dict[str, str], recover_steps: int) -> list[tuple[str
                 ("score", "/score", {"zoom_layer": 0}),
                 ("prune", "/prune", {**ranges, "amount": 0.2, "mode": "ratio of groups"}),
                 ("compare", "/compare", {"max_tokens": 16})]
-    amount, criterion = AMOUNTS[i % len(AMOUNTS)], CRITERIA[(i // len(AMOUNTS)) % len(CRITERIA)]
+    recipe = i % len(AMOUNTS)                      # six recipes: an amount each, three criteria
+    amount, criterion = AMOUNTS[recipe], CRITERIA[recipe % len(CRITERIA)]
     steps = [("load", "/load_model", {}),
              ("score", "/score", {"criterion": criterion}),
              ("prune", "/prune", {"amount": amount, "criterion": criterion}),

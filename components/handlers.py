@@ -236,6 +236,12 @@ def calibration(store: Store, session: Session, spec: dict):
     return ids
 
 
+def low_memory_scoring(store: Store, model, criterion: str, samples: int, seq_len: int) -> bool:
+    """Keep activations (fast) only when that fits the server's budget now; else recompute layers
+    and chunk the Fisher buffers (frugal). The same scores either way."""
+    return not store.fits_now(footprint.score_peak(model, criterion, samples, seq_len, low_memory=False))
+
+
 def run_score(store: Store, session: Session, criterion, aggregation, source, samples, seq_len,
               kinds=("attn", "mlp")) -> tuple[pd.DataFrame, bool]:
     calib = _calibration_spec(source, samples, seq_len)
@@ -248,7 +254,9 @@ def run_score(store: Store, session: Session, criterion, aggregation, source, sa
 
     def compute():
         ids = calibration(store, session, calib)
-        peak = footprint.score_peak(original.model, criterion, calib["samples"], calib["seq_len"])
+        n, length = calib["samples"], calib["seq_len"]
+        config.low_memory = low_memory_scoring(store, original.model, criterion, n, length)
+        peak = footprint.score_peak(original.model, criterion, n, length, config.low_memory)
         with store.admit("scoring", peak), accelerated(original.model):
             return score(original.model, ids, config)
 
@@ -474,7 +482,12 @@ def speed_text(m: dict) -> str:
 def measured(store: Store, session: Session, model_key: str, model) -> dict:
     """`measure` of one model, once per model content."""
     tokenizer = session.original(store).tokenizer
-    return store.compute("measure", {"model": model_key}, lambda: measure(model, tokenizer))[0]
+
+    def compute():
+        with store.admit("measuring", footprint.measure_peak(model)):
+            return measure(model, tokenizer)
+
+    return store.compute("measure", {"model": model_key}, compute)[0]
 
 
 def cached_measure(store: Store, model_key: str | None) -> dict | None:
@@ -566,7 +579,9 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
 
     def compute():
         samples, seq_len = (ids.shape[0], ids.shape[1]) if ids is not None else (0, 0)
-        peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=False)
+        score_config.low_memory = low_memory_scoring(store, original.model, criterion, samples, seq_len)
+        peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=False,
+                                    low_memory=score_config.low_memory)
         with store.admit("pruning", peak, progress), accelerated(original.model):
             result = prune_model(original.model, ids, score_config, config, report)
         pruned = result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU

@@ -154,6 +154,12 @@ class Store:
                     "in_flight_gb": self.in_flight_bytes() / 2**30, "waiting": len(self._line),
                     "waits": len(self.waits)}
 
+    def fits_now(self, nbytes: int) -> bool:
+        """Whether `nbytes` more fit the budget without evicting anything (a step choosing between
+        a fast and a frugal mode asks this)."""
+        with self._lock:
+            return self._fits(nbytes)
+
     def _fits(self, nbytes: int) -> bool:
         return self.used_bytes() + self.in_flight_bytes(exclude_own=True) + nbytes <= self.budget
 

@@ -22,12 +22,21 @@ def _shape(model) -> tuple[int, int, int, int]:
     return len(layers_of(model)), hidden, inter, model.model.embed_tokens.weight.shape[0]
 
 
-def forward_bytes(model, tokens: int) -> int:
+def forward_bytes(model, tokens: int, logits_tokens: int | None = None) -> int:
     """One no-grad forward over `tokens` tokens: a few hidden-size and MLP-width activations of
-    one layer at a time, plus float32 logits over the vocabulary (and their softmax)."""
+    one layer at a time, plus float32 logits for `logits_tokens` positions (all of them unless
+    given) with the copies a loss makes of them (float32 cast, log-softmax: 3.5 per logit,
+    measured by bench/step_peaks.py)."""
     _, hidden, inter, vocab = _shape(model)
     elem = next(model.parameters()).element_size()
-    return int(tokens * ((8 * hidden + 4 * inter) * elem + 2 * vocab * 4))
+    logits = tokens if logits_tokens is None else logits_tokens
+    return int(tokens * (8 * hidden + 4 * inter) * elem + logits * 3.5 * vocab * 4)
+
+
+def measure_peak(model) -> int:
+    """The page's measurements of one model: the quick perplexity's 8 x 128-token batches (full
+    logits) dominate; the decode-speed runs hold a small KV cache."""
+    return forward_bytes(model, 8 * 128)
 
 
 def load_peak(weight_bytes_estimate: int, default_gguf: bool = False) -> int:
@@ -63,19 +72,21 @@ def copy_peak(model, measure_tokens: int = 128) -> int:
     return weight_bytes(model) + forward_bytes(model, measure_tokens)
 
 
-def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached: bool) -> int:
+def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached: bool,
+               low_memory: bool = True) -> int:
     """A pruned copy (at most the original's size while it is sliced) and, unless the scores are
     cached, the scoring pass; then the before/after measurements (8 x 128-token windows)."""
-    scoring = 0 if scores_cached else score_peak(model, criterion, samples, seq_len)
+    scoring = 0 if scores_cached else score_peak(model, criterion, samples, seq_len, low_memory)
     return copy_peak(model, 8 * 128) + scoring
 
 
 def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
     """LoRA on a copy of the pruned model: the copy, activations for backward of one batch
-    (stored: LoRA trains fast mode), the teacher's float32 logits, small adapters and optimizer."""
+    (stored: LoRA trains fast mode), the student's and the teacher's float32 logits with the
+    copies the distillation loss and its gradient make, small adapters and optimizer."""
     _, _, _, vocab = _shape(pruned)
     tokens = batch_size * seq_len
-    teacher = 2 * tokens * vocab * 4 if distill else 0
+    teacher = 8 * tokens * vocab * 4 if distill else 2 * tokens * vocab * 4
     return int(weight_bytes(pruned) + activation_bytes(pruned, tokens) + teacher + 0.05 * weight_bytes(pruned))
 
 
@@ -85,17 +96,21 @@ def merge_peak(pruned) -> int:
 
 
 def evaluate_peak(model, batch_size: int = 16, seq_len: int = 512) -> int:
-    """No-grad forwards: the zero-shot batches (16 requests up to `seq_len` tokens) dominate."""
-    return forward_bytes(model, batch_size * seq_len)
+    """No-grad forwards: perplexity batches of 8 x 128 tokens with full logits, or zero-shot
+    batches of `batch_size` requests up to `seq_len` tokens, projected to the vocabulary only where
+    a continuation token is predicted (a few dozen per request)."""
+    return max(forward_bytes(model, 8 * 128),
+               forward_bytes(model, batch_size * seq_len, logits_tokens=batch_size * 64))
 
 
 def export_peak(model, gguf_precision: str | None = None) -> int:
-    """Writing safetensors serializes a contiguous copy of the weights; GGUF converts each
-    tensor to its precision (a float16 copy is half of a float32 model)."""
+    """Writing safetensors streams each tensor's bytes (measured: no copy; a margin for buffers);
+    GGUF converts every tensor to its precision and holds them until the file is written (a
+    float16 copy is half of a float32 model), with per-tensor temporaries."""
     if gguf_precision is None:
-        return weight_bytes(model)
+        return 64 * 2**20 + weight_bytes(model) // 20
     elem = next(model.parameters()).element_size()
-    return int(weight_bytes(model) * (2 if gguf_precision == "f16" else 4) / elem)
+    return int(1.25 * weight_bytes(model) * (2 if gguf_precision == "f16" else 4) / elem)
 
 
 def generate_peak(models: list, max_new_tokens: int, prompt_tokens: int = 64) -> int:
