@@ -24,6 +24,7 @@ from components import figures, handlers
 from components import lesson_text as text
 from components.session import SessionError, SessionRegistry
 from components.lesson import start_warm_start, warm_start_enabled
+from components.persist import SessionFiles
 from components.store import CapacityError, Store
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
@@ -40,6 +41,7 @@ log = logging.getLogger("pruning-studio")
 return_large_frees_to_os()      # freed model copies go back to the OS: the process's RSS tracks what it holds
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
+FILES = SessionFiles(ttl_s=REGISTRY.ttl_s)      # each visitor's steps on disk: a restart loses nothing
 # an evicted export's files go with its cache entry
 STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if entry.kind in ("export", "gguf") else None
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
@@ -110,6 +112,30 @@ def friendly(n_outputs: int):
     return wrap
 
 
+def persisted(fn):
+    """Save the visitor's steps (inputs only, a few KB) after the event, so a server restart can
+    replay them; for plain functions and generators."""
+    def save(args, kwargs):
+        request = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, gr.Request)), None)
+        session = REGISTRY.find(visitor_of(request)) if request is not None else None
+        if session is not None:
+            FILES.save(session.key, session.steps)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            yield from fn(*args, **kwargs)
+            save(args, kwargs)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        save(args, kwargs)
+        return result
+    return wrapper
+
+
 def visitor_of(request: gr.Request) -> str:
     return REGISTRY.visitor(request.session_hash)
 
@@ -123,38 +149,66 @@ def session_of(request: gr.Request):
 RESTORED_PANELS = 16      # restore's outputs between the visitor key and the status line
 
 
+def _held(session) -> str:
+    held = ["model"] + [what for what, have in (("scores", session.scores is not None),
+                                                ("a pruned model", session.prune_key),
+                                                ("a LoRA recovery", session.recovery or session.recovery_key),
+                                                ("pruned + LoRA", session.merged_key)) if have]
+    return f"**{session.info.get('name', session.source)}** ({', '.join(held)})"
+
+
+def _panels(session, message: str) -> tuple:
+    """Every panel drawn from the session (restore's outputs after the visitor key)."""
+    parts = handlers.redraw(STORE, session)
+    n = session.info["layers"]
+    got = lambda name, i=None: (parts[name] if i is None else parts[name][i]) if name in parts else gr.skip()  # noqa: E731
+    return (parts["facts"], gr.update(maximum=n - 1, value=parts["layer"]), got("structure", 0),
+            got("structure", 1), got("heatmaps", 0), got("heatmaps", 1), got("score_summary"),
+            gr.update(maximum=n - 1, value=min(3, n - 1)), got("before_after"), got("widths"),
+            got("prune_maps", 0), got("prune_maps", 1), got("loss"), got("evaluation", 0), got("evaluation", 1),
+            gr.update(value=parts["models"]), message)
+
+
 def restore(visitor_key, request: gr.Request):
     """Page load: remember this browser's visitor key (a new one on a first visit) and redraw
-    every panel from what this visitor's session holds, so a reload loses nothing."""
+    every panel from what this visitor's session holds, so a reload loses nothing. After a server
+    restart the session is rebuilt by `resume` (next event), which this says."""
     key = visitor_key or f"v-{uuid.uuid4().hex}"
     REGISTRY.alias(request.session_hash, key)
     session = REGISTRY.find(key)
     skip = (gr.skip(),) * RESTORED_PANELS
     if session is None:
+        if FILES.load(key):
+            return (key, *skip, "The server restarted since your last visit: rebuilding your session from the "
+                                "steps you ran (served from the class cache where possible) ...")
         if REGISTRY.expired(key):
             return (key, *skip, f"Your previous session expired after {REGISTRY.ttl_s / 60:.0f} idle minutes "
                                 "and its models were freed: press **Load model** to start again.")
         return (key, *skip, "Press **Load model** to start.")
     try:
-        parts = handlers.redraw(STORE, session)
+        return (key, *_panels(session, f"Welcome back: your session still holds {_held(session)}, redrawn "
+                                       "below and on every tab. Carry on where you left off."))
     except Exception as err:  # noqa: BLE001 - e.g. its original was freed: say so, keep the key
         return (key, *skip, message_of(err))
-    held = ["model"] + [what for what, have in (("scores", session.scores is not None),
-                                                ("a pruned model", session.prune_key),
-                                                ("a LoRA recovery", session.recovery or session.recovery_key),
-                                                ("pruned + LoRA", session.merged_key)) if have]
-    n = session.info["layers"]
-    got = lambda name, i=None: (parts[name] if i is None else parts[name][i]) if name in parts else gr.skip()  # noqa: E731
-    return (key, parts["facts"], gr.update(maximum=n - 1, value=parts["layer"]), got("structure", 0),
-            got("structure", 1), got("heatmaps", 0), got("heatmaps", 1), got("score_summary"),
-            gr.update(maximum=n - 1, value=min(3, n - 1)), got("before_after"), got("widths"),
-            got("prune_maps", 0), got("prune_maps", 1), got("loss"), got("evaluation", 0), got("evaluation", 1),
-            gr.update(value=parts["models"]),
-            f"Welcome back: your session still holds **{session.info.get('name', session.source)}** "
-            f"({', '.join(held)}), redrawn below and on every tab. Carry on where you left off.")
+
+
+def resume(visitor_key, request: gr.Request, progress=gr.Progress()):
+    """After a server restart: replay the visitor's saved steps, then redraw every panel."""
+    steps = FILES.load(visitor_key or "")
+    if not visitor_key or REGISTRY.find(visitor_key) is not None or not steps:
+        return (gr.skip(),) * (RESTORED_PANELS + 1)
+    try:
+        session = handlers.replay(REGISTRY, STORE, visitor_key, steps, progress)
+    except Exception as err:  # noqa: BLE001 - the visitor starts again, told why
+        FILES.drop(visitor_key)
+        return (*(gr.skip(),) * RESTORED_PANELS,
+                f"Your session could not be rebuilt after the restart ({message_of(err)}): press **Load model**.")
+    return _panels(session, f"Restored after a server restart: {_held(session)}, redrawn below and on "
+                            "every tab. Carry on where you left off.")
 
 
 @friendly(10)
+@persisted
 @gpu
 def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     source = "default" if source_kind.startswith("built-in") else (custom or "").strip()
@@ -183,6 +237,7 @@ def show_structure(layer, request: gr.Request):
 
 
 @friendly(6)
+@persisted
 @gpu
 def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind="mlp", zoom_layer=3,
               request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
@@ -245,6 +300,7 @@ def preview_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_sh
 
 
 @friendly(5)
+@persisted
 @gpu
 def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share, compensate, recompute,
               allocation, a0, a1, m0, m1, steps, criterion, aggregation, scale, request: gr.Request,
@@ -263,6 +319,7 @@ def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=Tr
 
 
 @friendly(2)
+@persisted
 @gpu
 def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
                 progress=gr.Progress(track_tqdm=True)):
@@ -298,6 +355,7 @@ def stop_recover(request: gr.Request):
 
 
 @friendly(1)
+@persisted
 @gpu
 def run_merge(request: gr.Request, progress=gr.Progress(track_tqdm=True)):
     progress(0.2, desc="merging LoRA into the weights, then a quick perplexity of both")
@@ -322,6 +380,7 @@ def run_compare(prompt, max_tokens, sample, seed, chat, request: gr.Request):
 
 
 @friendly(3)
+@persisted
 @gpu
 def run_evaluate(which, corpora, tasks, windows, limit, request: gr.Request,
                  progress=gr.Progress(track_tqdm=True)):
@@ -391,13 +450,8 @@ def after_load(layer, granularity, group, mode, one_ratio, attn_share, a0, a1, m
         fig, why = handlers.dependency_graph(STORE, session, min(int(layer), n - 1), granularity, 0)
     except Exception as err:  # noqa: BLE001 - shown as the graph's sentence, never a badge
         fig, why = gr.skip(), f"No dependency graph for this layer: {message_of(err)}"
-    share = None if one_ratio else attn_share
-    top = handlers.max_amount(STORE, session, mode, share, a0, a1, m0, m1)
-    advice = handlers.amount_advice(top, float(amount), info)
-    if top < handlers.AMOUNT_MIN:
-        mode_update, amount_update = "ratio of groups", gr.update(maximum=handlers.AMOUNT_MAX, value=0.2)
-    else:
-        mode_update, amount_update = gr.skip(), gr.update(maximum=top, value=min(float(amount), top))
+    top = handlers.max_amount(STORE, session, mode, None if one_ratio else attn_share, a0, a1, m0, m1)
+    mode_update, amount_update, advice = amount_updates(top, amount, info)
     return (zoom, fig, why, gr.update(value=["original"]), amount_update, mode_update, advice,
             text.notice("model", info), text.notice("structure", info))
 
@@ -429,6 +483,16 @@ def apply_recipe(name):
             aggregation, note)
 
 
+def amount_updates(top: float, amount: float, info: dict) -> tuple:
+    """(mode, amount, sentence) for a feasible maximum `top`: the slider kept valid (its maximum
+    above its minimum, its value inside), or, where no share of parameters is feasible, the amount
+    switched to a ratio of groups, with the reason."""
+    advice = handlers.amount_advice(top, float(amount), info)
+    if top < 2 * handlers.AMOUNT_MIN:
+        return "ratio of groups", gr.update(maximum=handlers.AMOUNT_MAX, value=min(float(amount), 0.2)), advice
+    return gr.skip(), gr.update(maximum=top, value=min(float(amount), top)), advice
+
+
 def amount_bounds(mode, one_ratio, attn_share, a0, a1, m0, m1, amount, request: gr.Request):
     """The amount slider's maximum (what the chosen kinds and layer ranges can remove), its value
     kept inside it, and a sentence when the amount asked for cannot be reached."""
@@ -436,13 +500,11 @@ def amount_bounds(mode, one_ratio, attn_share, a0, a1, m0, m1, amount, request: 
         session = session_of(request)
         top = handlers.max_amount(STORE, session, mode, None if one_ratio else attn_share, a0, a1, m0, m1)
     except Exception:  # noqa: BLE001 - no model yet: keep the static bounds
-        return gr.skip(), gr.skip(), gr.skip()
-    advice = handlers.amount_advice(top, float(amount), session.info) if top < float(amount) else ""
-    if top < handlers.AMOUNT_MIN:        # keep the slider valid; the sentence says what to change
-        advice = advice.split("**:")[0] + "**: no share of parameters can be removed with these settings; " \
-            "use **ratio of groups**, widen the layer ranges or give attention a share."
-        return gr.update(maximum=2 * handlers.AMOUNT_MIN), gr.update(interactive=not one_ratio), advice
-    return gr.update(maximum=top, value=min(float(amount), top)), gr.update(interactive=not one_ratio), advice
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    mode_update, amount_update, advice = amount_updates(top, amount, session.info)
+    # a ratio of groups is always feasible: keep the sentence that explained a switch to it
+    status = advice if mode == "share of parameters" else gr.skip()
+    return mode_update, amount_update, gr.update(interactive=not one_ratio), status
 
 
 # ----------------------------------------------------------------------------- layout
@@ -459,7 +521,7 @@ def notice(words: str):
 def build() -> gr.Blocks:
     prompts = [line.strip() for line in (ASSETS / "prompts.txt").read_text().splitlines() if line.strip()]
     with gr.Blocks(title="Pruning Studio") as demo:
-        visitor = gr.BrowserState("", storage_key="pruning-studio-visitor")
+        visitor = gr.BrowserState("", storage_key="pruning-studio-visitor", secret=FILES.secret())
         gr.Markdown("# Pruning Studio\nWatch **LLM-Pruner** structural pruning happen: find the coupled "
                     "structures of a decoder, score them, cut them out, recover with LoRA, and compare.",
                     elem_classes="ps-header")
@@ -715,9 +777,9 @@ def build() -> gr.Blocks:
                            api_name="recipe")
         bounds_inputs = [mode, one_ratio, attn_share, attn_start, attn_end, mlp_start, mlp_end, amount]
         for control in (mode, one_ratio, attn_start, attn_end, mlp_start, mlp_end):
-            control.change(amount_bounds, bounds_inputs, [amount, attn_share, prune_status],
+            control.change(amount_bounds, bounds_inputs, [mode, amount, attn_share, prune_status],
                            api_visibility="private")
-        attn_share.release(amount_bounds, bounds_inputs, [amount, attn_share, prune_status],
+        attn_share.release(amount_bounds, bounds_inputs, [mode, amount, attn_share, prune_status],
                            api_visibility="private")
         heavy = dict(concurrency_id=HEAVY, concurrency_limit=1)
         status_lines = [structure_status, score_status, compare_status, prune_status, contrast_status,
@@ -778,10 +840,11 @@ def build() -> gr.Blocks:
                        api_name="export_gguf", **heavy)
         push_btn.click(run_push, [export_which, repo_id, token], push_status, api_name="push")
         # the visitor's key lives in the browser: a reload finds the same session
-        demo.load(restore, visitor, [visitor, facts, layer, structure_fig, structure_table, attn_map, mlp_map,
-                                     score_summary, zoom_layer, before_after, widths_fig, prune_attn_map,
-                                     prune_mlp_map, loss_fig, eval_table, eval_fig, which, load_status],
-                  api_visibility="private")
+        panels = [facts, layer, structure_fig, structure_table, attn_map, mlp_map, score_summary, zoom_layer,
+                  before_after, widths_fig, prune_attn_map, prune_mlp_map, loss_fig, eval_table, eval_fig, which,
+                  load_status]
+        demo.load(restore, visitor, [visitor] + panels, api_visibility="private").then(
+            resume, visitor, panels, api_visibility="private", **heavy)
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
     demo.queue(default_concurrency_limit=4)
     return demo

@@ -145,7 +145,8 @@ def load(registry: SessionRegistry, store: Store, key: str, source: str, progres
     original, shared = store.original(identity, source, read, estimate)
     if current is not None and current.original_key == original.key:     # the same model: keep the work
         return current, facts_table(current.info), True
-    session = Session(key=key, source=source, original_key=original.key, info=dict(original.info))
+    session = Session(key=key, source=source, original_key=original.key, info=dict(original.info),
+                      steps={"load": {"source": source}})
     return registry.put(session), facts_table(session.info), shared
 
 
@@ -265,6 +266,8 @@ def run_score(store: Store, session: Session, criterion, aggregation, source, sa
     session.scores, session.calibration = scores, calibration(store, session, calib)
     session.score_settings = {"criterion": criterion, "aggregation": aggregation, "calibration": source,
                               "samples": int(samples), "seq_len": int(seq_len), "key": key}
+    session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": source,
+                              "samples": int(samples), "seq_len": int(seq_len), "kinds": list(kinds)}
     return scores, hit
 
 
@@ -383,9 +386,9 @@ def amount_advice(top: float, wanted: float, info: dict) -> str:
     if top >= wanted:
         return ""
     embedding = 1 - info["params_non_embedding"] / info["params"]
-    if top < AMOUNT_MIN:
+    if top < 2 * AMOUNT_MIN:
         return (f"**This model's embeddings hold {100 * embedding:.0f}% of its parameters**: the groups in the "
-                f"chosen layers hold too few to remove even {100 * AMOUNT_MIN:.0f}% of all parameters, so "
+                f"chosen layers hold too few to remove even {100 * 2 * AMOUNT_MIN:.0f}% of all parameters, so "
                 "'amount is a' was switched to **ratio of groups** (that share of each pruned layer's groups).")
     return (f"With this model and these layer ranges at most **{100 * top:.0f}%** of all parameters can be "
             f"removed (its embeddings hold {100 * embedding:.0f}% of them): the amount was set to {top:.2f}. "
@@ -601,7 +604,11 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
         dropped = [what for what, have in (("the LoRA recovery", session.recovery or session.recovery_key),
                                            ("the pruned + LoRA model", session.merged_key)) if have]
         session.recovery, session.recovery_key, session.merged_key = None, None, None
+        for later in ("recover", "merge"):
+            session.steps.pop(later, None)
     session.prune_key = key
+    session.steps["prune"] = {"config": asdict(config), "criterion": criterion, "aggregation": aggregation,
+                              "notes": list(notes or [])}
     session.recipe = recipe_record(score_config, config, calib, session.source, result.group_ratios,
                                    notes=notes)
     removed = result.plans[0].removed_groups(scores) if len(result.plans) == 1 else None
@@ -727,6 +734,7 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     key = content_key("recovery", {"pruned": session.prune_key, "settings": asdict(settings), "data": data_source})
     if key != session.recovery_key:     # a merge belongs to the recovery it merged
         session.merged_key = None
+        session.steps.pop("merge", None)
     finished = store.lookup(key)
     if finished is not None:
         session.recovery, session.recovery_key, session.recovery_data = None, key, data_source
@@ -736,7 +744,7 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     with accelerated(original.model, pruned):
         recovery = LoraRecovery(pruned, original.tokenizer, data, settings,
                                 teacher=original.model if settings.distill_weight > 0 else None)
-    recovery.cache_key = key
+    recovery.cache_key, recovery.preset_name = key, preset_name
     session.recovery, session.recovery_key, session.recovery_data = recovery, None, data_source
     return recovery, False, key, note
 
@@ -756,6 +764,12 @@ def finish_recovery(store: Store, session: Session, recovery) -> None:
     key = recovery.cache_key if finished else f"recovery:{session.key}:{recovery.step}"
     store.put(key, "recovery", recovery)
     session.recovery, session.recovery_key = None, key
+    if finished:        # a finished recovery is replayable (same settings, data and seed)
+        s = recovery.settings
+        session.steps["recover"] = {"preset": recovery.preset_name, "steps": s.max_steps, "lr": s.learning_rate,
+                                    "distill": s.distill_weight, "data": session.recovery_data}
+    else:
+        session.steps.pop("recover", None)
 
 
 def current_recovery(store: Store, session: Session):
@@ -782,6 +796,8 @@ def merge(store: Store, session: Session):
         merged, hit = merged_copy(), False
         store.put(key, "merged", merged)
     session.merged_key = key
+    if session.steps.get("recover"):
+        session.steps["merge"] = True
     pruned = _pruned_model(store, session)      # measured when it was pruned: served from the cache
     with accelerated(merged):
         before, after = measured(store, session, session.prune_key, pruned), measured(store, session, key, merged)
@@ -790,6 +806,45 @@ def merge(store: Store, session: Session):
     return (f"Merged after {recovery.step} steps. {QUICK_PPL}: pruned {before[QUICK_PPL]:.2f} -> pruned + "
             f"LoRA {after[QUICK_PPL]:.2f}; decoding {speed_text(before)} -> {speed_text(after)}."
             + cache_note(hit))
+
+
+def replay(registry: SessionRegistry, store: Store, key: str, steps: dict, progress=None) -> Session:
+    """A visitor's session rebuilt after a server restart: the same steps with the same inputs,
+    served from the class cache where another visitor already computed them."""
+    def say(fraction, what):
+        if progress:
+            progress(fraction, desc=f"restoring your session after a server restart: {what}")
+
+    say(0.05, "loading the model")
+    session, _, _ = load(registry, store, key, steps["load"]["source"])
+    if "score" in steps:
+        say(0.2, "scoring")
+        s = steps["score"]
+        run_score(store, session, s["criterion"], s["aggregation"], s["source"], s["samples"], s["seq_len"],
+                  kinds=tuple(s["kinds"]))
+    if "prune" in steps:
+        say(0.4, "pruning")
+        p = steps["prune"]
+        config = PruneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["config"].items()})
+        run_prune(store, session, config, p["criterion"], p["aggregation"], notes=p["notes"])
+    if "recover" in steps:
+        say(0.6, "recovering with LoRA")
+        r = steps["recover"]
+        with store.admit("recovery", recovery_peak(store, session, r["preset"], r["distill"]), progress):
+            recovery, hit, _, _ = start_recovery(store, session, r["preset"], r["steps"], r["lr"], r["distill"],
+                                                 r["data"])
+            if not hit:
+                original = session.original(store).model
+                with accelerated(original, recovery.model):
+                    for _ in recovery.train():
+                        pass
+                finish_recovery(store, session, recovery)
+    if steps.get("merge"):
+        say(0.85, "merging")
+        merge(store, session)
+    session.evaluations = list(steps.get("evaluations") or [])
+    session.steps = dict(steps)
+    return session
 
 
 def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
@@ -879,6 +934,7 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
         hits += hit
         rows.append({"model": name, **row})
     session.evaluations = [r for r in session.evaluations if r["model"] not in chosen] + rows
+    session.steps["evaluations"] = session.evaluations
     return pd.DataFrame(session.evaluations), hits
 
 

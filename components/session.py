@@ -44,6 +44,7 @@ class Session:
     recovery_data: str = ""             # the data source of this session's recovery
     merged_key: str | None = None
     evaluations: list = field(default_factory=list)
+    steps: dict = field(default_factory=dict)     # the inputs of each step run: replayed after a restart
     rebuild: dict = field(default_factory=dict)   # store key -> (kind, spec, fn) to recompute if evicted
     last_used: float = field(default_factory=time.time)
 

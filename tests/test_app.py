@@ -279,3 +279,27 @@ def test_rerunning_a_step_keeps_later_results(server, tiny_folder):
     text = c.predict(*prune_args(0.5, criterion="l2"), api_name="/prune")[-1]
     assert "the LoRA recovery and the pruned + LoRA model of the previous pruned model were dropped" in text
     assert session.recovery_key is None and session.merged_key is None
+
+
+def test_a_server_restart_replays_the_steps(server, tiny_folder):
+    """The visitor's steps are on disk after each step; a server that lost every session and
+    result (a restart) rebuilds the session from them and redraws its panels."""
+    c = client(server)
+    c.predict(CUSTOM, tiny_folder, api_name="/load_model")
+    c.predict("l2", "sum", "builtin", 4, 16, api_name="/score")
+    c.predict(*prune_args(0.25, criterion="l2"), api_name="/prune")
+    key = server.REGISTRY.visitor(c.session_hash)
+    before = server.REGISTRY.get(key)
+    steps = server.FILES.load(key)
+    assert set(steps) >= {"load", "score", "prune"} and steps["load"]["source"] == tiny_folder
+    server.REGISTRY.drop(key)                                    # the restart: nothing in memory
+    for entry_key in list(server.STORE._entries):
+        server.STORE.drop(entry_key)
+    request = type("Request", (), {"session_hash": "after-restart"})()
+    _, *_, message = server.restore(key, request)
+    assert "server restarted" in message
+    *panels, models, message = server.resume(key, request)
+    assert "Restored after a server restart" in message and "a pruned model" in message, message
+    after = server.REGISTRY.get(key)
+    assert after is not before and after.prune_key == before.prune_key        # the same content key
+    assert isinstance(panels[8], pd.DataFrame) and "parameters" in set(panels[8].metric)
