@@ -146,7 +146,7 @@ def session_of(request: gr.Request):
 
 # ----------------------------------------------------------------------------- event functions
 
-RESTORED_PANELS = 16      # restore's outputs between the visitor key and the status line
+RESTORED_PANELS = 22      # restore's outputs between the visitor key and the status line
 
 
 def _held(session) -> str:
@@ -166,7 +166,19 @@ def _panels(session, message: str) -> tuple:
             got("structure", 1), got("heatmaps", 0), got("heatmaps", 1), got("score_summary"),
             gr.update(maximum=n - 1, value=min(3, n - 1)), got("before_after"), got("widths"),
             got("prune_maps", 0), got("prune_maps", 1), got("loss"), got("evaluation", 0), got("evaluation", 1),
-            gr.update(value=parts["models"]), message)
+            gr.update(value=parts["models"]), *_amount_controls(parts["prune_controls"], session.info), message)
+
+
+def _amount_controls(controls: dict, info: dict) -> tuple:
+    """The Prune tab's mode, amount (with its feasible maximum) and layer ranges, restored."""
+    n = info["layers"]
+    if controls["mode"] == "ratio of groups":
+        mode, amount = "ratio of groups", gr.update(maximum=handlers.AMOUNT_MAX, value=controls["amount"])
+    else:
+        switched, amount, _ = amount_updates(controls["top"], controls["amount"], info)
+        mode = switched if isinstance(switched, str) else "share of parameters"
+    ranges = [gr.update(value=v, info=f"0 to {n} (this model's {n} layers)") for v in controls["ranges"]]
+    return (mode, amount, *ranges)
 
 
 def restore(visitor_key, request: gr.Request):
@@ -842,7 +854,7 @@ def build() -> gr.Blocks:
         # the visitor's key lives in the browser: a reload finds the same session
         panels = [facts, layer, structure_fig, structure_table, attn_map, mlp_map, score_summary, zoom_layer,
                   before_after, widths_fig, prune_attn_map, prune_mlp_map, loss_fig, eval_table, eval_fig, which,
-                  load_status]
+                  mode, amount, attn_start, attn_end, mlp_start, mlp_end, load_status]
         demo.load(restore, visitor, [visitor] + panels, api_visibility="private").then(
             resume, visitor, panels, api_visibility="private", **heavy)
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")

@@ -528,7 +528,23 @@ def redraw(store: Store, session: Session, scale: str = "rank") -> dict:
         table = pd.DataFrame(session.evaluations)
         out["evaluation"] = (evaluation_display(table), figures.evaluation_figure(table))
     out["models"] = list(session.model_keys())
+    out["prune_controls"] = prune_controls(store, session)
     return out
+
+
+def prune_controls(store: Store, session: Session) -> dict:
+    """The Prune tab's amount and layer controls as the session last used them (its last prune's
+    config, else the page's defaults for this model), with the amount's feasible maximum."""
+    n = session.info["layers"]
+    start, end = default_layer_range(n)
+    config = (session.steps.get("prune") or {}).get("config") or {}
+    by_params = config.get("target_params") is not None if config else True
+    amount = (config.get("target_params") if by_params else config.get("ratio")) if config else 0.2
+    attn, mlp = config.get("attn_layers") or (start, end), config.get("mlp_layers") or (start, end)
+    mode = "share of parameters" if by_params else "ratio of groups"
+    share = config.get("attn_share", 0.0) if config else 0.0
+    top = max_amount(store, session, mode, share, attn[0], attn[1], mlp[0], mlp[1])
+    return {"mode": mode, "amount": float(amount), "top": top, "ranges": (*attn, *mlp)}
 
 
 COMPARISON_COLUMNS = ["metric", "original", "pruned", "change"]

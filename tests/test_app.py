@@ -182,8 +182,9 @@ def test_a_reload_keeps_the_session(server, tiny_folder):
     key = server.REGISTRY.visitor(old_hash)
     session = server.REGISTRY.get(key)
     new_connection = "reloaded-page-hash"
-    visitor, facts, *panels, models, message = server.restore(
-        key, type("Request", (), {"session_hash": new_connection})())
+    visitor, facts, *panels, message = server.restore(key, type("Request", (), {"session_hash": new_connection})())
+    models, mode, amount = panels[14], panels[15], panels[16]
+    assert mode == "ratio of groups" and amount["value"] == 0.25 and amount["maximum"] == 0.9   # as pruned
     assert visitor == key and "Welcome back" in message and "a pruned model" in message
     assert server.REGISTRY.get(server.REGISTRY.visitor(new_connection)) is session
     # every panel is redrawn from the session: the before/after table and kept widths among them
@@ -298,7 +299,7 @@ def test_a_server_restart_replays_the_steps(server, tiny_folder):
     request = type("Request", (), {"session_hash": "after-restart"})()
     _, *_, message = server.restore(key, request)
     assert "server restarted" in message
-    *panels, models, message = server.resume(key, request)
+    *panels, message = server.resume(key, request)
     assert "Restored after a server restart" in message and "a pruned model" in message, message
     after = server.REGISTRY.get(key)
     assert after is not before and after.prune_key == before.prune_key        # the same content key
