@@ -10,9 +10,7 @@ import copy
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableErr
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
 from pruner.evaluate import decode_rates as engine_decode_rates
 from pruner.generate import GenerationSettings, stream
-from pruner.groups import describe_groups, describe_layer
+from pruner.groups import describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.prune import default_layer_range, needs_calibration, prunable_share, score_kinds

@@ -93,3 +93,20 @@ def tiny_folder(tmp_path_factory, tokenizer):
     tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2, inter=64).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def serve_app():
+    """The app launched in this process on a free local port: yields its URL (browser tests)."""
+    import shutil
+    import socket
+
+    if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    import app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_kwargs())
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()

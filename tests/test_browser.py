@@ -7,12 +7,11 @@ model ticked on Evaluate, and no plot legend over a panel label (bounding boxes)
 import json
 import re
 import shutil
-import socket
 import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, serve_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,16 +42,7 @@ OVERLAPS = """() => {
 
 @pytest.fixture(scope="module")
 def url(default_model):
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    import app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_kwargs())
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
+    yield from serve_app()
 
 
 def test_lesson_in_the_browser(url):

@@ -5,11 +5,10 @@ line, no toast, no traceback in the server's output; the controls follow the mod
 
 import re
 import shutil
-import socket
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, serve_app
 from families import tiny_family_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -31,16 +30,7 @@ def folders(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def url():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    import app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app.demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_kwargs())
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
+    yield from serve_app()
 
 
 def test_models_a_student_brings(url, folders, capfd):
