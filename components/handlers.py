@@ -597,10 +597,12 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
     def compute():
         samples, seq_len = (ids.shape[0], ids.shape[1]) if ids is not None else (0, 0)
         score_config.low_memory = low_memory_scoring(store, original.model, criterion, samples, seq_len)
-        peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=False,
+        rescores = config.iterative_steps > 1          # later steps score the partly pruned model
+        peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=not rescores,
                                     low_memory=score_config.low_memory)
         with store.admit("pruning", peak, progress), accelerated(original.model):
-            result = prune_model(original.model, ids, score_config, config, report)
+            # the Score step's scores (same criterion, aggregation, calibration): not computed again
+            result = prune_model(original.model, ids, score_config, config, report, scores=scores)
         pruned = result.model.to(next(original.model.parameters()).device)  # on ZeroGPU: back to the CPU
         result.model = None            # held once, under "model" (and counted once by the store)
         return {"model": pruned, "result": result}

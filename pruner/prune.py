@@ -648,12 +648,15 @@ def prune_report(before, after, seq_len: int = 128) -> dict:
 
 
 def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig | None = None,
-                progress=None, in_place: bool = False) -> PruneResult:
+                progress=None, in_place: bool = False, scores: pd.DataFrame | None = None) -> PruneResult:
     """Score, plan and slice `iterative_steps` times. The original `model` is never modified,
     unless `in_place=True` (the caller owns it: no copy of the model is made then).
 
     input_ids: (n_samples, seq_len) calibration tokens (unused by random / l1 / l2).
     progress: optional callable(step, total_steps, message) for UIs.
+    scores: the unpruned model's scores from `score(model, input_ids, score_config)` when the
+    caller already has them (a Score step before Prune): the first step uses them instead of
+    scoring again; later iterative steps score the partly pruned model.
     """
     from dataclasses import replace
 
@@ -670,12 +673,20 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     size_before, widths_before = model_size(model), layer_widths(model)
     params0 = size_before["params"]
     current, origin = model, list(range(n_layers0))
+    given = None
+    if scores is not None:
+        given = scores[scores.kind.isin(score_config.kinds)].reset_index(drop=True)
+        if set(given.kind) != set(score_config.kinds):
+            given = None                            # kinds missing: score as usual
     plans, ratios, counts0, scores, sensitivities = [], [], None, None, []
     for step in range(1, steps + 1):
-        if progress:
-            progress(step - 1, steps, f"step {step}/{steps}: scoring ({score_config.criterion})")
         step_config = replace(score_config, seed=score_config.seed + step - 1)
-        scores = score(current, input_ids, step_config)
+        if step == 1 and given is not None:
+            scores = given
+        else:
+            if progress:
+                progress(step - 1, steps, f"step {step}/{steps}: scoring ({score_config.criterion})")
+            scores = score(current, input_ids, step_config)
         config_now = _remap_ranges(prune_config, origin, n_layers0)
         if counts0 is None:
             counts0 = _original_counts(scores, prune_config, n_layers0)

@@ -181,3 +181,26 @@ def test_round_to_keeps_mlp_widths_a_multiple(calib):
     assert {len(k) for k in plan.mlp_keep.values()} == {16}       # never below one multiple
     with pytest.raises(ValueError, match="round_to"):
         PruneConfig(round_to=0).validate(3)
+
+
+def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
+    """Prune after Score: the first step takes the given scores (same criterion, calibration) and
+    the result is the one scoring inside prune_model gives."""
+    from conftest import tiny_model
+    from pruner import PruneConfig, ScoreConfig, prune_model, score
+    from pruner import importance
+
+    model = tiny_model(n_heads=4, n_kv=2, layers=3, inter=48)
+    score_config = ScoreConfig("taylor-element1", "last")
+    config = PruneConfig(ratio=0.0, target_params=0.1, attn_share=0.0, attn_granularity="query-heads",
+                         compensate=True)
+    expected = prune_model(model, calib, score_config, config)
+    given = score(model, calib, ScoreConfig("taylor-element1", "last", kinds=("attn", "mlp")))
+    calls = []
+    original_score = importance.score
+    monkeypatch.setattr(importance, "score", lambda *a, **k: calls.append(1) or original_score(*a, **k))
+    result = prune_model(model, calib, score_config, config, scores=given)
+    assert calls == []
+    assert result.widths_after.equals(expected.widths_after)
+    with torch.no_grad():
+        assert torch.equal(result.model(calib).logits, expected.model(calib).logits)
