@@ -204,6 +204,15 @@ def restore(visitor_key, request: gr.Request):
         return (key, *skip, message_of(err))
 
 
+def reconnect(visitor_key: str = "", request: gr.Request = None) -> str:
+    """What a page reload does, for API clients: this connection takes over the session of the
+    visitor key given (an earlier connection's session hash, or the browser's key), and the
+    status line says what it holds."""
+    if not visitor_key:
+        return "Give the visitor key of an earlier connection (its session hash)."
+    return restore(visitor_key, request)[-1]
+
+
 def resume(visitor_key, request: gr.Request, progress=gr.Progress()):
     """After a server restart: replay the visitor's saved steps, then redraw every panel."""
     steps = FILES.load(visitor_key or "")
@@ -858,6 +867,7 @@ def build() -> gr.Blocks:
         demo.load(restore, visitor, [visitor] + panels, api_visibility="private").then(
             resume, visitor, panels, api_visibility="private", **heavy)
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
+        gr.api(reconnect, api_name="reconnect")
     demo.queue(default_concurrency_limit=4)
     return demo
 

@@ -4,7 +4,8 @@ the real app on a free local port.
 30 students (by default) with six different recipes (six amounts, three criteria); a third of them
 recover (the quick preset, shortened with --recover-steps) and merge; some export a zip, some a
 GGUF; three load tiny bring-your-own models (Qwen2, Gemma 2, Phi-3) from a folder the server
-allows ($PRUNING_STUDIO_LOCAL_ROOTS); all at once, with PRUNING_STUDIO_MEMORY_GB (default 4) and
+allows ($PRUNING_STUDIO_LOCAL_ROOTS); five reload mid-lesson (a new connection presenting their
+key to /reconnect, as a browser's reload does) and carry on; all at once, with PRUNING_STUDIO_MEMORY_GB (default 4) and
 PRUNING_STUDIO_DISK_GB (default 2). Heavy steps run one at a time on the server, so students wait
 in its queue: a wait is the time from submitting a step until the server starts it (not a failure).
 
@@ -110,6 +111,8 @@ def lesson_of(i: int, byo: dict[str, str], recover_steps: int) -> list[tuple[str
              ("score", "/score", {"criterion": criterion}),
              ("prune", "/prune", {"amount": amount, "criterion": criterion}),
              ("compare", "/compare", {})]
+    if 10 <= i < 15:                               # five students reload the page mid-lesson
+        steps += [("reload", "/reconnect", {})]
     if i % 3 == 0:
         steps += [("recover", "/recover", {"steps": recover_steps}), ("merge", "/merge", {})]
     if i % 5 == 1:
@@ -177,7 +180,12 @@ def main() -> int:
             try:
                 client = connect(url, time.time() + 120)
                 for name, endpoint, kwargs in lesson_of(i, byo, args.recover_steps):
+                    if name == "reload":                # a new connection presenting the old key
+                        kwargs = {"visitor_key": client.session_hash}
+                        client = connect(url, time.time() + 120)
                     wait, total, result = timed_step(client, endpoint, kwargs)
+                    if name == "reload" and "Welcome back" not in status_of(result):
+                        raise RuntimeError(f"reload lost the session: {status_of(result)}")
                     with lock:
                         timings.setdefault(name, []).append(total)
                         waits.append(wait)

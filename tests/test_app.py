@@ -304,3 +304,12 @@ def test_a_server_restart_replays_the_steps(server, tiny_folder):
     after = server.REGISTRY.get(key)
     assert after is not before and after.prune_key == before.prune_key        # the same content key
     assert isinstance(panels[8], pd.DataFrame) and "parameters" in set(panels[8].metric)
+
+
+def test_an_api_client_reconnects_like_a_reload(server, tiny_folder):
+    first = client(server)
+    first.predict(CUSTOM, tiny_folder, api_name="/load_model")
+    second = client(server)
+    assert "Welcome back" in second.predict(first.session_hash, api_name="/reconnect")
+    assert "Removed" in second.predict(*prune_args(0.25, criterion="l2"), api_name="/prune")[-1]
+    assert "Load model" in client(server).predict("v-unknown", api_name="/reconnect")
