@@ -181,18 +181,26 @@ def _amount_controls(controls: dict, info: dict) -> tuple:
     return (mode, amount, *ranges)
 
 
-def restore(visitor_key, request: gr.Request):
+def restore(visitor_key, request: gr.Request, progress=gr.Progress()):
     """Page load: remember this browser's visitor key (a new one on a first visit) and redraw
     every panel from what this visitor's session holds, so a reload loses nothing. After a server
-    restart the session is rebuilt by `resume` (next event), which this says."""
+    restart the session is first rebuilt from the steps saved on disk (replayed through the class
+    cache), and the status says so."""
     key = visitor_key or f"v-{uuid.uuid4().hex}"
     REGISTRY.alias(request.session_hash, key)
     session = REGISTRY.find(key)
     skip = (gr.skip(),) * RESTORED_PANELS
     if session is None:
-        if FILES.load(key):
-            return (key, *skip, "The server restarted since your last visit: rebuilding your session from the "
-                                "steps you ran (served from the class cache where possible) ...")
+        steps = FILES.load(key)
+        if steps:
+            try:
+                session = handlers.replay(REGISTRY, STORE, key, steps, progress)
+            except Exception as err:  # noqa: BLE001 - the visitor starts again, told why
+                FILES.drop(key)
+                return (key, *skip, f"The server restarted and your session could not be rebuilt "
+                                    f"({message_of(err)}): press **Load model**.")
+            return (key, *_panels(session, f"Restored after a server restart: {_held(session)}, redrawn "
+                                           "below and on every tab. Carry on where you left off."))
         if REGISTRY.expired(key):
             return (key, *skip, f"Your previous session expired after {REGISTRY.ttl_s / 60:.0f} idle minutes "
                                 "and its models were freed: press **Load model** to start again.")
@@ -211,21 +219,6 @@ def reconnect(visitor_key: str = "", request: gr.Request = None) -> str:
     if not visitor_key:
         return "Give the visitor key of an earlier connection (its session hash)."
     return restore(visitor_key, request)[-1]
-
-
-def resume(visitor_key, request: gr.Request, progress=gr.Progress()):
-    """After a server restart: replay the visitor's saved steps, then redraw every panel."""
-    steps = FILES.load(visitor_key or "")
-    if not visitor_key or REGISTRY.find(visitor_key) is not None or not steps:
-        return (gr.skip(),) * (RESTORED_PANELS + 1)
-    try:
-        session = handlers.replay(REGISTRY, STORE, visitor_key, steps, progress)
-    except Exception as err:  # noqa: BLE001 - the visitor starts again, told why
-        FILES.drop(visitor_key)
-        return (*(gr.skip(),) * RESTORED_PANELS,
-                f"Your session could not be rebuilt after the restart ({message_of(err)}): press **Load model**.")
-    return _panels(session, f"Restored after a server restart: {_held(session)}, redrawn below and on "
-                            "every tab. Carry on where you left off.")
 
 
 @friendly(10)
@@ -864,8 +857,7 @@ def build() -> gr.Blocks:
         panels = [facts, layer, structure_fig, structure_table, attn_map, mlp_map, score_summary, zoom_layer,
                   before_after, widths_fig, prune_attn_map, prune_mlp_map, loss_fig, eval_table, eval_fig, which,
                   mode, amount, attn_start, attn_end, mlp_start, mlp_end, load_status]
-        demo.load(restore, visitor, [visitor] + panels, api_visibility="private").then(
-            resume, visitor, panels, api_visibility="private", **heavy)
+        demo.load(restore, visitor, [visitor] + panels, api_visibility="private")
         stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
         gr.api(reconnect, api_name="reconnect")
     demo.queue(default_concurrency_limit=4)
