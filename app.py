@@ -546,8 +546,9 @@ def build() -> gr.Blocks:
                         "Granite, SmolLM2 / SmolLM3, OLMo 2. The built-in default (SmolLM2-135M-Instruct) works "
                         "offline: it is the Q4_1 GGUF copy shipped in a package, dequantized to float32, so "
                         "its weights (and numbers) differ slightly from the hub's bfloat16 original. A hub id "
-                        "or a local folder works too. Loading replaces this session's work; a model another "
-                        "visitor already loaded is shared, not loaded again.")
+                        "or a local folder works too. Loading another model replaces this session's work (the same "
+                        "model again keeps it); a model another visitor already loaded is shared, not loaded "
+                        "again.")
                 with gr.Row():
                     source_kind = gr.Radio(["built-in default (SmolLM2-135M-Instruct)", "hub id or local folder"],
                                            value="built-in default (SmolLM2-135M-Instruct)", label="source")
