@@ -128,6 +128,7 @@ class Store:
         self._line: list[int] = []                     # tickets of steps waiting for memory, in order
         self._freed = threading.Condition(self._lock)
         self.waits: list[float] = []                   # seconds each admitted step waited for memory
+        self._durations: list[float] = []              # seconds the last admitted steps ran (estimates)
         self.hits = self.misses = 0
         self.in_use: Callable[[], set[str]] = set     # keys live sessions refer to (set by the registry)
         self.on_evict: Callable[[Entry], None] = lambda entry: None   # e.g. delete an export's files
@@ -236,7 +237,9 @@ class Store:
                         raise self._full(peak_bytes, step)
                     if progress:
                         position = self._line.index(id(ticket)) + 1
-                        progress(0.0, desc=f"waiting for memory: {position} in line, "
+                        recent = self._durations[-20:]
+                        eta = f", about {position * sum(recent) / len(recent):.0f} s" if recent else ""
+                        progress(0.0, desc=f"waiting for memory: {position} in line{eta}; "
                                            f"{self.in_flight_bytes() / 2**30:.1f} GB held by running steps "
                                            f"({waited:.0f} s so far)")
                     self._freed.wait(timeout=1.0)
@@ -247,11 +250,13 @@ class Store:
             if waited > 0.5:
                 self.waits.append(waited)
             self._in_flight[me] = peak_bytes
+        admitted = time.monotonic()
         try:
             yield
         finally:
             with self._freed:
                 self._in_flight.pop(me, None)
+                self._durations = self._durations[-49:] + [time.monotonic() - admitted]
                 self._freed.notify_all()
             gc.collect()
             release_freed_memory()
