@@ -59,7 +59,7 @@ def _missing(name: str, local_file: str, hub_name: str, why: str) -> DataUnavail
         f"dataset {hub_name}; or a local file passed as the source.")
 
 
-def _hub_rows(what: str, load) -> tuple[list | None, str]:
+def hub_rows(what: str, load) -> tuple[list | None, str]:
     """(rows, "") from `load()` when the hub is reachable, else (None, why not) at once."""
     why = hub.offline_reason(datasets=True)
     if why is not None:
@@ -67,8 +67,7 @@ def _hub_rows(what: str, load) -> tuple[list | None, str]:
     try:
         return list(load()), ""
     except Exception as err:  # noqa: BLE001 - unknown dataset, missing dependency, connection lost
-        if "connect" in f"{type(err).__name__} {err}".lower():
-            hub.mark_offline(f"{type(err).__name__} while loading {what}")
+        hub.note_failure(err, f"loading {what}")
         return None, f"hub: {type(err).__name__}: {str(err)[:160]}"
 
 
@@ -97,7 +96,7 @@ def find_text(name: str, data_dir_path: str | os.PathLike | None = None) -> tupl
 
         return datasets.load_dataset(path, config, split=split)[field]
 
-    rows, why = _hub_rows(f"{path}/{config}", from_hub)
+    rows, why = hub_rows(f"{path}/{config}", from_hub)
     if rows is not None:
         return rows, f"hub {path}/{config} ({split})"
     if (SLICES / local_file).is_file():
@@ -128,7 +127,7 @@ def find_lambada(data_dir_path=None) -> tuple[list[str], str]:
 
         return datasets.load_dataset("EleutherAI/lambada_openai", "en", split="test")["text"]
 
-    rows, why = _hub_rows("EleutherAI/lambada_openai", from_hub)
+    rows, why = hub_rows("EleutherAI/lambada_openai", from_hub)
     if rows is not None:
         return rows, "hub EleutherAI/lambada_openai (test)"
     if (SLICES / LAMBADA_FILE).is_file():

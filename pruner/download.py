@@ -66,8 +66,7 @@ def size_hub_model(repo_id: str, revision: str | None = None) -> HubSize:
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=API_TIMEOUT_S)
     except Exception as err:  # noqa: BLE001 - not found, gated, connection lost
-        if "connect" in f"{type(err).__name__} {err}".lower():
-            hub.mark_offline(f"{type(err).__name__} while sizing {repo_id}")
+        hub.note_failure(err, f"sizing {repo_id}")
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DownloadRefused(f"hub id {repo_id!r} could not be looked up: {first[:200]}") from err
     return size_from_info(info)

@@ -77,6 +77,12 @@ def mark_offline(why: str) -> None:
         _state.update(online=False, checked=time.monotonic(), why=why)
 
 
+def note_failure(err: Exception, what: str) -> None:
+    """A hub call failed: when it was the connection, remember the hub as unreachable."""
+    if "connect" in f"{type(err).__name__} {err}".lower():
+        mark_offline(f"{type(err).__name__} while {what}")
+
+
 def forget() -> None:
     """Probe again next time (tests; a server whose network came back)."""
     with _lock:

@@ -21,8 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hub
-from .data import SLICES, DataUnavailableError, data_dir, slice_origin
+from .data import SLICES, DataUnavailableError, hub_rows, data_dir, slice_origin
 
 PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 TASKS = PAPER_TASKS + ("copa",)
@@ -174,13 +173,9 @@ def find_task(name: str, data_dir_path=None, limit: int | None = None) -> tuple[
             return (docs[:limit] if limit else docs), f"data folder {folder}"
         except FileNotFoundError:
             pass
-    why = hub.offline_reason(datasets=True)
-    if why is None:
-        try:
-            docs = _hub_docs(name)
-            return (docs[:limit] if limit else docs), "hub"
-        except Exception as err:  # noqa: BLE001 - unknown dataset, missing dependency, lost connection
-            why = f"hub error: {type(err).__name__}: {str(err)[:160]}"
+    docs, why = hub_rows(f"task {name}", lambda: _hub_docs(name))
+    if docs is not None:
+        return (docs[:limit] if limit else docs), "hub"
     if local is not None:
         try:
             docs = local[0](SLICES)
