@@ -38,8 +38,9 @@ takes them all at once.
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -49,7 +50,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .arch import arch_of
 from .groups import Family, Member, families as all_families, group_param_counts
-from .models import layers_of
+from .models import decoder_body, head_logits, layers_of
+from .resources import frugal_heap, trim_if_frugal
 
 CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-vector-rows", "taylor-element1",
             "taylor-element2", "taylor-second", "fluctuation")
@@ -129,7 +131,7 @@ def _members_by_param(fams: list[Family]) -> dict[str, list[tuple[int, int, Memb
     return by_param
 
 
-def _ce_sum(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _ce_sum(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = head(hidden)                                                   # (n, V)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
@@ -146,9 +148,9 @@ def causal_lm_loss(model, input_ids: torch.Tensor, chunk: int | None = None) -> 
         logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]   # (B, L-1, V)
         return _ce_sum(torch.nn.Identity(), logits.flatten(0, 1), input_ids[:, 1:].flatten()) \
             / logits.shape[0] / logits.shape[1]
-    hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    hidden = decoder_body(model)(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     hidden, labels = hidden.flatten(0, 1), input_ids[:, 1:].flatten()       # (B*(L-1), H), (B*(L-1),)
-    head = model.get_output_embeddings()
+    head = partial(head_logits, model)      # the projection with the family's scaling / soft-capping
     total = sum(checkpoint(_ce_sum, head, hidden[s: s + chunk], labels[s: s + chunk],
                            use_reentrant=False) for s in range(0, labels.numel(), chunk))
     return total / labels.numel()
@@ -203,6 +205,7 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
                 state["act"] = (not accumulate) or i == len(batches) - 1
                 loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
                 (loss * scale).backward()
+                trim_if_frugal()
     finally:
         for h in handles:
             h.remove()
@@ -333,9 +336,11 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     was_training = model.training
     model.eval()
     last_accumulator_peak["bytes"] = 0
+    heap = frugal_heap() if low_memory else nullcontext()     # see resources.frugal_heap
     try:
-        for chunk in accumulator_chunks(params, names, budget):
-            _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
+        with heap:
+            for chunk in accumulator_chunks(params, names, budget):
+                _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
     finally:
         model.train(was_training)
     if criterion == "taylor-vector":
