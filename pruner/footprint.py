@@ -81,13 +81,20 @@ def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached:
 
 
 def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
-    """LoRA on a copy of the pruned model: the copy, activations for backward of one batch
-    (stored: LoRA trains fast mode), the student's and the teacher's float32 logits with the
-    copies the distillation loss and its gradient make, small adapters and optimizer."""
-    _, _, _, vocab = _shape(pruned)
+    """LoRA on a copy of the pruned model: the copy; the activations kept for backward (the
+    layers' own, plus LoRA's dropped-out copy of every adapted input and its mask); float32 logits
+    of `recover.LOSS_CHUNK` positions at a time with the loss's copies (the teacher's too when
+    distilling); adapters and optimizer (5%). Activations x1.4: the heap's fragmentation under
+    training, measured by bench/step_peaks.py (default model, quick preset: 0.94 of this)."""
+    from .recover import LOSS_CHUNK
+
+    layers, hidden, inter, vocab = _shape(pruned)
+    elem = next(pruned.parameters()).element_size()
     tokens = batch_size * seq_len
-    teacher = 8 * tokens * vocab * 4 if distill else 2 * tokens * vocab * 4
-    return int(weight_bytes(pruned) + activation_bytes(pruned, tokens) + teacher + 0.05 * weight_bytes(pruned))
+    body = layers * tokens * (14 * hidden + 5 * inter) * elem
+    lora = layers * tokens * (6 * hidden + inter) * (elem + 1)
+    logits = (8 if distill else 3) * LOSS_CHUNK * vocab * 4
+    return int(1.05 * weight_bytes(pruned) + 1.4 * (body + lora) + logits)
 
 
 def merge_peak(pruned) -> int:

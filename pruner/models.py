@@ -340,6 +340,29 @@ def layers_of(model):
     return model.model.layers
 
 
+def decoder_body(model):
+    """The decoder without its LM head (embeddings, layers, final norm) of a supported causal LM,
+    also through a peft wrapper (LoRA layers are injected in place, so they run)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., H) final hidden states -> (..., V) logits exactly as the family's forward makes them:
+    the output projection, then Granite's `logits_scaling` divisor and Gemma 2's final soft-capping.
+    Lets a loss project a few positions at a time instead of the whole (tokens x vocab) block."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    logits = base.get_output_embeddings()(hidden)
+    config = base.config
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling:
+        logits = logits / scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def attention_shape(model, layer: int) -> tuple[int, int, int]:
     """(query heads, kv heads, head_dim) of one layer, read from its weights."""
     return arch_of(model).attention_shape(layers_of(model)[layer])

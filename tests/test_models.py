@@ -64,3 +64,18 @@ def test_device_and_dtype_defaults():
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         pick_dtype(torch.device("cpu"), "float8")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "granite", "phi3"])
+def test_head_logits_match_the_family_forward(family):
+    """The body + head_logits path (chunked losses use it) gives the model's own logits,
+    soft-capping (Gemma 2) and logits_scaling (Granite) included."""
+    from pruner.models import decoder_body, head_logits
+    from tests.families import tiny_family_model
+
+    model = tiny_family_model(family).eval()
+    ids = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        hidden = decoder_body(model)(input_ids=ids, use_cache=False).last_hidden_state
+        assert torch.allclose(head_logits(model, hidden), full, atol=1e-5)
