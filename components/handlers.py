@@ -24,12 +24,13 @@ from pruner.export import loader_of
 from pruner.activations import input_statistics
 from pruner.arch import arch_of
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids, text_origin
-from pruner.evaluate import NORMED_TASKS, evaluate, model_stats, perplexity
-from pruner.evaluate import decode_rates as engine_decode_rates
+from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_layer
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
+from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOWS, SPEED_RUNS, SPEED_TEXT,
+                             SPEED_TOKENS, Speed, decode_speeds, is_quick_perplexity, quick_perplexity)
 from pruner.prune import default_layer_range, needs_calibration, prunable_share, score_kinds
 from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
@@ -428,51 +429,27 @@ def preview(store: Store, session: Session, config: PruneConfig, criterion, aggr
     return heatmaps(session, scale, removed) + (text,)
 
 
-QUICK_PPL_WINDOWS = 32      # the one "quick" perplexity on every tab: first 32 x 128 tokens of WikiText-2
-QUICK_PPL = f"WikiText-2 ppl (quick: first {QUICK_PPL_WINDOWS} x 128 tokens)"
+QUICK_PPL = f"WikiText-2 ppl (quick: first {QUICK_PPL_WINDOWS} x {QUICK_PPL_SEQ_LEN} tokens)"
 QUICK_PPL_DATA = "WikiText-2 text from"
-SPEED_TOKENS, SPEED_RUNS = 64, 3      # greedy decoding of the paper's prompt, as Compare generates
-SPEED = f"decode tokens / s (median of {SPEED_RUNS} greedy runs of {SPEED_TOKENS})"
-SPEED_HOW = (f"median (range) of {SPEED_RUNS} greedy runs of {SPEED_TOKENS} tokens of the paper's prompt, "
-             "measured once per model, the same figures as the Prune tab")
+SPEED = f"decode tokens / s (median of {SPEED_RUNS} x {SPEED_TOKENS}, side by side in this run)"
+SPEED_HOW = SPEED_TEXT
 
 
-def _quick_ppl(model, tokenizer, windows: int = QUICK_PPL_WINDOWS) -> tuple[float | None, str]:
-    """(the quick perplexity, where its text came from): a data folder, the hub or the slice
-    shipped in the package; (None, why) only where none of them holds WikiText-2."""
-    try:
-        res = perplexity(model, tokenizer, "wikitext2", max_windows=windows, data_dir_path=data_dir(),
-                         progress=False)
-        return res["ppl"], res["data"]
-    except DataUnavailableError as err:
-        return None, f"unavailable ({str(err).split('(')[0].strip()})"
-
-
-def measure(model, tokenizer, ppl_windows: int = QUICK_PPL_WINDOWS, timed: bool = True) -> dict:
-    """Every figure the page shows about one model, measured one way: the engine's model_stats,
-    non-zeros, decode speed as the median (and range) of SPEED_RUNS greedy runs of the paper's
-    prompt for SPEED_TOKENS tokens (Compare's prompt and length), and the quick perplexity."""
+def measure(model, tokenizer) -> dict:
+    """The figures the page shows about one model that belong to its content (measured once per
+    model): the engine's model_stats, non-zeros and the protocol's quick perplexity. Decode speed
+    is not among them: it belongs to a moment, and `side_by_side` times models shown together."""
     stats = model_stats(model, tokenizer, seq_len=128, throughput=False)
     nonzero = sum(int((p != 0).sum()) for p in {id(p): p for p in model.parameters()}.values())
     figures_ = {"parameters": stats["params"], "non-zero parameters": nonzero,
                 "MACs / token": stats["macs_per_token"], "weight memory (MiB)": stats["weight_mib"],
                 "forward peak memory (MiB)": stats["forward_peak_mib"], SPEED: None, "decode speed range": None}
-    figures_[QUICK_PPL], figures_[QUICK_PPL_DATA] = _quick_ppl(model, tokenizer, ppl_windows)
-    if timed:
-        figures_.update(speed_figures(decode_rates([model], tokenizer)[0]))
+    figures_[QUICK_PPL], figures_[QUICK_PPL_DATA] = quick_perplexity(model, tokenizer, data_dir())
     return figures_
 
 
-def speed_figures(rates: list[float]) -> dict:
-    return {SPEED: float(np.median(rates)), "decode speed range": (min(rates), max(rates))}
-
-
-def decode_rates(models: list, tokenizer) -> list[list[float]]:
-    """The page's decode-speed protocol: SPEED_RUNS greedy runs of SPEED_TOKENS tokens of the
-    paper's prompt per model, the models taking turns."""
-    from pruner.generate import PAPER_PROMPT
-
-    return engine_decode_rates(models, tokenizer, PAPER_PROMPT, SPEED_TOKENS, SPEED_RUNS)
+def speed_figures(speed: Speed) -> dict:
+    return {SPEED: speed.median, "decode speed range": (speed.low, speed.high)}
 
 
 def speed_text(m: dict) -> str:
@@ -481,7 +458,7 @@ def speed_text(m: dict) -> str:
 
 
 def measured(store: Store, session: Session, model_key: str, model) -> dict:
-    """`measure` of one model, once per model content."""
+    """`measure` of one model, once per model content (no decode speed: see `side_by_side`)."""
     tokenizer = session.original(store).tokenizer
 
     def compute():
@@ -491,9 +468,36 @@ def measured(store: Store, session: Session, model_key: str, model) -> dict:
     return store.compute("measure", {"model": model_key}, compute)[0]
 
 
+def _speeds_spec(model_keys: list[str]) -> dict:
+    return {"models": list(model_keys), "runs": SPEED_RUNS, "tokens": SPEED_TOKENS}
+
+
+def side_by_side(store: Store, session: Session, named: list[tuple[str, object]]) -> list[dict]:
+    """Decode speeds of the models a table shows together, timed in one run, taking turns (the
+    protocol's `decode_speeds`); kept for these same models, so a redraw shows the same run."""
+    tokenizer = session.original(store).tokenizer
+    models = [m for _, m in named]
+
+    def compute():
+        with store.admit("timing decode speed", footprint.generate_peak(models, SPEED_TOKENS)), \
+                accelerated(*models):
+            return [speed_figures(s) for s in decode_speeds(models, tokenizer)]
+
+    return store.compute("speeds", _speeds_spec([k for k, _ in named]), compute)[0]
+
+
 def cached_measure(store: Store, model_key: str | None) -> dict | None:
     """`measured`'s figures when the store still holds them (a redraw never measures again)."""
     return store.peek(content_key("measure", {"model": model_key})) if model_key else None
+
+
+def cached_side_by_side(store: Store, model_keys: list[str]) -> list[dict] | None:
+    return store.peek(content_key("speeds", _speeds_spec(model_keys)))
+
+
+def with_speeds(figures_: list[dict], speeds: list[dict] | None) -> list[dict]:
+    """Each model's content figures with its decode speed from one side-by-side run."""
+    return [{**f, **s} for f, s in zip(figures_, speeds)] if speeds else figures_
 
 
 def redraw(store: Store, session: Session, scale: str = "rank") -> dict:
@@ -512,6 +516,8 @@ def redraw(store: Store, session: Session, scale: str = "rank") -> dict:
         value = store.peek(session.prune_key)
         before, after = cached_measure(store, session.original_key), cached_measure(store, session.prune_key)
         if before is not None and after is not None:
+            before, after = with_speeds([before, after], cached_side_by_side(
+                store, [session.original_key, session.prune_key]))
             out["before_after"] = comparison_table(before, ("pruned", after))
         if value is not None:
             result = value["result"]
@@ -615,6 +621,10 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
     with accelerated(original.model, value["model"]):
         before = measured(store, session, session.original_key, original.model)
         after = measured(store, session, key, value["model"])
+    if progress:
+        progress(0.9, desc="timing both models' decoding side by side")
+    before, after = with_speeds([before, after], side_by_side(
+        store, session, [(session.original_key, original.model), (key, value["model"])]))
     dropped = []
     if key != session.prune_key:        # later results derive from the previous pruned model
         dropped = [what for what, have in (("the LoRA recovery", session.recovery or session.recovery_key),
@@ -664,9 +674,9 @@ def magnitude_contrast(store: Store, session: Session, share: float):
                 torch_prune.remove(m, "weight")
             models = [original.model, sparse] + ([structured_model] if structured_model is not None else [])
             with accelerated(*models):
-                figures_ = measure(sparse, original.tokenizer, timed=False)
-                rates = decode_rates(models, original.tokenizer)        # side by side, taking turns
-            return {"sparse": figures_, "speeds": [speed_figures(r) for r in rates]}
+                figures_ = measure(sparse, original.tokenizer)
+                speeds = decode_speeds(models, original.tokenizer)      # side by side, taking turns
+            return {"sparse": figures_, "speeds": [speed_figures(s) for s in speeds]}
 
     spec = {"model": session.original_key, "share": share, "structured": session.prune_key
             if structured_model is not None else None}
@@ -681,7 +691,6 @@ def magnitude_contrast(store: Store, session: Session, share: float):
         structured = {**measured(store, session, session.prune_key, structured_model), **speeds[2]}
         columns.insert(0, ("structured", structured))
     table = comparison_table(before, *columns)
-    table.loc[table.metric == SPEED, "metric"] = SPEED + ", side by side in this run"
     return table, contrast_text(before, sparse, structured, share) + cache_note(hit)
 
 
@@ -817,6 +826,8 @@ def merge(store: Store, session: Session):
     pruned = _pruned_model(store, session)      # measured when it was pruned: served from the cache
     with accelerated(merged):
         before, after = measured(store, session, session.prune_key, pruned), measured(store, session, key, merged)
+    before, after = with_speeds([before, after], side_by_side(store, session, [(session.prune_key, pruned),
+                                                                               (key, merged)]))
     if before[QUICK_PPL] is None:
         return "Merged the LoRA weights into the pruned model (pruned + LoRA)." + cache_note(hit)
     return (f"Merged after {recovery.step} steps. {QUICK_PPL}: pruned {before[QUICK_PPL]:.2f} -> pruned + "
@@ -877,8 +888,9 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def compare_stream(store: Store, session: Session, prompt: str, settings: GenerationSettings):
     """Yield (texts dict, speeds dict, cached names) while the models generate one after another;
     a generation already made with the same model, prompt and settings is served from the cache.
-    Speeds are `measure`'s (median and range of greedy runs, the Prune tab's figures), not the
-    streamed run's own rate, which includes the display and is one noisy sample."""
+    Speeds are the protocol's: the models shown are re-timed side by side in one run after they
+    have generated (taking turns, so the machine's load hits them alike), not the streamed runs'
+    own rates, which include the display and were taken at different moments."""
     models = session.models(store)
     keys = session.model_keys()
     tokenizer = session.original(store).tokenizer
@@ -889,8 +901,6 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
         done = store.lookup(key)
         if done is not None:
             texts[name] = done["text"]
-            with accelerated(model):
-                rates[name] = speed_text(measured(store, session, keys[name], model))
             cached.append(name)
             yield texts, rates, cached
             continue
@@ -901,12 +911,13 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
                 texts[name] = last["text"]
                 yield texts, rates, cached
         store.put(key, "generation", {"text": last["text"], "tokens_per_s": last["tokens_per_s"]}, miss=True)
-        with accelerated(model):
-            rates[name] = speed_text(measured(store, session, keys[name], model))
-        yield texts, rates, cached
     for name in texts:
         if name not in models:
             texts[name] = "(not available yet: prune" + (" and recover)" if "LoRA" in name else ")")
+    shown = list(models.values())
+    with store.admit("timing decode speed", footprint.generate_peak(shown, SPEED_TOKENS)), accelerated(*shown):
+        speeds = decode_speeds(shown, tokenizer)        # re-timed now, side by side, every time
+    rates = {name: speed_text(speed_figures(s)) for name, s in zip(models, speeds)}
     yield texts, rates, cached
 
 
@@ -927,12 +938,24 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
             progress(i / len(chosen), desc=f"evaluating {name} ({', '.join(corpora + tasks)})")
 
         def compute(name=name):
-            with store.admit("evaluation", footprint.evaluate_peak(models[name])), accelerated(models[name]):
-                res = evaluate(models[name], tokenizer, corpora, tasks, max_windows=int(windows),
-                               limit=int(limit), data_dir_path=data_dir(), progress=False)
+            res = {"ppl": {}, "acc": {}, "details": {}}
+            rest = list(corpora)
+            if "wikitext2" in corpora and is_quick_perplexity("wikitext2", int(windows)):
+                quick = measured(store, session, keys[name], models[name])     # the protocol's, measured once
+                if quick[QUICK_PPL] is not None:
+                    res["ppl"]["wikitext2"] = quick[QUICK_PPL]
+                    res["details"]["wikitext2"] = {"data": quick[QUICK_PPL_DATA]}
+                    rest.remove("wikitext2")
+            if rest or tasks:
+                with store.admit("evaluation", footprint.evaluate_peak(models[name])), accelerated(models[name]):
+                    more = evaluate(models[name], tokenizer, rest, tasks, max_windows=int(windows),
+                                    limit=int(limit), data_dir_path=data_dir(), progress=False)
+                for part in res:
+                    res[part].update(more[part])
+                res["acc_mean"] = more.get("acc_mean")
             row = {"params": count_params(models[name])["params"],
                    "data": {what: d["data"] for what, d in res["details"].items()}}
-            row.update({f"{c} ppl": v for c, v in res["ppl"].items()})
+            row.update({f"{c} ppl": res["ppl"][c] for c in corpora if c in res["ppl"]})
             for task, value in res["acc"].items():
                 d = res["details"][task]
                 row[task] = value
@@ -1047,7 +1070,7 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
                             "macs_per_token_before": before["MACs / token"],
                             "macs_per_token_after": after["MACs / token"]},
                            before[QUICK_PPL], after[QUICK_PPL],
-                           f"WikiText-2, first {QUICK_PPL_WINDOWS} windows of 128 tokens (the dashboard's quick figure)")
+                           f"{QUICK_PPL_TEXT} (the dashboard's quick figure)")
         disk = footprint.export_disk_bytes(models[which], shard_bytes=200 * 10**6)
         with _export_folder(keys[which], disk, "this export") as folder:
             if progress:

@@ -151,3 +151,38 @@ def test_an_embedding_heavy_model_gets_advice_before_any_work():
     assert "at most **15%**" in some and "embeddings hold 98%" in some and "ratio of groups" in some
     none = handlers.amount_advice(0.0, 0.2, info)
     assert "switched to **ratio of groups**" in none
+
+
+def test_models_shown_together_are_timed_in_one_run_and_evaluate_reuses_the_quick_ppl(tiny_folder, monkeypatch):
+    """The measurement protocol on the page: the Prune table's two speeds come from one
+    side-by-side run, Compare times all the models it shows in one run, a redraw shows that same
+    run, and Evaluate's WikiText-2 at the quick setting is the quick perplexity, not a second pass."""
+    from pruner.generate import GenerationSettings
+    from pruner.prune import PruneConfig
+    from pruner.protocol import QUICK_PPL_WINDOWS, Speed
+
+    runs = []
+
+    def fake_speeds(models, tokenizer, *args, **kwargs):
+        runs.append(len(models))
+        return [Speed(10.0 + i, 9.0 + i, 11.0 + i) for i in range(len(models))]
+
+    monkeypatch.setattr(handlers, "decode_speeds", fake_speeds)
+    store = Store(budget_bytes=4 * 2**30)
+    session, *_ = handlers.load(SessionRegistry(store), store, "v1", tiny_folder)
+    table, *_ = handlers.run_prune(store, session, PruneConfig(ratio=0.5, attn_layers=(0, 2), mlp_layers=(0, 2)),
+                                   "l1", "sum")
+    assert runs == [2]
+    row = table.set_index("metric").loc[handlers.SPEED]
+    assert (row["original"], row["pruned"]) == ("10.0", "11.0")
+    assert handlers.redraw(store, session)["before_after"].equals(table) and runs == [2]
+    *_, (texts, rates, cached) = list(handlers.compare_stream(store, session, "Hello", GenerationSettings(max_new_tokens=4)))
+    assert runs == [2, 2] and rates == {"original": "10.0 tokens/s (range 9.0-11.0)",
+                                        "pruned": "11.0 tokens/s (range 10.0-12.0)"}
+
+    calls = []
+    real = handlers.evaluate
+    monkeypatch.setattr(handlers, "evaluate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    quick = handlers.cached_measure(store, session.prune_key)[handlers.QUICK_PPL]
+    table, _ = handlers.run_evaluation(store, session, ["pruned"], ["wikitext2"], [], QUICK_PPL_WINDOWS, 10)
+    assert calls == [] and table.loc[0, "wikitext2 ppl"] == quick
