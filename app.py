@@ -25,6 +25,7 @@ from components import lesson_text as text
 from components.session import SessionError, SessionRegistry
 from components.lesson import start_warm_start, warm_start_enabled
 from components.persist import SessionFiles
+from components.spill import Spill
 from components.store import CapacityError, Store
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
@@ -33,17 +34,20 @@ from pruner.models import ModelLoadError
 from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
 from pruner.recover import PRESET_DATA, PRESETS
-from pruner.resources import return_large_frees_to_os
+from pruner.resources import return_large_frees_to_os, server_threads
 from pruner.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent / "components" / "assets"
 log = logging.getLogger("pruning-studio")
 return_large_frees_to_os()      # freed model copies go back to the OS: the process's RSS tracks what it holds
+torch.set_num_threads(server_threads())     # a core for the web server (and a local browser)
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
 FILES = SessionFiles(ttl_s=REGISTRY.ttl_s)      # each visitor's steps on disk: a restart loses nothing
 # an evicted export's files go with its cache entry
 STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if entry.kind in ("export", "gguf") else None
+# pruned and merged models that do not fit go to the export disk (its budget) and come back in a second
+STORE.spill = Spill(handlers.export_disk())
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
@@ -355,8 +359,9 @@ def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Reques
                        f"step {figures_now['step']}/{s.max_steps}  loss {figures_now['loss']:.3f}  "
                        f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
         handlers.finish_recovery(STORE, session, recovery)
+    done = "Finished all" if recovery.step >= recovery.settings.max_steps else "Stopped after"
     yield (figures.loss_figure(recovery.history),
-           f"Stopped after {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s) on "
+           f"{done} {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s) on "
            f"'{session.recovery_data}' data.{note} Press **Merge** to fold LoRA into the weights.")
 
 

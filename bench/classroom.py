@@ -229,13 +229,14 @@ def main() -> int:
         print("  FAILED " + failure)
     print(f"cache: {stats['hits']} hits, {stats['misses']} misses (hit rate {stats['hit_rate']:.2f}); "
           f"store {stats['used_gb']:.2f} of {stats['budget_gb']:.2f} GB; server peak RSS {rss:.2f} GB; "
-          f"exports peak {disk_peak[0] / 2**30:.2f} GB")
+          f"exports peak {disk_peak[0] / 2**30:.2f} GB; models moved to disk {stats.get('spills', 0)} times, "
+          f"read back {stats.get('restores', 0)} times")
     summary = {"students": args.students, "failures": len(failures), "waits": len(queued),
                "p95_s": round(percentile(waits, 0.95) or 0.0, 1),
                "step_p95_s": {k: round(percentile(v, 0.95), 1) for k, v in timings.items()},
                "peak_rss_gb": round(rss, 3), "disk_gb": round(disk_peak[0] / 2**30, 3),
                "hit_rate": round(stats["hit_rate"], 3), "memory_gb": args.memory_gb, "disk_budget_gb": args.disk_gb,
-               "wall_s": round(wall, 1)}
+               "wall_s": round(wall, 1), "spills": stats.get("spills", 0), "restores": stats.get("restores", 0)}
     print(json.dumps(summary))
     return 0 if not failures else 1
 

@@ -102,6 +102,8 @@ class Entry:
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     hits: int = 0
+    spilled: Any = None           # the folder holding its tensors while it is on disk (see spill.py)
+    resident_bytes: int = 0       # its size in memory, while spilled
 
 
 @dataclass
@@ -132,6 +134,8 @@ class Store:
         self.hits = self.misses = 0
         self.in_use: Callable[[], set[str]] = set     # keys live sessions refer to (set by the registry)
         self.on_evict: Callable[[Entry], None] = lambda entry: None   # e.g. delete an export's files
+        self.spill = None       # a components.spill.Spill: models go to disk instead of being dropped
+        self.spills = self.restores = 0
 
     # ------------------------------------------------------------------ accounting
     def used_bytes(self) -> int:
@@ -153,7 +157,8 @@ class Store:
                     "entries": len(self._entries), "originals": len(self._originals),
                     "used_gb": self.used_bytes() / 2**30, "budget_gb": self.budget / 2**30,
                     "in_flight_gb": self.in_flight_bytes() / 2**30, "waiting": len(self._line),
-                    "waits": len(self.waits)}
+                    "waits": len(self.waits), "spilled": sum(e.spilled is not None for e in self._entries.values()),
+                    "spills": self.spills, "restores": self.restores}
 
     def fits_now(self, nbytes: int) -> bool:
         """Whether `nbytes` more fit the budget without evicting anything (a step choosing between
@@ -174,7 +179,14 @@ class Store:
         for entry in ordered:
             if self._fits(nbytes):
                 break
-            if entry.key not in protect:
+            if entry.key in protect or entry.spilled is not None:
+                continue
+            moved = self.spill.out(entry.key, entry.value) if self.spill is not None else None
+            if moved is not None:       # on disk: comes back on its next use instead of being recomputed
+                entry.value, entry.spilled = moved
+                entry.resident_bytes, entry.nbytes = entry.nbytes, 0
+                self.spills += 1
+            else:
                 del self._entries[entry.key]
                 self.on_evict(entry)
         for original in sorted(self._originals.values(), key=lambda o: o.last_used):
@@ -303,7 +315,22 @@ class Store:
                 return None
             entry.last_used = time.time()
             self._entries.move_to_end(key)
+            if entry.spilled is not None and not self._bring_back(entry):
+                return None
             return entry.value
+
+    def _bring_back(self, entry: Entry) -> bool:
+        """Read a spilled entry's tensors back from disk (making room first); False, and the entry
+        gone, when its files were deleted meanwhile."""
+        self._make_room(entry.resident_bytes, protect={entry.key})
+        value = self.spill.back(entry.value, entry.spilled)
+        if value is None:
+            del self._entries[entry.key]
+            return False
+        entry.value, entry.spilled = value, None
+        entry.nbytes, entry.resident_bytes = entry.resident_bytes, 0
+        self.restores += 1
+        return True
 
     def lookup(self, key: str) -> Any | None:
         """A cached value by key (counted as a hit), or None (not counted: the caller computes it
@@ -334,11 +361,15 @@ class Store:
         with self._lock:
             if miss:
                 self.misses += 1
-            self._entries.pop(key, None)
+            old = self._entries.pop(key, None)
+            if old is not None and old.spilled is not None:
+                self.spill.forget(old.spilled)
             self._make_room(nbytes)
             self._entries[key] = Entry(key, kind, value, nbytes)
         return key
 
     def drop(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+            if entry is not None and entry.spilled is not None:
+                self.spill.forget(entry.spilled)

@@ -171,3 +171,43 @@ def test_refused_when_an_original_in_use_fills_it_and_nothing_runs():
         with store.admit("export", 600, timeout_s=0.1):
             pass
     assert store.loaded_original("orig") is original and store.peek("evictable") is None
+
+
+def test_models_the_budget_cannot_hold_go_to_disk_and_come_back_exactly(tmp_path):
+    """With a spill, evicting a pruned or merged model writes it to the export disk and leaves an
+    empty skeleton (no memory counted); its next use reads it back, same outputs, tied weights
+    still tied; a step still holding the old object is untouched; files deleted by the disk
+    budget mean an ordinary miss; a value without a model is dropped as before."""
+    from components.exports import ExportDisk, folder_bytes
+    from components.spill import Spill
+    from tests.families import tiny_family_model
+
+    model = tiny_family_model("gemma2").eval()
+    ids = torch.randint(3, 90, (1, 8))
+    with torch.no_grad():
+        expected = model(ids).logits
+    nbytes = size_of(model)
+    store = Store(budget_bytes=int(1.5 * nbytes))
+    disk = ExportDisk(tmp_path / "disk", budget_bytes=10 * nbytes)
+    store.spill = Spill(disk)
+    store.put("pruned:a", "pruned", {"model": model, "result": "report"})
+    store.put("merged:b", "merged", model.__class__(model.config).eval())      # evicts a: to disk
+    entry = store._entries["pruned:a"]
+    assert entry.spilled is not None and entry.nbytes == 0 and store.stats()["spills"] == 1
+    assert folder_bytes(entry.spilled) >= nbytes and store.used_bytes() <= store.budget
+    assert torch.equal(model(ids).logits, expected)               # the old object still works
+    back = store.peek("pruned:a")                                  # evicts b to disk, reads a back
+    assert back["result"] == "report" and back["model"] is not model and store.stats()["restores"] == 1
+    with torch.no_grad():
+        assert torch.equal(back["model"](ids).logits, expected)
+    assert back["model"].lm_head.weight is back["model"].model.embed_tokens.weight
+    assert store._entries["merged:b"].spilled is not None and not entry.spilled
+    import shutil
+
+    shutil.rmtree(store._entries["merged:b"].spilled)             # the disk budget deleted it
+    assert store.peek("merged:b") is None and "merged:b" not in store._entries
+    store.put("scores:c", "scores", tensor(nbytes))                # no model in it: dropped
+    assert "scores:c" in store._entries
+    store.put("scores:d", "scores", tensor(nbytes))
+    assert "scores:c" not in store._entries or "pruned:a" not in store._entries or \
+        store._entries["pruned:a"].spilled is not None
