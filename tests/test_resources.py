@@ -100,3 +100,31 @@ def test_frugal_heap_lowers_the_threshold_once_and_restores_it(monkeypatch):
         assert calls == [resources.FRUGAL_MMAP_THRESHOLD]
     assert calls == [resources.FRUGAL_MMAP_THRESHOLD, resources.MMAP_THRESHOLD]
     assert resources._frugal["depth"] == 0
+
+
+def test_cpu_quota_and_server_threads(tmp_path):
+    """The cgroup's CPU quota caps the cores (a 2-vCPU Space on a big host); the server leaves
+    one core for the web server; $PRUNING_STUDIO_THREADS overrides."""
+    from pruner.resources import cpu_quota, server_threads, usable_cores
+
+    v2 = tmp_path / "v2"
+    (v2 / "app").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory")
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "app" / "cpu.max").write_text("200000 100000\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/app\n")
+    assert cpu_quota(v2, own) == 2.0
+    (v2 / "app" / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2, own) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(v1, own) == 1.5
+    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(v1, own) is None
+    assert cpu_quota(tmp_path / "absent", own) is None
+    assert usable_cores(quota=2.0) <= 2 and usable_cores(quota=None) >= 1
+    assert server_threads({}, cores=2) == 1 and server_threads({}, cores=1) == 1
+    assert server_threads({}, cores=8) == 7 and server_threads({"PRUNING_STUDIO_THREADS": "3"}, cores=8) == 3
