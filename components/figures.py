@@ -235,7 +235,11 @@ def loss_figure(history: list[dict]) -> go.Figure:
         return _empty("start recovery to see the loss")
     steps = [h["step"] for h in history]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=steps, y=[h["loss"] for h in history], name="loss", mode="lines+markers"))
+    losses = [h["loss"] for h in history]
+    fig.add_trace(go.Scatter(x=steps, y=losses, name="loss", mode="lines+markers"))
+    trend = [float(np.mean(losses[max(0, i - 4): i + 1])) for i in range(len(losses))]
+    fig.add_trace(go.Scatter(x=steps, y=trend, name="loss, mean of last 5 steps", mode="lines",
+                             line=dict(dash="dot", width=3)))
     if any(h.get("kl", 0) for h in history):
         fig.add_trace(go.Scatter(x=steps, y=[h["ce"] for h in history], name="cross-entropy", mode="lines"))
         fig.add_trace(go.Scatter(x=steps, y=[h["kl"] for h in history], name="KL to original", mode="lines"))

@@ -685,26 +685,52 @@ def magnitude_contrast(store: Store, session: Session, share: float):
     with accelerated(original.model):
         before = {**measured(store, session, session.original_key, original.model), **speeds[0]}
     sparse = {**value["sparse"], **speeds[1]}
-    columns = [(f"unstructured {100 * share:.0f}%", sparse)]
+    columns = [(f"unstructured {100 * share:.0f}% of each matrix", sparse)]
     structured = None
     if structured_model is not None:
         structured = {**measured(store, session, session.prune_key, structured_model), **speeds[2]}
         columns.insert(0, ("structured", structured))
     table = comparison_table(before, *columns)
-    return table, contrast_text(before, sparse, structured, share) + cache_note(hit)
+    removed = removed_structures(session.value(store, session.prune_key)["result"]) \
+        if structured is not None else ""
+    return table, contrast_text(before, sparse, structured, share, removed) + cache_note(hit)
 
 
-def contrast_text(before: dict, sparse: dict, structured: dict | None, share: float) -> str:
+def removed_structures(result) -> str:
+    """What a prune removed, counted from the widths before and after: "3 query heads, 2 KV heads
+    and 4,608 MLP channels in 12 layers" (only the kinds it removed)."""
+    b, a = result.widths_before, result.widths_after
+    count = lambda n, what: f"{n:,} {what if n != 1 else what[:-1]}"      # noqa: E731
+    parts = []
+    if len(a) < len(b):
+        parts.append(count(len(b) - len(a), "whole decoder layers"))
+    if len(a) == len(b):
+        for column, what in (("heads", "query heads"), ("kv_heads", "KV heads"), ("intermediate_size", "MLP channels")):
+            n = int((b[column] - a[column]).sum())
+            if n:
+                parts.append(count(n, what))
+        layers = int(((b.drop(columns="layer") - a.drop(columns="layer")) != 0).any(axis=1).sum())
+    else:
+        layers = len(b) - len(a)
+    if not parts:
+        return "nothing"
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text + (f" in {layers} layers" if len(a) == len(b) else "")
+
+
+def contrast_text(before: dict, sparse: dict, structured: dict | None, share: float,
+                  removed: str = "whole heads and channels") -> str:
     """What the measurement says, in numbers: sparsity zeroes weights in matrices of the same shape
     (dense kernels multiply the zeros too), structured pruning makes the matrices smaller."""
     change = lambda m, k: 100 * (m[k] / before[k] - 1)     # noqa: E731
     zeros = 100 * (1 - sparse["non-zero parameters"] / before["non-zero parameters"])
-    text = (f"Unstructured L1 pruning zeroed {zeros:.1f}% of the weights, but every matrix keeps its shape: "
+    text = (f"Unstructured L1 pruning zeroed {100 * share:.0f}% of each projection matrix ({zeros:.1f}% of all "
+            "weights: embeddings and norms untouched), but every matrix keeps its shape: "
             f"parameters {change(sparse, 'parameters'):+.1f}%, weight memory "
             f"{change(sparse, 'weight memory (MiB)'):+.1f}%, MACs {change(sparse, 'MACs / token'):+.1f}%, "
             f"decoding {speed_text(before)} -> {speed_text(sparse)}. ")
     if structured is not None:
-        text += (f"Structured pruning removed whole heads and channels: parameters "
+        text += (f"Structured pruning removed {removed}: parameters "
                  f"{change(structured, 'parameters'):+.1f}%, MACs {change(structured, 'MACs / token'):+.1f}%, "
                  f"decoding {speed_text(structured)}. ")
     else:

@@ -53,9 +53,11 @@ NOTICE = {
     "prune": ("**What to notice.** Structured pruning shrinks the matrices, so parameters, MACs and weight "
               "memory fall together; the unstructured contrast zeroes as many weights but nothing else changes. "
               "*Ask:* why doesn't perplexity rise in proportion to the parameters removed?"),
-    "recover": ("**What to notice.** The loss falls fastest in the first steps: a few hundred LoRA parameters per "
-                "layer undo much of the damage. *Ask:* what does the distillation term teach that plain "
-                "next-token loss does not?"),
+    "recover": ("**What to notice.** Each point is one batch of different passages, so the loss jumps from step "
+                "to step; read the trend (the dotted line: mean of the last 5 steps) and the KL to the original, "
+                "which measures how far the pruned model's predictions are from the dense one's. LoRA trains "
+                "small low-rank matrices beside each projection (about 2% of the parameters), not the weights. "
+                "*Ask:* what does the distillation term teach that plain next-token loss does not?"),
     "compare": ("**What to notice.** Greedy decoding from the same prompt: where the pruned model's text first "
                 "departs from the original's, and whether LoRA brings it back. *Ask:* is a fluent text evidence "
                 "that nothing was lost?"),

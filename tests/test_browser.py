@@ -118,8 +118,8 @@ def test_lesson_in_the_browser(url):
         part("prune-mlp-map", "view-sorted-importance")       # the plan's cut on the sorted view
         # 5 Recover: the quick preset as it is, then merge
         tab("5 · Recover")
-        step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"Stopped after \d+ steps|^Recovered")))
-        trained = re.search(r"Stopped after \d+ steps \((\d+)s\)", page.locator("body").inner_text())
+        step("quick recovery", "Start recovery", page.get_by_text(re.compile(r"(Stopped after|Finished all) \d+ steps|^Recovered")))
+        trained = re.search(r"(?:Stopped after|Finished all) \d+ steps \((\d+)s\)", page.locator("body").inner_text())
         if trained:      # the LoRA steps alone (the rest: the original writing its answers, set-up)
             timings["quick recovery: training"] = float(trained.group(1))
         step("merge", "Merge", page.get_by_text(re.compile(r"^Merged")))

@@ -106,6 +106,22 @@ def test_evaluation_table_reads_in_percent_with_standard_errors():
     assert list(handlers.evaluation_display(None).columns)[:2] == ["model", "parameters"]
 
 
+def test_removed_structures_are_counted_from_the_widths():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    before = pd.DataFrame({"layer": [0, 1, 2], "heads": [9, 9, 9], "kv_heads": [3, 3, 3], "head_dim": [64] * 3,
+                           "intermediate_size": [1536] * 3})
+    after = before.assign(intermediate_size=[1536, 1000, 900])
+    assert handlers.removed_structures(SimpleNamespace(widths_before=before, widths_after=after)) == \
+        "1,172 MLP channels in 2 layers"
+    after = after.assign(heads=[9, 6, 9], kv_heads=[3, 2, 3])
+    assert handlers.removed_structures(SimpleNamespace(widths_before=before, widths_after=after)) == \
+        "3 query heads, 1 KV head and 1,172 MLP channels in 2 layers"
+    assert handlers.removed_structures(SimpleNamespace(widths_before=before, widths_after=before.iloc[:2])) == \
+        "1 whole decoder layer"
+
+
 def test_contrast_sentence_comes_from_the_measurement():
     speed, ppl = handlers.SPEED, handlers.QUICK_PPL
     base = {"parameters": 100, "non-zero parameters": 100, "MACs / token": 50, "weight memory (MiB)": 10,
@@ -113,8 +129,9 @@ def test_contrast_sentence_comes_from_the_measurement():
     sparse = {**base, "non-zero parameters": 80, speed: 20.5, "decode speed range": (19.5, 21.5)}
     structured = {**base, "parameters": 80, "non-zero parameters": 80, "MACs / token": 40,
                   speed: 22.0, "decode speed range": (21.0, 23.0)}
-    text = handlers.contrast_text(base, sparse, structured, 0.2)
-    assert "zeroed 20.0% of the weights" in text and "parameters +0.0%" in text
+    text = handlers.contrast_text(base, sparse, structured, 0.25, "4 query heads in 2 layers")
+    assert "zeroed 25% of each projection matrix (20.0% of all weights" in text and "parameters +0.0%" in text
+    assert "Structured pruning removed 4 query heads in 2 layers: parameters" in text
     assert "parameters -20.0%, MACs -20.0%" in text and "22.0 tokens/s (range 21.0-23.0)" in text
     table = handlers.comparison_table(base, ("structured", structured), ("unstructured 20%", sparse))
     row = table.set_index("metric").loc["parameters"]
