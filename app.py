@@ -430,9 +430,28 @@ def run_push(which, repo_id, token, request: gr.Request):
     return handlers.push_to_hub(STORE, session_of(request), which, repo_id, token)
 
 
-def server_stats():
+def server_stats() -> dict:
     """The class cache and memory at a glance (hits, entries, GB used of the budget)."""
     return {**STORE.stats(), "sessions": len(REGISTRY)}
+
+
+SERVER_FIGURES = [  # (key, what a teacher reads, format)
+    ("sessions", "visitors with a live session", "{:,}"), ("originals", "models loaded (shared)", "{:,}"),
+    ("entries", "cached results", "{:,}"), ("hits", "requests served from the class cache", "{:,}"),
+    ("misses", "requests computed", "{:,}"), ("hit_rate", "share served from the cache", "{:.0%}"),
+    ("used_gb", "memory held by models and results, GB", "{:.2f}"),
+    ("in_flight_gb", "memory held by steps running now, GB", "{:.2f}"),
+    ("budget_gb", "memory budget for work, GB", "{:.2f}"), ("waiting", "steps waiting for memory now", "{:,}"),
+    ("waits", "steps that waited for memory so far", "{:,}"), ("spilled", "models on disk now", "{:,}"),
+    ("spills", "models moved to disk so far", "{:,}"), ("restores", "models read back from disk so far", "{:,}"),
+]
+
+
+def server_table() -> pd.DataFrame:
+    """`server_stats` as a table a teacher reads at a glance."""
+    stats = server_stats()
+    return pd.DataFrame([{"figure": label, "value": fmt.format(stats[key])}
+                         for key, label, fmt in SERVER_FIGURES if key in stats])
 
 
 def _controls(name: str) -> tuple:
@@ -565,7 +584,8 @@ def build() -> gr.Blocks:
                 model_notice = notice(text.NOTICE["model"])
                 with gr.Accordion("Server (for teachers): class cache and memory", open=False):
                     stats_btn = gr.Button("Refresh")
-                    stats_json = gr.JSON(label="cache hits, entries, memory used of the budget")
+                    stats_table = gr.Dataframe(pd.DataFrame(columns=["figure", "value"]), interactive=False,
+                                               label="the class cache and the server's memory")
             # 2 ---------------------------------------------------------------- Structure
             with gr.Tab("2 · Structure"):
                 explain("LLM-Pruner's **dependency groups**: removing a neuron forces removing every neuron "
@@ -864,7 +884,8 @@ def build() -> gr.Blocks:
                   before_after, widths_fig, prune_attn_map, prune_mlp_map, loss_fig, eval_table, eval_fig, which,
                   mode, amount, attn_start, attn_end, mlp_start, mlp_end, load_status]
         demo.load(restore, visitor, [visitor] + panels, api_visibility="private")
-        stats_btn.click(server_stats, None, stats_json, api_name="server_stats")
+        stats_btn.click(server_table, None, stats_table, api_name="server_table")
+        gr.api(server_stats, api_name="server_stats")
         gr.api(reconnect, api_name="reconnect")
     demo.queue(default_concurrency_limit=4)
     return demo

@@ -127,8 +127,11 @@ def layer_importance_figure(scores: pd.DataFrame, kind: str, layer: int,
                       annotation_text=f"{len(gone)} of {len(sub)} removed", annotation_position="top left")
     fig.update_xaxes(title_text="group", row=1, col=1)
     fig.update_xaxes(title_text="percentile", row=1, col=2)
-    fig.update_yaxes(title_text="score", type="log" if (sub.score > 0).all() else "linear", row=1, col=1)
-    fig.update_yaxes(type="log" if (sub.score > 0).all() else "linear", row=1, col=2)
+    # log axes labelled in scientific notation at every tick (plotly's default labels the minor
+    # ticks with bare digits, which read "3, 2, 0.01, 9, ..." between decades)
+    axis = dict(type="log", tickformat=".0e") if (sub.score > 0).all() else dict(type="linear")
+    fig.update_yaxes(title_text="score", row=1, col=1, **axis)
+    fig.update_yaxes(row=1, col=2, **axis)
     fig.update_layout(height=330, template="plotly_white", margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
@@ -211,9 +214,11 @@ def widths_figure(before: pd.DataFrame, after: pd.DataFrame,
     for col, field in ((1, "heads"), (2, "intermediate_size")):
         fig.add_trace(go.Bar(x=before.layer, y=before[field], name="original", marker_color="#BAB0AC",
                              showlegend=col == 1), row=1, col=col)
-        text = [f"{h} ({k})" for h, k in zip(after.heads, after.kv_heads)] if field == "heads" else None
+        # the KV heads go in the hover, not as bar labels (30 thin bars: rotated, unreadable)
+        hover = ("layer %{x}: %{y} query heads, %{customdata} KV heads<extra>pruned</extra>" if field == "heads"
+                 else "layer %{x}: %{y:,} channels<extra>pruned</extra>")
         fig.add_trace(go.Bar(x=after.layer, y=after[field], name="pruned", marker_color="#4C78A8",
-                             text=text, showlegend=col == 1), row=1, col=col)
+                             customdata=after.kv_heads, hovertemplate=hover, showlegend=col == 1), row=1, col=col)
     if len(titles) == 3:
         first = sensitivity
         if "step" in sensitivity:                    # iterative pruning: the first step's probes

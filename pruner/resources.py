@@ -133,15 +133,18 @@ def usable_cores(env: dict | None = None, quota: float | None = -1.0) -> int:
 
 
 def server_threads(env: dict | None = None, cores: int | None = None) -> int:
-    """Torch threads for the web server: $PRUNING_STUDIO_THREADS, else every usable core but one
-    (at least one). The web server (queue, figures, streaming) and, on a laptop, the browser need
-    a core: when OpenMP's threads outnumber the free cores they wait for each other and a step
-    collapses (measured on 2 cores with one busy: decoding at 1.8 tokens/s with 2 threads, 12.9
-    with 1; quick perplexity 19.8 s vs 12.7 s)."""
+    """Torch threads for the web server: $PRUNING_STUDIO_THREADS, else the usable cores (the
+    cgroup's CPU quota counted: a 2-vCPU Space on a large host would otherwise run one OpenMP
+    thread per host core), less one from 4 cores up for the web server. When OpenMP's threads
+    outnumber the free cores they wait for one another and a step collapses; measured on 2 cores:
+    with the other core fully busy, decoding ran at 1.8 tokens/s with 2 threads against 12.9 with
+    1, but with it a quarter busy (a local browser animating progress) 2 threads were faster
+    (decoding 17.1 vs 13.8 tokens/s, quick perplexity 8.4 s vs 12.5 s), so 2 cores keep both."""
     env = os.environ if env is None else env
     if env.get(THREADS_ENV):
         return max(1, int(env[THREADS_ENV]))
-    return max(1, (cores or usable_cores()) - 1)
+    cores = cores or usable_cores()
+    return cores if cores <= 2 else cores - 1
 
 
 def mem_available(meminfo: Path = MEMINFO) -> int | None:

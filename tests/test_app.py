@@ -246,7 +246,10 @@ def test_full_memory_evicts_then_refuses_with_a_reason(server, tiny_folder, monk
 
 def test_server_stats_endpoint(server):
     stats = client(server).predict(api_name="/server_stats")
-    assert {"hits", "misses", "hit_rate", "used_gb", "budget_gb", "sessions"} <= set(stats)
+    assert {"hits", "misses", "hit_rate", "used_gb", "budget_gb", "sessions", "spills"} <= set(stats)
+    table = client(server).predict(api_name="/server_table")            # the teacher's view: a table
+    rows = {r[0]: r[1] for r in table["data"]}
+    assert rows["visitors with a live session"] == f"{stats['sessions']:,}" and "memory budget for work, GB" in rows
 
 
 def test_spaces_gpu_decorator_is_used_and_runs_on_cpu(server):

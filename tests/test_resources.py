@@ -103,8 +103,8 @@ def test_frugal_heap_lowers_the_threshold_once_and_restores_it(monkeypatch):
 
 
 def test_cpu_quota_and_server_threads(tmp_path):
-    """The cgroup's CPU quota caps the cores (a 2-vCPU Space on a big host); the server leaves
-    one core for the web server; $PRUNING_STUDIO_THREADS overrides."""
+    """The cgroup's CPU quota caps the cores (a 2-vCPU Space on a big host); from 4 cores up the
+    server leaves one for the web server; $PRUNING_STUDIO_THREADS overrides."""
     from pruner.resources import cpu_quota, server_threads, usable_cores
 
     v2 = tmp_path / "v2"
@@ -126,5 +126,5 @@ def test_cpu_quota_and_server_threads(tmp_path):
     assert cpu_quota(v1, own) is None
     assert cpu_quota(tmp_path / "absent", own) is None
     assert usable_cores(quota=2.0) <= 2 and usable_cores(quota=None) >= 1
-    assert server_threads({}, cores=2) == 1 and server_threads({}, cores=1) == 1
+    assert server_threads({}, cores=2) == 2 and server_threads({}, cores=1) == 1
     assert server_threads({}, cores=8) == 7 and server_threads({"PRUNING_STUDIO_THREADS": "3"}, cores=8) == 3
