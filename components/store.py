@@ -321,8 +321,11 @@ class Store:
 
     def _bring_back(self, entry: Entry) -> bool:
         """Read a spilled entry's tensors back from disk (making room first); False, and the entry
-        gone, when its files were deleted meanwhile."""
-        self._make_room(entry.resident_bytes, protect={entry.key})
+        gone, when its files were deleted meanwhile; False, the entry kept on disk, when running
+        steps hold the memory it needs now (the caller then recomputes it through admission,
+        which waits in line, instead of failing)."""
+        if not self._evict_for(entry.resident_bytes, protect={entry.key}):
+            return False
         value = self.spill.back(entry.value, entry.spilled)
         if value is None:
             del self._entries[entry.key]

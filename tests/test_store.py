@@ -196,6 +196,9 @@ def test_models_the_budget_cannot_hold_go_to_disk_and_come_back_exactly(tmp_path
     assert entry.spilled is not None and entry.nbytes == 0 and store.stats()["spills"] == 1
     assert folder_bytes(entry.spilled) >= nbytes and store.used_bytes() <= store.budget
     assert torch.equal(model(ids).logits, expected)               # the old object still works
+    store._in_flight[-1] = store.budget                            # a running step holds the memory:
+    assert store.peek("pruned:a") is None and entry.spilled is not None   # a miss (recompute waits), kept
+    del store._in_flight[-1]
     back = store.peek("pruned:a")                                  # evicts b to disk, reads a back
     assert back["result"] == "report" and back["model"] is not model and store.stats()["restores"] == 1
     with torch.no_grad():
