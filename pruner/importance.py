@@ -38,7 +38,7 @@ takes them all at once.
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -51,7 +51,6 @@ from torch.utils.checkpoint import checkpoint
 from .arch import arch_of
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
-from .resources import frugal_heap, trim_if_frugal
 
 CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-vector-rows", "taylor-element1",
             "taylor-element2", "taylor-second", "fluctuation")
@@ -205,7 +204,6 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
                 state["act"] = (not accumulate) or i == len(batches) - 1
                 loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
                 (loss * scale).backward()
-                trim_if_frugal()
     finally:
         for h in handles:
             h.remove()
@@ -336,11 +334,9 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     was_training = model.training
     model.eval()
     last_accumulator_peak["bytes"] = 0
-    heap = frugal_heap() if low_memory else nullcontext()     # see resources.frugal_heap
     try:
-        with heap:
-            for chunk in accumulator_chunks(params, names, budget):
-                _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
+        for chunk in accumulator_chunks(params, names, budget):
+            _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
     finally:
         model.train(was_training)
     if criterion == "taylor-vector":

@@ -82,26 +82,6 @@ def test_this_machine_reads_a_limit():
     assert memory_limit().bytes > 0
 
 
-def test_frugal_heap_lowers_the_threshold_once_and_restores_it(monkeypatch):
-    """Nested or concurrent frugal steps set the low threshold once and restore the everyday one
-    when the last leaves; where the policy was never applied it touches nothing."""
-    from pruner import resources
-
-    calls = []
-    monkeypatch.setattr(resources, "_set_mmap_threshold", lambda t: calls.append(t) or True)
-    monkeypatch.setitem(resources._frugal, "applied", False)
-    with resources.frugal_heap():
-        pass
-    assert calls == []
-    monkeypatch.setitem(resources._frugal, "applied", True)
-    with resources.frugal_heap():
-        with resources.frugal_heap():
-            assert calls == [resources.FRUGAL_MMAP_THRESHOLD]
-        assert calls == [resources.FRUGAL_MMAP_THRESHOLD]
-    assert calls == [resources.FRUGAL_MMAP_THRESHOLD, resources.MMAP_THRESHOLD]
-    assert resources._frugal["depth"] == 0
-
-
 def test_cpu_quota_and_server_threads(tmp_path):
     """The cgroup's CPU quota caps the cores (a 2-vCPU Space on a big host); from 4 cores up the
     server leaves one for the web server; $PRUNING_STUDIO_THREADS overrides."""
