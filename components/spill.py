@@ -8,8 +8,10 @@ with every tensor empty (no memory). `Spill.back` puts the tensors from disk int
 the skeleton. The cached object itself is never touched, so a step still using it (another
 visitor's measurement) finishes normally; its memory is freed when the last user lets go.
 
-Values handled: an `nn.Module`, or a dict whose values include modules (the store's "pruned"
-entries). Anything else is dropped as before.
+Values handled: an `nn.Module` (merged models), a dict whose values include modules (the store's
+"pruned" entries), or an object whose attributes include modules (a finished LoRA recovery: its
+peft model; its optimizer is not kept, a finished recovery never trains again). Anything else is
+dropped as before.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def _modules(value: Any) -> dict[str, torch.nn.Module]:
         return {"": value}
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if isinstance(v, torch.nn.Module)}
+    if hasattr(value, "__dict__") and not isinstance(value, type):      # a finished LoraRecovery
+        return {k: v for k, v in vars(value).items() if isinstance(v, torch.nn.Module)}
     return {}
 
 
@@ -77,7 +81,14 @@ class Spill:
             shutil.rmtree(folder, ignore_errors=True)
             return None
         try:
-            skeleton = dict(value) if isinstance(value, dict) else None
+            if isinstance(value, torch.nn.Module):
+                skeleton = None
+            elif isinstance(value, dict):
+                skeleton = dict(value)
+            else:               # an object: a shallow copy whose modules are skeletons; a finished
+                skeleton = copy.copy(value)      # recovery never trains again: no optimizer kept
+                if hasattr(skeleton, "optimizer"):
+                    skeleton.optimizer = None
             for i, (name, module) in enumerate(modules.items()):
                 tensors = _tensors(module)
                 save_file({n: t.detach().contiguous().cpu() for n, t in tensors.items()},
@@ -85,8 +96,10 @@ class Spill:
                 shell = _skeleton(module)
                 if skeleton is None:
                     skeleton = shell
-                else:
+                elif isinstance(skeleton, dict):
                     skeleton[name] = shell
+                else:
+                    setattr(skeleton, name, shell)
         except Exception:
             self.disk.done(folder)
             self.disk.forget({"folder": str(folder)})

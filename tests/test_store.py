@@ -214,3 +214,27 @@ def test_models_the_budget_cannot_hold_go_to_disk_and_come_back_exactly(tmp_path
     store.put("scores:d", "scores", tensor(nbytes))
     assert "scores:c" not in store._entries or "pruned:a" not in store._entries or \
         store._entries["pruned:a"].spilled is not None
+
+
+def test_a_finished_recovery_goes_to_disk_and_still_merges(tmp_path, tokenizer):
+    """A LoRA recovery (an object holding a peft model) spills and comes back: merging it after
+    gives exactly the model merging it before gives (what Merge needs after an eviction)."""
+    from components.exports import ExportDisk
+    from components.spill import Spill
+    from pruner.recover import Example, LoraRecovery, LoraSettings
+    from tests.families import tiny_family_model
+
+    model = tiny_family_model("llama", vocab=len(tokenizer)).eval()
+    recovery = LoraRecovery(model, tokenizer, [Example("", "hello there, general kenobi")] * 4,
+                            LoraSettings(max_steps=2, batch_size=2, seq_len=16, learning_rate=1e-2))
+    list(recovery.train())
+    ids = torch.randint(3, 90, (1, 8))
+    with torch.no_grad():
+        expected = recovery.merge()(ids).logits
+    spill = Spill(ExportDisk(tmp_path / "disk", budget_bytes=2**30))
+    skeleton, folder = spill.out("recovery:x", recovery)
+    assert skeleton is not recovery and skeleton.optimizer is None and recovery.optimizer is not None
+    back = spill.back(skeleton, folder)
+    with torch.no_grad():
+        assert torch.equal(back.merge()(ids).logits, expected)
+    assert not folder.exists()
