@@ -40,13 +40,14 @@ from pruner.tasks import TASKS
 ASSETS = Path(__file__).resolve().parent / "components" / "assets"
 log = logging.getLogger("pruning-studio")
 return_large_frees_to_os()      # freed model copies go back to the OS: the process's RSS tracks what it holds
-torch.set_num_threads(server_threads())     # a core for the web server (and a local browser)
+torch.set_num_threads(server_threads())     # the container's cores (CPU quota counted), one spared from 4 up
 STORE = Store()
 REGISTRY = SessionRegistry(STORE)
 FILES = SessionFiles(ttl_s=REGISTRY.ttl_s)      # each visitor's steps on disk: a restart loses nothing
 # an evicted export's files go with its cache entry
 STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if entry.kind in ("export", "gguf") else None
-# pruned and merged models that do not fit go to the export disk (its budget) and come back in a second
+# pruned and merged models and finished recoveries that do not fit go to the export disk (its budget)
+# and come back in a second
 STORE.spill = Spill(handlers.export_disk())
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 

@@ -64,10 +64,6 @@ class Spill:
     def __init__(self, disk: ExportDisk):
         self.disk = disk
 
-    @staticmethod
-    def can_spill(value: Any) -> bool:
-        return bool(_modules(value))
-
     def out(self, key: str, value: Any) -> tuple[Any, Path] | None:
         """(skeleton value, folder) after writing `value`'s tensors to disk; None when it holds no
         model or the disk budget has no room (the caller drops it then)."""

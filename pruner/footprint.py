@@ -85,7 +85,8 @@ def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
     layers' own, plus LoRA's dropped-out copy of every adapted input and its mask); float32 logits
     of `recover.LOSS_CHUNK` positions at a time with the loss's copies (the teacher's too when
     distilling); adapters and optimizer (5%). Activations x1.4: the heap's fragmentation under
-    training, measured by bench/step_peaks.py (default model, quick preset: 0.94 of this)."""
+    training (a standalone quick-preset run on the default model measured 0.94 of this, with a 4 MiB
+    allocator threshold; bench/step_peaks.py not yet re-run with it)."""
     from .recover import LOSS_CHUNK
 
     layers, hidden, inter, vocab = _shape(pruned)

@@ -340,18 +340,22 @@ def layers_of(model):
     return model.model.layers
 
 
+def _unwrapped(model):
+    """The transformers model under a peft wrapper (LoRA layers are injected in place, so they run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_body(model):
     """The decoder without its LM head (embeddings, layers, final norm) of a supported causal LM,
-    also through a peft wrapper (LoRA layers are injected in place, so they run)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+    also through a peft wrapper."""
+    return _unwrapped(model).model
 
 
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """(..., H) final hidden states -> (..., V) logits exactly as the family's forward makes them:
     the output projection, then Granite's `logits_scaling` divisor and Gemma 2's final soft-capping.
     Lets a loss project a few positions at a time instead of the whole (tokens x vocab) block."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     logits = base.get_output_embeddings()(hidden)
     config = base.config
     scaling = getattr(config, "logits_scaling", None)

@@ -63,20 +63,24 @@ def _own_cgroup_path(proc_self_cgroup: Path, controller: str | None) -> str:
     return "/"
 
 
+def _v2_groups(root: Path, proc_self_cgroup: Path) -> list[Path]:
+    """cgroup v2: the process's own group folder, then each parent up to the root (a limit set on
+    any of them applies)."""
+    own = _own_cgroup_path(Path(proc_self_cgroup), None).strip("/")
+    folder, chain = (root / own if own else root), []
+    while True:
+        chain.append(folder)
+        if folder == root or root not in folder.parents:
+            return chain
+        folder = folder.parent
+
+
 def cgroup_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> tuple[int, str] | None:
     """(bytes, which file) of the tightest cgroup memory limit over this process, or None."""
     root = Path(root)
     if (root / "cgroup.controllers").exists() or (root / "memory.max").exists():      # v2
-        own = _own_cgroup_path(Path(proc_self_cgroup), None).strip("/")
-        found = []
-        folder = root / own if own else root
-        while True:
-            value = _read_int(folder / "memory.max")
-            if value is not None:
-                found.append((value, f"cgroup v2 {folder / 'memory.max'}"))
-            if folder == root or root not in folder.parents:
-                break
-            folder = folder.parent
+        found = [(value, f"cgroup v2 {folder / 'memory.max'}") for folder in _v2_groups(root, proc_self_cgroup)
+                 if (value := _read_int(folder / "memory.max")) is not None]
         return min(found) if found else None
     memory = root / "memory"                                                            # v1
     if memory.is_dir():
@@ -98,15 +102,11 @@ def cpu_quota(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROU
     root = Path(root)
     try:
         if (root / "cgroup.controllers").exists() or (root / "cpu.max").exists():
-            own = _own_cgroup_path(Path(proc_self_cgroup), None).strip("/")
-            folder, found = (root / own if own else root), []
-            while True:
+            found = []
+            for folder in _v2_groups(root, proc_self_cgroup):
                 text = (folder / "cpu.max").read_text().split() if (folder / "cpu.max").is_file() else []
                 if len(text) == 2 and text[0] != "max":
                     found.append(int(text[0]) / int(text[1]))
-                if folder == root or root not in folder.parents:
-                    break
-                folder = folder.parent
             return min(found) if found else None
         cpu = next((root / d for d in ("cpu", "cpu,cpuacct") if (root / d).is_dir()), None)
         if cpu is not None:
@@ -118,7 +118,7 @@ def cpu_quota(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROU
     return None
 
 
-def usable_cores(env: dict | None = None, quota: float | None = -1.0) -> int:
+def usable_cores(quota: float | None = -1.0) -> int:
     """Cores this process may really use: its CPU affinity, capped by the cgroup's CPU quota."""
     try:
         cores = len(os.sched_getaffinity(0))
