@@ -14,6 +14,7 @@ import torch
 
 from .arch import arch_of
 from .models import layers_of
+from .resources import reusing_freed_memory
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ChannelStats:
 
 
 @torch.no_grad()
+@reusing_freed_memory()
 def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
     """{(layer, "attn" | "mlp"): ChannelStats} of o_proj / down_proj inputs over every token."""
     stats: dict[tuple[int, str], ChannelStats] = {}

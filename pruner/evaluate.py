@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import find_text
+from .resources import reusing_freed_memory
 from .tasks import Doc, find_task
 
 _TOKENIZED: dict = {}   # (tokenizer id, corpus, data dir) -> (1-D ids, origin); tokenising takes seconds
@@ -36,6 +37,7 @@ def tokenized_corpus(tokenizer, corpus: str, data_dir_path=None) -> tuple[torch.
 
 
 @torch.no_grad()
+@reusing_freed_memory()
 def perplexity(model, tokenizer, corpus: str = "wikitext2", seq_len: int = 128,
                max_windows: int | None = None, batch_size: int = 8, data_dir_path=None,
                progress: bool = True) -> dict:
@@ -80,6 +82,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 @torch.no_grad()
+@reusing_freed_memory()
 def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16,
                    max_length: int | None = None, progress: bool = True, desc: str = "") -> list[float]:
     """Sum of continuation token log-probs for each (context, continuation)."""

@@ -26,6 +26,7 @@ import torch
 
 from .models import decoder_body, head_logits
 from .data import ASSETS, DataUnavailableError, read_text_source
+from .resources import reusing_freed_memory
 
 LLM_PRUNER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUILTIN_PROMPTS = ASSETS / "instructions.txt"
@@ -371,6 +372,7 @@ class LoraRecovery:
         """End training after the step in progress."""
         self._stop = True
 
+    @reusing_freed_memory()      # freed activations reused within the step, returned after it
     def train_step(self) -> dict:
         """One optimizer step (grad_accum micro-batches); returns its figures."""
         s = self.settings

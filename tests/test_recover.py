@@ -158,3 +158,14 @@ def test_chunked_loss_backward_matches_the_full_logits_loss(family):
     assert ce.item() == pytest.approx(ce_full.item(), rel=1e-5) and kl.item() == pytest.approx(kl_full.item(), rel=1e-4)
     for p, g in zip(trainable, expected):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_a_lora_step_reuses_freed_memory_and_hands_it_back(vocab_model, tokenizer):
+    from pruner.resources import ALLOCATOR, return_large_frees_to_os
+
+    if not return_large_frees_to_os():
+        pytest.skip("not glibc")
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=2))
+    phases = ALLOCATOR.phases
+    rec.train_step()
+    assert ALLOCATOR.phases == phases + 1 and ALLOCATOR.reusers == 0

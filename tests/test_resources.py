@@ -108,3 +108,33 @@ def test_cpu_quota_and_server_threads(tmp_path):
     assert usable_cores(quota=2.0) <= 2 and usable_cores(quota=None) >= 1
     assert server_threads({}, cores=2) == 2 and server_threads({}, cores=1) == 1
     assert server_threads({}, cores=8) == 7 and server_threads({"PRUNING_STUDIO_THREADS": "3"}, cores=8) == 3
+
+
+def test_reusing_freed_memory_is_counted_and_hands_the_heap_back():
+    """Inside the phase freed 8 MB blocks stay in the heap for reuse; leaving it (the last of
+    nested or concurrent users) restores the bounded mode and trims: RSS returns to what is live."""
+    import threading
+
+    import torch
+
+    from pruner.resources import ALLOCATOR, return_large_frees_to_os, reusing_freed_memory
+    from pruner.stats import rss_bytes
+
+    if not return_large_frees_to_os():
+        pytest.skip("not glibc")
+    phases = ALLOCATOR.phases
+    before = rss_bytes()
+    with reusing_freed_memory():
+        with reusing_freed_memory():         # nested: one phase
+            assert ALLOCATOR.reusers == 2
+        blocks = [torch.ones(2 * 2**20) for _ in range(24)]     # 24 x 8 MB from the heap
+        assert rss_bytes() - before > 150 * 2**20
+        del blocks
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(ALLOCATOR.reusers))
+        with reusing_freed_memory():
+            worker.start()
+            worker.join()
+    assert ALLOCATOR.reusers == 0 and ALLOCATOR.phases == phases + 1
+    assert rss_bytes() - before < 40 * 2**20         # the 192 MB freed went back to the OS
+
