@@ -12,6 +12,7 @@ import sys
 import time
 
 from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
+from .criteria import REGISTRY
 from .importance import AGGREGATIONS, ALIASES, CRITERIA
 from .models import ModelLoadError
 from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
@@ -52,7 +53,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA + tuple(ALIASES))
+    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA + tuple(ALIASES),
+                   help="per member slice: " + "; ".join(f"{n}: {c.formula.split('   ')[0]}"
+                                                        for n, c in REGISTRY.items()))
     p.add_argument("--aggregation", default="sum" if defaults else None, choices=AGGREGATIONS)
     p.add_argument("--calib-data", default="builtin",
                    help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")

@@ -1,23 +1,12 @@
 """Group importance: the paper's criteria on each member slice, then an aggregation over members.
 
-For a member slice W (one weight read along one dimension for one group), with g = dL/dW of the
-calibration loss (mean token NLL of all samples) and F = mean_n (dL_n/dW)^2 the Fisher diagonal
-from per-sample gradients (float32 whatever the model dtype), following the paper (Eq. numbers of
-arXiv 2305.11627):
-
-    random              uniform(0, 1) per group (seeded; the aggregation does not apply)
-    l1                  sum |w|
-    l2                  sum w^2                       (LLM-Pruner's MagnitudeImportance, p=2)
-    taylor-vector       | sum g*w |                   (Eq. 3-4, vector-wise: the whole member slice)
-    taylor-vector-rows  sum over rows of | sum g*w |  (the official code's "vectorize": |sum| per
-                                                       output row (input column for o / down), summed)
-    taylor-element1     sum |g*w|                     (Eq. 5, element-wise, first order)
-    taylor-element2     sum |g*w - 0.5*F*w^2|         (Eq. 5 with the Hessian diagonal ~ Fisher:
-                                                       the official param_mix; `taylor-mix` is an alias)
-    taylor-second       sum F*w^2                     (the official param_second: second-order term alone)
-    fluctuation         FLAP: sum over the group's input channels c of the last weight (o_proj /
-                        down_proj) of Var[x_c] * ||W[:, c]||^2 (activations only; the aggregation
-                        does not apply)
+For a member slice W (one weight read along one dimension for one group), each criterion is a
+small registered class in `criteria.py` that names what it needs (weights, the gradient
+g = dL/dW of the calibration loss, the float32 Fisher diagonal F = mean_n (dL_n/dW)^2 from
+per-sample gradients whatever the model dtype, activations) and gives its per-member formula
+(Eq. numbers of arXiv 2305.11627): random, l1, l2, taylor-vector (Eq. 3-4), taylor-vector-rows
+(the official "vectorize"), taylor-element1 / taylor-element2 (Eq. 5; `taylor-mix` is an alias),
+taylor-second, fluctuation (FLAP). This module runs the passes they need.
 
 Aggregations over the members of a group (Eq. 6), in execution order (q, k, v, o / gate, up,
 down): sum, mean, max, prod, first, last (the paper's "last-only": o_proj / down_proj). "first"
@@ -49,19 +38,20 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .arch import arch_of
+from .criteria import REGISTRY, Criterion, criterion
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
 
-CRITERIA = ("random", "l1", "l2", "taylor-vector", "taylor-vector-rows", "taylor-element1",
-            "taylor-element2", "taylor-second", "fluctuation")
+CRITERIA = tuple(REGISTRY)            # pruner/criteria.py: one registered class per criterion
 ALIASES = {"taylor-mix": "taylor-element2"}   # LLM-Pruner's name for the paper's element-wise second order
-CALIBRATION_FREE = ("random", "l1", "l2")
+CALIBRATION_FREE = tuple(name for name, c in REGISTRY.items() if c.calibration_free)
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
-GRADIENT_CRITERIA = tuple(c for c in CRITERIA if c.startswith("taylor"))
+GRADIENT_CRITERIA = tuple(name for name, c in REGISTRY.items() if c.needs & {"gradient", "fisher"})
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
 LOSS_CHUNK = 64    # tokens per vocabulary-projection chunk in low-memory scoring
 ACCUMULATOR_SHARE = 0.25   # low-memory mode: float32 Fisher buffers held at once / the model's weight bytes
-FISHER_CRITERIA = ("taylor-element2",)
+# Fisher buffers held until a gradient pass reads them (taylor-second adds per sample instead)
+FISHER_CRITERIA = tuple(name for name, c in REGISTRY.items() if {"fisher", "gradient"} <= c.needs)
 FP16_LOSS_SCALE = 1024.0   # float16 models: loss x this before backward, gradients / this in float32
 
 
@@ -89,6 +79,11 @@ class ScoreConfig:
 def canonical(criterion: str) -> str:
     """The criterion's own name (aliases such as taylor-mix resolved)."""
     return ALIASES.get(criterion, criterion)
+
+
+def criterion_of(name: str) -> Criterion:
+    """The registered criterion (pruner/criteria.py) of `name` or its alias."""
+    return criterion(canonical(name))
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -294,13 +289,11 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
 
     input_ids: (n_samples, seq_len) calibration tokens on the model's device.
     """
-    criterion = canonical(criterion)
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
+    crit = criterion_of(criterion)
     params = dict(model.named_parameters())
     device = next(model.parameters()).device
     stats = [torch.zeros(len(f.members), f.n_groups, device=device) for f in fams]
-    if criterion == "random":
+    if "seed" in crit.needs:
         gen = torch.Generator().manual_seed(seed)
         for f, fam in enumerate(fams):
             stats[f][:] = torch.rand(fam.n_groups, generator=gen).to(device)
@@ -313,51 +306,51 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
             values = elementwise(member) if callable(elementwise) else elementwise
             into[f][m] += reduce_to_groups(values, member, fams[f].n_groups)
 
-    if criterion == "fluctuation":
+    if "activations" in crit.needs:
         return _fluctuation(model, input_ids, fams, stats, params)
 
-    if criterion in ("l1", "l2"):
+    if crit.needs == {"weights"}:
         with torch.no_grad():
             for name in by_param:
-                w = params[name].detach().float()
-                add(name, w.abs() if criterion == "l1" else w * w, stats)
-        return stats
+                add(name, crit.element(params[name].detach().float()), stats)
+        return crit.finish(stats)
 
     if input_ids is None or input_ids.numel() == 0:
-        raise ValueError(f"{criterion} needs calibration samples (input_ids)")
+        raise ValueError(f"{crit.name} needs calibration samples (input_ids)")
     input_ids = input_ids.to(device)
-    low_memory = resolve_low_memory(model, input_ids, batch_size, low_memory, criterion)
+    low_memory = resolve_low_memory(model, input_ids, batch_size, low_memory, crit.name)
     names = set(by_param)
     budget = None
-    if low_memory and criterion in FISHER_CRITERIA:
+    if low_memory and crit.name in FISHER_CRITERIA:
         budget = int(ACCUMULATOR_SHARE * sum(p.numel() * p.element_size() for p in params.values()))
     was_training = model.training
     model.eval()
     last_accumulator_peak["bytes"] = 0
     try:
         for chunk in accumulator_chunks(params, names, budget):
-            _gradient_statistics(model, input_ids, criterion, chunk, add, stats, batch_size, low_memory)
+            _gradient_statistics(model, input_ids, crit, chunk, add, stats, batch_size, low_memory)
     finally:
         model.train(was_training)
-    if criterion == "taylor-vector":
-        stats = [s.abs() for s in stats]
-    return stats
+    return crit.finish(stats)
 
 
 # the largest set of float32 Fisher buffers held at once by the last scoring (bytes): tests read it
 last_accumulator_peak = {"bytes": 0}
 
 
-def _gradient_statistics(model, input_ids, criterion, names, add, stats, batch_size, low_memory) -> None:
-    """The gradient criteria's passes over the weights `names` (one accumulator chunk)."""
+def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, low_memory) -> None:
+    """The passes `crit` needs over the weights `names` (one accumulator chunk): per-sample
+    gradients for the Fisher diagonal, then the accumulated gradient."""
     fisher: dict[str, torch.Tensor] = {}
     n = input_ids.shape[0]
-    if criterion in ("taylor-element2", "taylor-second"):
+    if "fisher" in crit.needs:
+        fisher_only = "gradient" not in crit.needs        # taylor-second: added up per sample
+
         # per-sample gradients: F = mean_n g_n^2, accumulated in float32
         def on_sample_grad(name, w, g):
             g2 = g.float().square_() / n
-            if criterion == "taylor-second":
-                add(name, g2.mul_(w.float().square()), stats)
+            if fisher_only:
+                add(name, crit.element(w.float(), fisher=g2), stats)
             elif name in fisher:
                 fisher[name] += g2
             else:
@@ -367,19 +360,11 @@ def _gradient_statistics(model, input_ids, criterion, names, add, stats, batch_s
         samples = list(torch.split(input_ids, 1))
         _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
                          low_memory=low_memory)
-        if criterion == "taylor-second":
+        if fisher_only:
             return
 
     def on_grad(name, w, g):
-            w32, gw = w.float(), g.float() * w.float()
-            if criterion == "taylor-vector":
-                add(name, gw, stats)                                   # |sum| taken at the end
-            elif criterion == "taylor-vector-rows":
-                add(name, lambda m: gw.abs() if gw.dim() == 1 else gw.sum(1 - m.dim).abs_(), stats)
-            elif criterion == "taylor-element2":
-                add(name, (gw - 0.5 * fisher.pop(name) * w32.square()).abs_(), stats)
-            else:
-                add(name, gw.abs_(), stats)
+        add(name, crit.element(w.float(), g.float(), fisher.pop(name, None)), stats)
 
     batches, weights = _split(input_ids, batch_size)
     _backward_passes(model, names, batches, weights, on_grad, accumulate=True, low_memory=low_memory)
@@ -407,12 +392,10 @@ def scores_frame(model, fams: list[Family], stats: list[torch.Tensor], criterion
     """Aggregate member statistics into the tidy scores DataFrame (COLUMNS)."""
     frames = []
     for fam, member_scores in zip(fams, stats):
-        if criterion == "random":
-            group_scores = member_scores[0]
-        elif criterion == "fluctuation":
-            group_scores = member_scores[-1]
-        else:
+        if criterion_of(criterion).aggregates:
             group_scores = aggregate(member_scores, aggregation)
+        else:           # one score per group: random fills every member row, fluctuation the last
+            group_scores = member_scores[-1]
         frames.append(pd.DataFrame({
             "layer": np.full(fam.n_groups, fam.layer, dtype=np.int64),
             "kind": fam.kind,

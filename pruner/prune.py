@@ -201,6 +201,44 @@ class Plan:
             gone |= scores.kind.isin(["attn", "qhead", "mlp"]) & scores.layer.isin(self.drop_layers)
         return scores[gone]
 
+    def params_removed(self, model, scores: pd.DataFrame) -> int:
+        """Parameters this plan removes from `model` (counted, no model built)."""
+        return params_removed(model, scores, self)
+
+    def apply(self, model, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None,
+              in_place: bool = False):
+        """The model with this plan's groups cut out (a copy unless `in_place`; see apply_plan)."""
+        return apply_plan(model, self, input_stats, recompute_ids, in_place)
+
+    def summary(self, model=None) -> str:
+        """One line per changed layer: what it keeps (of what `model`, the model before the cut,
+        had, when given), then the residual channels and the dropped layers."""
+        had = {}
+        if model is not None:
+            had = {"qhead": lambda i: attention_shape(model, i)[0],
+                   "attn": lambda i: attention_shape(model, i)[1],
+                   "mlp": lambda i: arch_of(model).mlp_width(layers_of(model)[i]),
+                   "hidden": lambda _: model.config.hidden_size}
+
+        def kept(kind, n, layer=None):
+            return f"{n}/{had[kind](layer)}" if had else f"{n}"
+
+        lines = []
+        for layer in sorted({*self.attn_keep, *self.qhead_keep, *self.mlp_keep}):
+            parts = [f"{kept(kind, len(keep[layer]), layer)} {what}"
+                     for kind, what, keep in (("qhead", "query heads", self.qhead_keep),
+                                              ("attn", "KV groups", self.attn_keep),
+                                              ("mlp", "MLP channels", self.mlp_keep)) if layer in keep]
+            lines.append(f"layer {layer}: keeps " + ", ".join(parts))
+        if self.hidden_keep is not None:
+            lines.append(f"hidden: keeps {kept('hidden', len(self.hidden_keep))} residual channels")
+        if self.drop_layers:
+            lines.append("drops decoder layers " + ", ".join(map(str, self.drop_layers)))
+        return "\n".join(lines) or "removes nothing"
+
+    def __str__(self) -> str:
+        return self.summary()
+
 
 # ----------------------------------------------------------------------------- planning
 

@@ -254,3 +254,27 @@ def test_native_bfloat16_only_from_ampere(monkeypatch):
     assert models.pick_dtype(torch.device("cuda")) == torch.float16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))    # an H100
     assert models.pick_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def test_the_criteria_registry_says_what_each_needs_and_computes_its_formula():
+    from pruner.criteria import REGISTRY, criterion
+    from pruner.importance import CALIBRATION_FREE, CRITERIA, FISHER_CRITERIA, GRADIENT_CRITERIA
+
+    assert CRITERIA == tuple(REGISTRY) and all(REGISTRY[c].formula for c in CRITERIA)
+    assert set(CALIBRATION_FREE) == {"random", "l1", "l2"}
+    assert set(GRADIENT_CRITERIA) == {c for c in CRITERIA if c.startswith("taylor")}
+    assert FISHER_CRITERIA == ("taylor-element2",)
+    assert [c for c in CRITERIA if not REGISTRY[c].aggregates] == ["random", "fluctuation"]
+    w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    g = torch.tensor([[0.5, 1.0], [-1.0, 2.0]])
+    f = torch.tensor([[2.0, 1.0], [0.0, 4.0]])
+    # by hand: g*w = [[0.5, -2], [-3, 1]]; F*w^2 = [[2, 4], [0, 1]]
+    assert criterion("l1").element(w).tolist() == [[1.0, 2.0], [3.0, 0.5]]
+    assert criterion("l2").element(w).tolist() == [[1.0, 4.0], [9.0, 0.25]]
+    assert criterion("taylor-element1").element(w, g).tolist() == [[0.5, 2.0], [3.0, 1.0]]
+    assert criterion("taylor-element2").element(w, g, f).tolist() == [[0.5, 4.0], [3.0, 0.5]]
+    assert criterion("taylor-second").element(w, fisher=f).tolist() == [[2.0, 4.0], [0.0, 1.0]]
+    vector = criterion("taylor-vector")
+    assert vector.finish([vector.element(w, g).sum(1)])[0].tolist() == [1.5, 2.0]    # |0.5-2|, |-3+1|
+    with pytest.raises(ValueError, match="unknown criterion"):
+        criterion("magic")

@@ -142,6 +142,23 @@ def test_removed_groups_marks_the_plan(model, calib):
     assert len(gone[gone.kind == "mlp"]) == 24
 
 
+def test_a_plan_counts_applies_and_describes_its_cut(calib):
+    model = tiny_model(n_heads=4, n_kv=2)
+    scores = score(model, calib, ScoreConfig("l2"))
+    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(1, 2)))
+    before = count_params(model)["params"]
+    pruned = plan.apply(model)
+    # the count without building a model equals the built model's loss of parameters
+    assert plan.params_removed(model, scores) == before - count_params(pruned)["params"]
+    # hand-computed: 3 layers keep 1 of 2 KV groups (2 of 4 query heads), layer 1 keeps 24 of 48 channels
+    assert plan.summary(model).splitlines() == [
+        "layer 0: keeps 1/2 KV groups", "layer 1: keeps 1/2 KV groups, 24/48 MLP channels",
+        "layer 2: keeps 1/2 KV groups"]
+    assert str(plan).startswith("layer 0: keeps 1 KV groups")
+    assert Plan().summary() == "removes nothing"
+    assert count_params(model)["params"] == before       # apply copies
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(ratio=1.0), "ratio"), (dict(ratio=-0.1), "ratio"), (dict(target_params=0.99), "target"),
     (dict(strategy="magic"), "strategy"), (dict(scope="world"), "scope"),
