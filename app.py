@@ -261,8 +261,9 @@ def show_structure(layer, request: gr.Request):
 def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind="mlp", zoom_layer=3,
               request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    progress(0.1, desc=f"scoring with {criterion} (forward + backward on the calibration tokens)")
-    scores, hit = handlers.run_score(STORE, session, criterion, aggregation, source, samples, seq_len)
+    progress(0.05, desc=f"scoring with {criterion}: tokenizing the calibration text")
+    scores, hit = handlers.run_score(STORE, session, criterion, aggregation, source, samples, seq_len,
+                                     progress=progress)
     session.removed = None
     attn, mlp = handlers.heatmaps(session, scale)
     top = scores.groupby("kind").score.agg(["min", "median", "max"]).reset_index()
@@ -333,8 +334,8 @@ def run_prune(mode, amount, scope, strategy, granularity, one_ratio, attn_share,
 @friendly(2)
 @gpu
 def run_contrast(amount, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-    progress(0.2, desc="magnitude pruning a copy, then measuring it")
-    return handlers.magnitude_contrast(STORE, session_of(request), amount)
+    progress(0.05, desc="magnitude pruning a copy, then measuring it")
+    return handlers.magnitude_contrast(STORE, session_of(request), amount, progress)
 
 
 @friendly(2)

@@ -243,7 +243,9 @@ def low_memory_scoring(store: Store, model, criterion: str, samples: int, seq_le
 
 
 def run_score(store: Store, session: Session, criterion, aggregation, source, samples, seq_len,
-              kinds=("attn", "mlp")) -> tuple[pd.DataFrame, bool]:
+              kinds=("attn", "mlp"), progress=None) -> tuple[pd.DataFrame, bool]:
+    """The scores of the session's original (from the class cache when anyone computed them);
+    `progress(fraction, desc=...)` follows the engine's forward+backward passes."""
     calib = _calibration_spec(source, samples, seq_len)
     criterion = canonical(criterion)
     config = ScoreConfig(criterion, aggregation, kinds=tuple(kinds))
@@ -257,8 +259,10 @@ def run_score(store: Store, session: Session, criterion, aggregation, source, sa
         n, length = calib["samples"], calib["seq_len"]
         config.low_memory = low_memory_scoring(store, original.model, criterion, n, length)
         peak = footprint.score_peak(original.model, criterion, n, length, config.low_memory)
-        with store.admit("scoring", peak), accelerated(original.model):
-            return score(original.model, ids, config)
+        with store.admit("scoring", peak, progress), accelerated(original.model):
+            return score(original.model, ids, config, progress=(
+                lambda fraction, phase: progress(0.1 + 0.85 * fraction, desc=f"scoring with {criterion}: {phase}"))
+                if progress else None)
 
     scores, hit, key = store.compute("scores", spec, compute)
     session.remember(key, "scores", spec, compute)
@@ -651,7 +655,7 @@ def run_prune(store: Store, session: Session, config: PruneConfig, criterion, ag
             *heatmaps(session, scale, removed), text)
 
 
-def magnitude_contrast(store: Store, session: Session, share: float):
+def magnitude_contrast(store: Store, session: Session, share: float, progress=None):
     """Unstructured magnitude pruning at the same share, beside this session's structured result,
     measured by the same `measure`: zeros inside the same matrices versus smaller matrices."""
     from torch.nn.utils import prune as torch_prune
@@ -665,8 +669,13 @@ def magnitude_contrast(store: Store, session: Session, share: float):
     if session.prune_key and store.peek(session.prune_key) is not None:
         structured_model = _pruned_model(store, session)
 
+    def say(fraction, what):
+        if progress:
+            progress(fraction, desc=what)
+
     def compute():
-        with store.admit("the unstructured contrast", footprint.copy_peak(original.model, 8 * 128)):
+        with store.admit("the unstructured contrast", footprint.copy_peak(original.model, 8 * 128), progress):
+            say(0.2, f"zeroing the smallest {100 * share:.0f}% of each matrix in a copy")
             sparse = copy.deepcopy(original.model)
             linears = [m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
             for m in linears:
@@ -674,7 +683,9 @@ def magnitude_contrast(store: Store, session: Session, share: float):
                 torch_prune.remove(m, "weight")
             models = [original.model, sparse] + ([structured_model] if structured_model is not None else [])
             with accelerated(*models):
+                say(0.35, "quick perplexity of the unstructured copy")
                 figures_ = measure(sparse, original.tokenizer)
+                say(0.65, f"timing {len(models)} models' decoding side by side")
                 speeds = decode_speeds(models, original.tokenizer)      # side by side, taking turns
             return {"sparse": figures_, "speeds": [speed_figures(s) for s in speeds]}
 
@@ -973,9 +984,15 @@ def run_evaluation(store: Store, session: Session, which: list[str], corpora: li
                     res["details"]["wikitext2"] = {"data": quick[QUICK_PPL_DATA]}
                     rest.remove("wikitext2")
             if rest or tasks:
-                with store.admit("evaluation", footprint.evaluate_peak(models[name])), accelerated(models[name]):
+                def on_part(j, total, part, i=i, name=name):
+                    if progress:
+                        progress((i + j / total) / len(chosen),
+                                 desc=f"evaluating {name}: {part} ({j + 1} of {total})")
+                with store.admit("evaluation", footprint.evaluate_peak(models[name]), progress), \
+                        accelerated(models[name]):
                     more = evaluate(models[name], tokenizer, rest, tasks, max_windows=int(windows),
-                                    limit=int(limit), data_dir_path=data_dir(), progress=False)
+                                    limit=int(limit), data_dir_path=data_dir(), progress=False,
+                                    on_part=on_part)
                 for part in res:
                     res[part].update(more[part])
                 res["acc_mean"] = more.get("acc_mean")

@@ -147,19 +147,28 @@ def multiple_choice(model, tokenizer, task: str, limit: int | None = None, batch
 
 def evaluate(model, tokenizer, ppl: list[str] = (), tasks: list[str] = (), seq_len: int = 128,
              max_windows: int | None = None, limit: int | None = None, batch_size: int = 8,
-             data_dir_path=None, progress: bool = True) -> dict:
+             data_dir_path=None, progress: bool = True, on_part=None) -> dict:
     """{"ppl": {corpus: value}, "acc": {task: acc_norm or acc}, "details": {...}}.
+
+    on_part: optional callable(index, total, name) before each corpus and task (for UIs).
 
     "acc" holds the figure the paper reports: acc_norm where lm-eval defines it for the task
     (hellaswag, arc, openbookqa, piqa), plain acc for boolq, winogrande and copa.
     """
     model.eval()
     out = {"ppl": {}, "acc": {}, "details": {}}
+    parts = list(ppl) + list(tasks)
+
+    def starting(name):
+        if on_part:
+            on_part(parts.index(name), len(parts), name)
     for corpus in ppl:
+        starting(corpus)
         res = perplexity(model, tokenizer, corpus, seq_len, max_windows, batch_size, data_dir_path, progress)
         out["ppl"][corpus] = res["ppl"]
         out["details"][corpus] = res
     for task in tasks:
+        starting(task)
         res = multiple_choice(model, tokenizer, task, limit, 2 * batch_size, data_dir_path, progress)
         out["acc"][task] = res["acc_norm"] if task in NORMED_TASKS else res["acc"]
         out["details"][task] = res

@@ -166,13 +166,34 @@ def layer_checkpointing(model, enabled: bool = True):
             del layer.forward
 
 
+class PassCounter:
+    """Progress of scoring's forward+backward passes for a callback(fraction, phase): each pass
+    counts 1, advanced within a pass by the share of scored weights whose gradient has arrived."""
+
+    def __init__(self, total_passes: int, progress: Callable[[float, str], None] | None):
+        self.total, self.progress, self.done, self.last = max(1, total_passes), progress, 0, -1.0
+        self.phase = ""
+
+    def within(self, share: float) -> None:
+        fraction = min(1.0, (self.done + share) / self.total)
+        if self.progress and (fraction - self.last >= 0.02 or share >= 1.0):
+            self.last = fraction
+            self.progress(fraction, f"{self.phase}: pass {min(self.done + 1, self.total)} of {self.total}")
+
+    def finished_pass(self) -> None:
+        self.within(1.0)
+        self.done += 1
+
+
 def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weights: list[float],
                      on_grad: Callable[[str, torch.Tensor, torch.Tensor], None], accumulate: bool,
-                     low_memory: bool = True):
+                     low_memory: bool = True, counter: PassCounter | None = None):
     """Run forward+backward on each batch; `on_grad(name, weight, grad)` sees each scored weight's
     gradient (after the last batch when `accumulate`, else after every batch) and the gradient is
-    dropped right after. Only weights in `names` require grad during the passes."""
+    dropped right after. Only weights in `names` require grad during the passes. `counter` hears of
+    every gradient and every finished pass."""
     params = dict(model.named_parameters())
+    arrived = {"n": 0}
     saved = {id(p): p.requires_grad for p in model.parameters()}
     state = {"act": False}
     handles = []
@@ -181,6 +202,9 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
 
     def hook_for(name):
         def hook(p):
+            arrived["n"] += 1
+            if counter:
+                counter.within(arrived["n"] / len(names))
             if state["act"]:
                 grad = p.grad.detach()
                 on_grad(name, p.detach(), grad if scale == 1.0 else grad.float() / scale)
@@ -197,8 +221,11 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
         with layer_checkpointing(model, low_memory):
             for i, (batch, weight) in enumerate(zip(batches, weights)):
                 state["act"] = (not accumulate) or i == len(batches) - 1
+                arrived["n"] = 0
                 loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
                 (loss * scale).backward()
+                if counter:
+                    counter.finished_pass()
     finally:
         for h in handles:
             h.remove()
@@ -284,10 +311,12 @@ def resolve_low_memory(model, input_ids: torch.Tensor, batch_size: int | None,
 
 def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list[Family],
                       seed: int = 0, batch_size: int | None = None,
-                      low_memory: bool | None = None) -> list[torch.Tensor]:
+                      low_memory: bool | None = None,
+                      progress: Callable[[float, str], None] | None = None) -> list[torch.Tensor]:
     """Per family a (n_members, n_groups) float32 tensor of member-slice scores.
 
     input_ids: (n_samples, seq_len) calibration tokens on the model's device.
+    progress: optional callable(fraction, phase) through the forward+backward passes.
     """
     crit = criterion_of(criterion)
     params = dict(model.named_parameters())
@@ -326,9 +355,13 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     was_training = model.training
     model.eval()
     last_accumulator_peak["bytes"] = 0
+    chunks = accumulator_chunks(params, names, budget)
+    per_chunk = (input_ids.shape[0] if "fisher" in crit.needs else 0) + \
+        (len(_split(input_ids, batch_size)[0]) if "gradient" in crit.needs else 0)
+    counter = PassCounter(len(chunks) * per_chunk, progress)
     try:
-        for chunk in accumulator_chunks(params, names, budget):
-            _gradient_statistics(model, input_ids, crit, chunk, add, stats, batch_size, low_memory)
+        for chunk in chunks:
+            _gradient_statistics(model, input_ids, crit, chunk, add, stats, batch_size, low_memory, counter)
     finally:
         model.train(was_training)
     return crit.finish(stats)
@@ -338,7 +371,8 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
 last_accumulator_peak = {"bytes": 0}
 
 
-def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, low_memory) -> None:
+def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, low_memory,
+                         counter: PassCounter | None = None) -> None:
     """The passes `crit` needs over the weights `names` (one accumulator chunk): per-sample
     gradients for the Fisher diagonal, then the accumulated gradient."""
     fisher: dict[str, torch.Tensor] = {}
@@ -358,8 +392,10 @@ def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, 
                 held = sum(f.numel() * 4 for f in fisher.values())
                 last_accumulator_peak["bytes"] = max(last_accumulator_peak["bytes"], held)
         samples = list(torch.split(input_ids, 1))
+        if counter:
+            counter.phase = "per-sample gradients for the Fisher diagonal"
         _backward_passes(model, names, samples, [1.0] * n, on_sample_grad, accumulate=False,
-                         low_memory=low_memory)
+                         low_memory=low_memory, counter=counter)
         if fisher_only:
             return
 
@@ -367,7 +403,10 @@ def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, 
         add(name, crit.element(w.float(), g.float(), fisher.pop(name, None)), stats)
 
     batches, weights = _split(input_ids, batch_size)
-    _backward_passes(model, names, batches, weights, on_grad, accumulate=True, low_memory=low_memory)
+    if counter:
+        counter.phase = "forward + backward on the calibration tokens"
+    _backward_passes(model, names, batches, weights, on_grad, accumulate=True, low_memory=low_memory,
+                     counter=counter)
 
 
 def _fluctuation(model, input_ids, fams, stats, params):
@@ -410,7 +449,7 @@ def scores_frame(model, fams: list[Family], stats: list[torch.Tensor], criterion
 
 
 def score(model, input_ids: torch.Tensor | None, config: ScoreConfig | None = None,
-          **overrides) -> pd.DataFrame:
+          progress: Callable[[float, str], None] | None = None, **overrides) -> pd.DataFrame:
     """Score every group of `config.kinds` in every layer -> DataFrame with COLUMNS.
 
     `layer` and `group` are 0-based ints (`layer` is -1 for model-wide hidden channels).
@@ -419,7 +458,7 @@ def score(model, input_ids: torch.Tensor | None, config: ScoreConfig | None = No
     config.validate()
     fams = all_families(model, config.kinds)
     stats = member_statistics(model, input_ids, config.criterion, fams, config.seed,
-                              config.batch_size, config.low_memory)
+                              config.batch_size, config.low_memory, progress)
     return scores_frame(model, fams, stats, config.criterion, config.aggregation)
 
 

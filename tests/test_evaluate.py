@@ -105,6 +105,14 @@ def test_evaluate_reports_paper_metric(vocab_model, tokenizer, data_dir):
     assert out["acc_mean"] == pytest.approx(np.mean(list(out["acc"].values())))
 
 
+def test_evaluate_names_each_part_before_it_starts(vocab_model, tokenizer):
+    heard = []
+    out = evaluate(vocab_model, tokenizer, ppl=["wikitext2"], tasks=["piqa"], max_windows=2, limit=3,
+                   progress=False, on_part=lambda i, n, name: heard.append((i, n, name)))
+    assert heard == [(0, 2, "wikitext2"), (1, 2, "piqa")]
+    assert set(out["ppl"]) == {"wikitext2"} and set(out["acc"]) == {"piqa"}
+
+
 def test_model_stats(vocab_model, tokenizer):
     stats = model_stats(vocab_model, tokenizer, seq_len=16)
     assert stats["params"] == sum(p.numel() for p in vocab_model.parameters())

@@ -278,3 +278,16 @@ def test_the_criteria_registry_says_what_each_needs_and_computes_its_formula():
     assert vector.finish([vector.element(w, g).sum(1)])[0].tolist() == [1.5, 2.0]    # |0.5-2|, |-3+1|
     with pytest.raises(ValueError, match="unknown criterion"):
         criterion("magic")
+
+
+def test_scoring_reports_its_passes_as_real_fractions(model, calib):
+    """taylor-element2 on 4 samples: 4 per-sample passes for the Fisher diagonal, then 1 gradient
+    pass: the fractions rise to 1.0 and each pass's end is reported under its phase."""
+    heard = []
+    score(model, calib, ScoreConfig("taylor-element2", low_memory=False), progress=lambda f, what: heard.append((f, what)))
+    fractions = [f for f, _ in heard]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    ends = [(round(f, 3), what) for f, what in heard if what.endswith(("of 5",)) and round(f * 5, 6).is_integer()]
+    assert (0.2, "per-sample gradients for the Fisher diagonal: pass 1 of 5") in ends
+    assert (1.0, "forward + backward on the calibration tokens: pass 5 of 5") in ends
+    assert score(model, calib, ScoreConfig("l2"), progress=lambda f, what: heard.append(f)) is not None
