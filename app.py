@@ -20,7 +20,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from components import figures, handlers
+from components import controls, figures, handlers
 from components import lesson_text as text
 from components.session import SessionError, SessionRegistry
 from components.lesson import start_warm_start, warm_start_enabled
@@ -31,7 +31,7 @@ from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableErr
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.importance import AGGREGATIONS, CRITERIA
 from pruner.models import ModelLoadError
-from pruner.prune import default_layer_range
+from pruner.prune import PruneConfig, default_layer_range
 from pruner.recipes import RECIPES
 from pruner.recover import PRESET_DATA, PRESETS
 from pruner.resources import return_large_frees_to_os, server_threads
@@ -49,6 +49,7 @@ STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if ent
 # pruned and merged models and finished recoveries that do not fit go to the export disk (its budget)
 # and come back in a second
 STORE.spill = Spill(handlers.export_disk())
+START = RECIPES["default"][1]      # the Prune tab starts on the default recipe
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
@@ -669,28 +670,25 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
                                     label="amount is a")
-                    amount = gr.Slider(handlers.AMOUNT_MIN, handlers.AMOUNT_MAX, value=0.2, step=handlers.AMOUNT_STEP,
+                    amount = gr.Slider(handlers.AMOUNT_MIN, handlers.AMOUNT_MAX, value=START.target_params,
+                                       step=handlers.AMOUNT_STEP,
                                        label="amount")
-                    strategy = gr.Radio(["block", "channel", "layer"], value="block", label="strategy")
-                    scope = gr.Radio(["local", "global"], value="local", label="scope")
+                    strategy = controls.radio(PruneConfig, "strategy", START.strategy)
+                    scope = controls.radio(PruneConfig, "scope", START.scope)
                 with gr.Row():
-                    granularity = gr.Radio(["kv-group", "query-heads"], value="query-heads",
-                                           label="attention groups")
+                    granularity = controls.radio(PruneConfig, "attn_granularity", START.attn_granularity)
                     one_ratio = gr.Checkbox(False, label="one ratio for attention and MLP (LLM-Pruner)")
-                    attn_share = gr.Slider(0.0, 1.0, value=0.0, step=0.05,
-                                           label="attention's share of the removed parameters (0 = MLP only)")
-                    compensate = gr.Checkbox(True, label="bias compensation (FLAP)")
-                    recompute = gr.Checkbox(False, label="re-measure the means layer by layer")
-                    allocation = gr.Radio(["uniform", "sensitivity"], value=RECIPES["default"][1].allocation,
-                                          label="per-layer ratios (local scope)",
-                                          info="sensitivity: each layer's calibration-loss increase when "
-                                               "pruned alone sets its share")
+                    attn_share = controls.slider(PruneConfig, "attn_share", START.attn_share, step=0.05)
+                    compensate = controls.checkbox(PruneConfig, "compensate", START.compensate)
+                    recompute = controls.checkbox(PruneConfig, "recompute_means", START.recompute_means)
+                    allocation = controls.radio(PruneConfig, "allocation", START.allocation)
                 with gr.Row():
                     attn_start = gr.Number(3, label="attention layers from", precision=0, minimum=0)
                     attn_end = gr.Number(28, label="to (exclusive)", precision=0)
                     mlp_start = gr.Number(3, label="MLP layers from", precision=0, minimum=0)
                     mlp_end = gr.Number(28, label="to (exclusive)", precision=0)
-                    steps = gr.Slider(1, 5, value=1, step=1, label="iterative steps")
+                    steps = controls.slider(PruneConfig, "iterative_steps", START.iterative_steps, step=1,
+                                            maximum=5)
                 with gr.Row():
                     preview_btn = gr.Button("Preview")
                     prune_btn = gr.Button("Prune", variant="primary")

@@ -15,7 +15,8 @@ from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from .criteria import REGISTRY
 from .importance import AGGREGATIONS, ALIASES, CRITERIA
 from .models import ModelLoadError
-from .prune import ALLOCATIONS, GRANULARITIES, SCOPES, STRATEGIES
+from .options import add_arguments, options
+from .prune import PruneConfig
 from .recipes import RECIPES
 from .recover import PRESET_DATA, PRESETS
 from .resources import return_large_frees_to_os
@@ -50,6 +51,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=_memory, default=None,
                    help="with --device-map: per-device caps, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+
+
+# PruneConfig fields whose CLI flags are generated from their options (besides the amount)
+PRUNE_FLAGS = ["strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
+               "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
 
 
 def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -94,36 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "strategy. Any flag below overrides the preset's value.")
     _calibration(p, defaults=False)
     amount = p.add_mutually_exclusive_group()
-    amount.add_argument("--ratio", type=float, default=None, help="fraction of groups to remove")
-    amount.add_argument("--target-params", type=float, default=None,
-                        help="fraction of total parameters to remove (solves for the group ratio)")
-    p.add_argument("--scope", default=None, choices=SCOPES)
-    p.add_argument("--strategy", default=None, choices=STRATEGIES)
-    p.add_argument("--granularity", default=None, choices=GRANULARITIES,
-                   help="attention groups: whole KV groups, or query heads (uniform per KV group)")
-    p.add_argument("--attn-share", type=float, default=None,
-                   help="with --target-params: attention's share of the removed parameters (0 = MLP only)")
+    add_arguments(amount, PruneConfig, ["ratio", "target_params"], defaults_from="the preset's")
+    add_arguments(p, PruneConfig, PRUNE_FLAGS, defaults_from="the preset's")
     p.add_argument("--one-ratio", action="store_true",
                    help="one group ratio for attention and MLP (LLM-Pruner), no budget split")
-    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="fold removed channels' mean output into biases (FLAP)")
-    p.add_argument("--recompute-means", action="store_true", default=False,
-                   help="with compensation: re-measure the means layer by layer on the partly pruned model")
-    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
-                   help="per-layer ratios (local scope): uniform, or set by each layer's measured "
-                        "calibration-loss increase when pruned alone")
-    p.add_argument("--layer-spread", type=float, default=None,
-                   help="with --allocation sensitivity: layer ratios stay within ratio * (1 -/+ this); "
-                        "default 0.5")
-    p.add_argument("--round-to", type=int, default=None,
-                   help="kept MLP channels per layer: a multiple of this (default 1; see bench/decode_speed.py)")
     p.add_argument("--layers", type=_range, default=None,
                    help="START:END layers pruned (both kinds; default skips first 3, last 2)")
-    p.add_argument("--attn-layers", type=_range, default=None)
-    p.add_argument("--mlp-layers", type=_range, default=None)
-    p.add_argument("--no-attn", action="store_true", help="leave attention whole")
-    p.add_argument("--no-mlp", action="store_true", help="leave the MLPs whole")
-    p.add_argument("--iterative-steps", type=int, default=None)
+    for name in ("attn_layers", "mlp_layers"):
+        opt = options(PruneConfig)[name]
+        p.add_argument(opt.flag, type=_range, default=None, metavar="START:END", help=opt.info())
     p.add_argument("--out", default=None, help="save the pruned model to this folder")
     _gguf(p)
 
@@ -260,18 +245,13 @@ def cmd_prune(args) -> dict:
 
     model, tokenizer = _load(args)
     _check_gguf(args, model)
-    prune_changes = dict(
-        ratio=args.ratio, target_params=args.target_params, strategy=args.strategy, scope=args.scope,
-        attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers,
-        prune_attn=False if args.no_attn else None, prune_mlp=False if args.no_mlp else None,
-        iterative_steps=args.iterative_steps, attn_granularity=args.granularity,
-        attn_share=args.attn_share, compensate=args.compensate, recompute_means=args.recompute_means,
-        allocation=args.allocation,
-        layer_spread=args.layer_spread, round_to=args.round_to)
+    prune_changes = {name: getattr(args, options(PruneConfig)[name].dest)
+                     for name in ["ratio", "target_params", *PRUNE_FLAGS]}
+    prune_changes.update(attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers)
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},
                                   prune_changes)
-    if args.one_ratio or args.no_attn or args.no_mlp:
+    if args.one_ratio or args.attn is False or args.mlp is False:
         config.attn_share = None
     config, notes = config.normalized(model)
     for note in notes:

@@ -17,6 +17,7 @@ from torch import nn
 from .arch import arch_of, norm_eps
 from .groups import Family, family, group_param_counts, hidden_family
 from .models import attention_shape, layers_of
+from .options import Range, check, option
 
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
@@ -24,63 +25,75 @@ GRANULARITIES = ("kv-group", "query-heads")
 ALLOCATIONS = ("uniform", "sensitivity")
 
 
+MAX_SHARE = 0.95      # the largest share of the parameters a target may ask for
+
+
 @dataclass
 class PruneConfig:
     """What to remove. `ratio` is a fraction of groups (LLM-Pruner semantics) per layer (local) or
     per kind across layers (global); `target_params`, when set, is the fraction of total
-    parameters to remove instead, and the group ratio is solved for it."""
+    parameters to remove instead, and the group ratio is solved for it. Each field's help,
+    choices and bounds (pruner/options.py) are what the CLI, the page and the README show."""
 
-    ratio: float = 0.2
-    target_params: float | None = None
-    strategy: str = "block"                  # block (heads + MLP channels) | channel | layer
-    scope: str = "local"                     # local | global
-    attn_layers: tuple[int, int] | None = None   # [start, end) layers whose attention is pruned
-    mlp_layers: tuple[int, int] | None = None    # [start, end) layers whose MLP is pruned
-    prune_attn: bool = True
-    prune_mlp: bool = True
-    iterative_steps: int = 1
-    attn_granularity: str = "kv-group"       # kv-group (whole KV groups) | query-heads
-    attn_share: float | None = None          # with target_params: share of removed params from attention
-    compensate: bool = False                 # fold removed channels' mean output into biases (FLAP)
-    recompute_means: bool = False            # compensation means re-measured layer by layer while cutting
-    allocation: str = "uniform"              # local per-layer ratios: uniform | sensitivity (measured)
-    layer_spread: float = 0.5                # sensitivity: layer ratios within ratio * (1 -/+ spread)
-    round_to: int = 1                        # kept MLP channels per layer: a multiple of this (kernels)
+    ratio: float = option(
+        0.2, "fraction of groups to remove, in every layer (local) or per kind across layers (global)",
+        bounds=Range(0.0, 1.0, hi_closed=False), unit="share of groups", label="ratio of groups")
+    target_params: float | None = option(
+        None, "fraction of all parameters to remove instead (the group ratio is solved for it); wins over ratio",
+        bounds=Range(0.0, MAX_SHARE, lo_closed=False, hi_closed=False), unit="share of parameters",
+        type=float, label="share of parameters")
+    strategy: str = option(
+        "block", "block: attention groups and MLP channels; channel: residual (hidden) channels; "
+        "layer: whole decoder layers", choices=STRATEGIES)
+    scope: str = option("local", "local: the ratio in every layer; global: one ranking across layers per kind",
+                        choices=SCOPES)
+    attn_layers: tuple[int, int] | None = option(
+        None, "[start, end) layers whose attention is pruned (default: all but the first 3 and last 2)",
+        type=tuple, label="attention layers")
+    mlp_layers: tuple[int, int] | None = option(
+        None, "[start, end) layers whose MLP is pruned (default: all but the first 3 and last 2)",
+        type=tuple, label="MLP layers")
+    prune_attn: bool = option(True, "prune attention (else leave it whole)", flag="--attn")
+    prune_mlp: bool = option(True, "prune the MLPs (else leave them whole)", flag="--mlp")
+    iterative_steps: int = option(
+        1, "prune in this many equal steps, scoring the partly pruned model again before each",
+        bounds=Range(1, None), label="iterative steps")
+    attn_granularity: str = option(
+        "kv-group", "attention groups: whole KV groups, or query heads (uniform per KV group)",
+        choices=GRANULARITIES, flag="--granularity", label="attention groups")
+    attn_share: float | None = option(
+        None, "with a parameter target of the block strategy: attention's share of the removed "
+        "parameters (0 = MLP only)", bounds=Range(0.0, 1.0), type=float,
+        label="attention's share of the removed parameters (0 = MLP only)")
+    compensate: bool = option(False, "fold removed channels' mean output into biases (FLAP)",
+                              label="bias compensation (FLAP)")
+    recompute_means: bool = option(
+        False, "with compensation: re-measure the means layer by layer on the partly pruned model",
+        label="re-measure the means layer by layer")
+    allocation: str = option(
+        "uniform", "per-layer ratios (local scope): uniform, or set by each layer's measured "
+        "calibration-loss increase when pruned alone", choices=ALLOCATIONS,
+        label="per-layer ratios (local scope)")
+    layer_spread: float = option(
+        0.5, "with sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
+        bounds=Range(0.0, 1.0))
+    round_to: int = option(1, "kept MLP channels per layer: a multiple of this (see bench/decode_speed.py)",
+                           bounds=Range(1, None))
 
     def validate(self, n_layers: int) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.target_params is not None:
-            if not 0.0 < self.target_params < 0.95:
-                raise ValueError(f"target_params must be in (0, 0.95), got {self.target_params}")
-        elif not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        if int(self.iterative_steps) < 1:
-            raise ValueError("iterative_steps must be >= 1")
+        check(self)                                    # choices and bounds of every field
         for name in ("attn_layers", "mlp_layers"):
             rng = getattr(self, name)
             if rng is not None:
                 start, end = rng
                 if not 0 <= start <= end <= n_layers:
                     raise ValueError(f"{name}={rng} is outside the model's 0..{n_layers} layers")
-        if self.attn_granularity not in GRANULARITIES:
-            raise ValueError(f"attn_granularity must be one of {GRANULARITIES}, got {self.attn_granularity!r}")
         if self.attn_share is not None:
-            if not 0.0 <= self.attn_share <= 1.0:
-                raise ValueError(f"attn_share must be in [0, 1], got {self.attn_share}")
             if self.target_params is None or self.strategy != "block":
                 raise ValueError("attn_share splits a target_params budget of the block strategy")
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.allocation == "sensitivity" and (self.strategy != "block" or self.scope != "local"):
             raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, "
                              "local scope")
-        if int(self.round_to) < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
-        if not 0.0 <= self.layer_spread <= 1.0:
-            raise ValueError(f"layer_spread must be in [0, 1], got {self.layer_spread}")
         if self.recompute_means and not self.compensate:
             raise ValueError("recompute_means refines bias compensation: set compensate=True too")
         if self.compensate and self.strategy != "block":

@@ -1,0 +1,36 @@
+"""Page controls built from config fields (pruner/options.py): label, choices, bounds and the
+info text come from the field, the value from the recipe the page starts with. A test compares
+every bound control with its field."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pruner.options import options
+
+BOUND: dict[int, tuple[type, str]] = {}      # id(component) -> (config class, field): for the drift test
+
+
+def _bind(component, config_cls, name: str):
+    BOUND[id(component)] = (config_cls, name)
+    return component
+
+
+def radio(config_cls, name: str, value, **kw):
+    opt = options(config_cls)[name]
+    return _bind(gr.Radio(list(opt.choices), value=value, label=opt.label, info=opt.help, **kw), config_cls, name)
+
+
+def checkbox(config_cls, name: str, value, **kw):
+    opt = options(config_cls)[name]
+    return _bind(gr.Checkbox(bool(value), label=opt.label, info=opt.help, **kw), config_cls, name)
+
+
+def slider(config_cls, name: str, value, step: float, minimum: float | None = None,
+           maximum: float | None = None, **kw):
+    """A slider within the field's bounds (narrowed by minimum / maximum where the page offers less)."""
+    opt = options(config_cls)[name]
+    lo = opt.bounds.lo if minimum is None else minimum
+    hi = opt.bounds.hi if maximum is None else maximum
+    return _bind(gr.Slider(lo, hi, value=value, step=step, label=opt.label, info=opt.info(), **kw),
+                 config_cls, name)
