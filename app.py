@@ -29,11 +29,11 @@ from components.spill import Spill
 from components.store import CapacityError, Store
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from pruner.generate import PAPER_PROMPT, GenerationSettings
-from pruner.importance import AGGREGATIONS, CRITERIA
+from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
 from pruner.models import ModelLoadError
 from pruner.prune import PruneConfig, default_layer_range
 from pruner.recipes import RECIPES
-from pruner.recover import PRESET_DATA, PRESETS
+from pruner.recover import PRESET_DATA, PRESETS, LoraSettings
 from pruner.resources import return_large_frees_to_os, server_threads
 from pruner.tasks import TASKS
 
@@ -49,7 +49,7 @@ STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if ent
 # pruned and merged models and finished recoveries that do not fit go to the export disk (its budget)
 # and come back in a second
 STORE.spill = Spill(handlers.export_disk())
-START = RECIPES["default"][1]      # the Prune tab starts on the default recipe
+SCORE_START, START = RECIPES["default"]      # the Score and Prune tabs start on the default recipe
 HEAVY = "heavy"   # one concurrency slot shared by everything that runs a model
 
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
@@ -615,9 +615,9 @@ def build() -> gr.Blocks:
                         "(vector- or element-wise), second order with the Fisher diagonal (float32), or "
                         "magnitude / random baselines; member scores are aggregated over the group.")
                 with gr.Row():
-                    criterion = gr.Dropdown(list(CRITERIA), value="taylor-element1", label="criterion")
-                    aggregation = gr.Dropdown(list(AGGREGATIONS), value="last", label="aggregation",
-                                              info="first = q/k/v, gate/up; last = o_proj, down_proj")
+                    criterion = controls.dropdown(ScoreConfig, "criterion", SCORE_START.criterion,
+                                                  choices=list(CRITERIA))
+                    aggregation = controls.dropdown(ScoreConfig, "aggregation", SCORE_START.aggregation)
                     calib = gr.Dropdown(["builtin", "lambada", "wikitext2", "ptb"], value="builtin",
                                         label="calibration text")
                     samples = gr.Number(CALIBRATION_SAMPLES, label="samples", precision=0, minimum=1, maximum=256,
@@ -726,9 +726,11 @@ def build() -> gr.Blocks:
                         "the one token in the text.")
                 with gr.Row():
                     preset_name = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
-                    rec_steps = gr.Slider(1, 400, value=PRESETS["quick"].max_steps, step=1, label="steps")
+                    rec_steps = controls.slider(LoraSettings, "max_steps", PRESETS["quick"].max_steps, step=1,
+                                                maximum=max(p.max_steps for p in PRESETS.values()))
                     rec_lr = gr.Number(PRESETS["quick"].learning_rate, label="learning rate")
-                    rec_distill = gr.Slider(0, 2, value=PRESETS["quick"].distill_weight, step=0.1, label="distillation weight")
+                    rec_distill = controls.slider(LoraSettings, "distill_weight", PRESETS["quick"].distill_weight,
+                                                  step=0.1, maximum=2.0)
                     rec_data = gr.Dropdown(["self", "builtin", "lambada", "alpaca"], value=PRESET_DATA["quick"], label="data",
                                            info="the chosen preset's measured data is filled in")
                 with gr.Row():

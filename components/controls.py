@@ -21,6 +21,14 @@ def radio(config_cls, name: str, value, **kw):
     return _bind(gr.Radio(list(opt.choices), value=value, label=opt.label, info=opt.help, **kw), config_cls, name)
 
 
+def dropdown(config_cls, name: str, value, choices: list | None = None, **kw):
+    """`choices`: the page's subset of the field's (aliases left out)."""
+    opt = options(config_cls)[name]
+    assert choices is None or set(choices) <= set(opt.choices)
+    return _bind(gr.Dropdown(list(choices or opt.choices), value=value, label=opt.label, info=opt.help, **kw),
+                 config_cls, name)
+
+
 def checkbox(config_cls, name: str, value, **kw):
     opt = options(config_cls)[name]
     return _bind(gr.Checkbox(bool(value), label=opt.label, info=opt.help, **kw), config_cls, name)

@@ -13,12 +13,12 @@ import time
 
 from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
 from .criteria import REGISTRY
-from .importance import AGGREGATIONS, ALIASES, CRITERIA
+from .importance import ScoreConfig
 from .models import ModelLoadError
 from .options import add_arguments, options
 from .prune import PruneConfig
 from .recipes import RECIPES
-from .recover import PRESET_DATA, PRESETS
+from .recover import PRESET_DATA, PRESETS, LoraSettings
 from .resources import return_large_frees_to_os
 from .tasks import TASKS
 
@@ -53,16 +53,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
 
 
+# LoraSettings fields whose CLI flags are generated from their options
+RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "distill_weight", "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options (besides the amount)
 PRUNE_FLAGS = ["strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
                "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
 
 
 def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    p.add_argument("--criterion", default="taylor-element1" if defaults else None, choices=CRITERIA + tuple(ALIASES),
-                   help="per member slice: " + "; ".join(f"{n}: {c.formula.split('   ')[0]}"
-                                                        for n, c in REGISTRY.items()))
-    p.add_argument("--aggregation", default="sum" if defaults else None, choices=AGGREGATIONS)
+    start = RECIPES["default"][0] if defaults else None       # score: the default recipe's, as on the page
+    crit, agg = options(ScoreConfig)["criterion"], options(ScoreConfig)["aggregation"]
+    p.add_argument(crit.flag, default=start.criterion if start else None, choices=crit.choices,
+                   help=(crit.info() + ": " + "; ".join(f"{n}: {c.formula.split('   ')[0]}"
+                                                       for n, c in REGISTRY.items())).replace("%", "%%"))
+    p.add_argument(agg.flag, default=start.aggregation if start else None, choices=agg.choices, help=agg.info())
     p.add_argument("--calib-data", default="builtin",
                    help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
     p.add_argument("--calib-samples", type=int, default=CALIBRATION_SAMPLES,
@@ -136,13 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instruction .json/.jsonl, or text (builtin, a .txt file); default: the data the "
                         "preset was measured with (quick, thorough: lambada; llm-pruner: alpaca)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides the preset)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--rank", type=int, default=None, help="LoRA r")
-    p.add_argument("--distill", type=float, default=None, help="weight of the KL to the teacher")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    add_arguments(p, LoraSettings, RECOVER_FLAGS, defaults_from="the preset's")
     p.add_argument("--ppl-windows", type=int, default=32,
                    help="WikiText-2 windows to measure before/after (0 to skip)")
     p.add_argument("--data-dir", default=None)
@@ -359,10 +357,8 @@ def cmd_recover(args) -> dict:
     model, tokenizer = _load(args)
     _check_gguf(args, model)
     teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)[0] if args.teacher else None
-    overrides = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.lr),
-                                   ("batch_size", args.batch_size), ("seq_len", args.seq_len),
-                                   ("r", args.rank), ("distill_weight", args.distill),
-                                   ("time_budget_s", args.time_budget), ("seed", args.seed))
+    overrides = {k: v for k, v in [*((name, getattr(args, options(LoraSettings)[name].dest))
+                                     for name in RECOVER_FLAGS), ("seed", args.seed)]
                  if v is not None}
     if teacher is None:
         overrides["distill_weight"] = 0.0

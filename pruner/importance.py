@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .arch import arch_of
 from .criteria import REGISTRY, Criterion, criterion
+from .options import option
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
 
@@ -57,8 +58,10 @@ FP16_LOSS_SCALE = 1024.0   # float16 models: loss x this before backward, gradie
 
 @dataclass
 class ScoreConfig:
-    criterion: str = "taylor-element1"
-    aggregation: str = "sum"
+    criterion: str = option("taylor-element1", "importance of each member slice (pruner/criteria.py)",
+                            choices=CRITERIA + tuple(ALIASES))
+    aggregation: str = option("sum", "group importance from its members': first = q/k/v, gate/up; "
+                              "last = o_proj, down_proj (the paper's last-only)", choices=AGGREGATIONS)
     kinds: tuple[str, ...] = ("attn", "mlp")
     seed: int = 0
     batch_size: int | None = None   # samples per forward; None = all at once (LLM-Pruner)

@@ -99,7 +99,7 @@ def add_arguments(parser, config_cls, names: list[str], defaults_from: str = "")
     opts, dests = options(config_cls), {}
     for name in names:
         opt = opts[name]
-        help_ = opt.info() + (f"; default: {defaults_from}" if defaults_from else "")
+        help_ = (opt.info() + (f"; default: {defaults_from}" if defaults_from else "")).replace("%", "%%")
         if opt.type is bool:
             action = parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:

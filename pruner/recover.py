@@ -26,6 +26,7 @@ import torch
 
 from .models import decoder_body, head_logits
 from .data import ASSETS, DataUnavailableError, read_text_source
+from .options import Range, check, option
 from .resources import reusing_freed_memory
 
 LLM_PRUNER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -39,37 +40,37 @@ ALPACA_TEMPLATE_INPUT = ("Below is an instruction that describes a task, paired 
                          "### Response:\n")
 
 
+MAX_RECOVERY_STEPS = 5000     # the most optimizer steps a run may ask for (the llm-pruner preset: 1,600)
+
+
 @dataclass
 class LoraSettings:
     """LLM-Pruner's LoRA defaults (r=8, alpha=16, dropout 0.05, all seven projections)."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = option(8, "LoRA rank", bounds=Range(1, None), flag="--rank", label="LoRA rank")
+    alpha: int = option(16, "LoRA alpha (the update is scaled by alpha / r)", bounds=Range(0, None, lo_closed=False))
+    dropout: float = option(0.05, "LoRA dropout", bounds=Range(0.0, 1.0, hi_closed=False))
     target_modules: tuple[str, ...] = LLM_PRUNER_TARGETS
-    learning_rate: float = 1e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 256
-    max_steps: int = 200               # optimizer steps
-    time_budget_s: float | None = None
-    warmup_steps: int = 10
+    learning_rate: float = option(1e-4, "peak learning rate (linear warm-up, cosine decay to 10%)",
+                                  bounds=Range(0, None, lo_closed=False), flag="--lr", label="learning rate")
+    batch_size: int = option(4, "sequences per micro-batch", bounds=Range(1, None))
+    grad_accum: int = option(1, "micro-batches per optimizer step", bounds=Range(1, None))
+    seq_len: int = option(256, "tokens per training sequence", bounds=Range(8, None))
+    max_steps: int = option(200, "optimizer steps", bounds=Range(1, MAX_RECOVERY_STEPS), flag="--steps",
+                            label="steps")
+    time_budget_s: float | None = option(None, "stop after this many seconds", bounds=Range(0, None),
+                                         type=float, flag="--time-budget", unit="seconds")
+    warmup_steps: int = option(10, "linear warm-up steps", bounds=Range(0, None))
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    distill_weight: float = 0.0        # weight of KL(teacher || student) next to the CE loss
-    distill_temperature: float = 1.0
+    distill_weight: float = option(0.0, "weight of the KL to the original (teacher) next to the next-token loss",
+                                   bounds=Range(0.0, None), flag="--distill", label="distillation weight")
+    distill_temperature: float = option(1.0, "distillation temperature", bounds=Range(0, None, lo_closed=False))
     train_on_inputs: bool = False      # False: the loss covers response tokens only
     seed: int = 0
 
     def validate(self) -> None:
-        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError("LoRA needs r >= 1, alpha > 0 and 0 <= dropout < 1")
-        if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("learning_rate must be > 0; batch_size and grad_accum >= 1")
-        if self.max_steps < 1 or self.seq_len < 8:
-            raise ValueError("max_steps must be >= 1 and seq_len >= 8")
-        if self.distill_weight < 0 or self.distill_temperature <= 0:
-            raise ValueError("distill_weight must be >= 0 and distill_temperature > 0")
+        check(self)
 
 
 PRESETS = {

@@ -25,23 +25,31 @@ def test_bounds_and_choices_are_checked_from_the_fields():
         assert str(err.value) == message
 
 
-def test_the_cli_flags_are_the_fields():
-    from pruner.__main__ import PRUNE_FLAGS, build_parser
+@pytest.mark.parametrize("command", ["prune", "recover"])
+def test_the_cli_flags_are_the_fields(command):
+    from pruner.__main__ import PRUNE_FLAGS, RECOVER_FLAGS, build_parser
+    from pruner.recover import LoraSettings
 
-    prune = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "prune")[1]
-    actions = {a.dest: a for a in prune._actions}
-    for name in ["ratio", "target_params", *PRUNE_FLAGS]:
-        opt = options(PruneConfig)[name]
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    actions = {a.dest: a for a in parser._actions}
+    cls, names = (PruneConfig, ["ratio", "target_params", *PRUNE_FLAGS]) if command == "prune" \
+        else (LoraSettings, RECOVER_FLAGS)
+    for name in names:
+        opt = options(cls)[name]
         action = actions[opt.dest]
-        assert action.help.startswith(opt.info()), name
+        assert action.help.replace("%%", "%").startswith(opt.info()), name
         assert tuple(action.choices or ()) == tuple(opt.choices or ()), name
         assert action.default is None          # the preset decides unless the flag is given
         assert opt.flag in action.option_strings
 
 
 def test_the_readme_table_is_generated_from_the_fields():
+    from pruner.__main__ import RECOVER_FLAGS
+    from pruner.recover import LoraSettings
+
     text = README.read_text()
     assert markdown_table(PruneConfig) in text
+    assert markdown_table(LoraSettings, RECOVER_FLAGS) in text
 
 
 def test_the_prune_tab_controls_are_the_fields():
@@ -53,13 +61,22 @@ def test_the_prune_tab_controls_are_the_fields():
     names = {name for _, (_, name) in bound}
     assert {"strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
             "allocation", "iterative_steps"} <= names
-    start = RECIPES["default"][1]
+    from pruner.recover import PRESETS, LoraSettings
+
+    assert {"max_steps", "distill_weight"} <= names
+    from pruner.importance import CRITERIA, ScoreConfig
+
+    assert {"criterion", "aggregation"} <= names
+    start = {ScoreConfig: RECIPES["default"][0], PruneConfig: RECIPES["default"][1], LoraSettings: PRESETS["quick"]}
     for component, (cls, name) in bound:
         opt = options(cls)[name]
         assert component.label == opt.label
-        assert component.value == getattr(start, name)
-        if opt.choices:
-            assert [value for _, value in component.choices] == list(opt.choices)
+        assert component.value == getattr(start[cls], name)
+        if name == "max_steps":         # every preset's steps can be asked for on the page
+            assert component.maximum >= max(p.max_steps for p in PRESETS.values())
+        if opt.choices:       # the criterion dropdown leaves the aliases out
+            values = [value for _, value in component.choices]
+            assert values == (list(CRITERIA) if name == "criterion" else list(opt.choices))
         if opt.bounds is not None and opt.bounds.lo is not None:
             assert component.minimum >= opt.bounds.lo
             assert opt.bounds.hi is None or component.maximum <= opt.bounds.hi
