@@ -32,7 +32,7 @@ from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
 from pruner.models import ModelLoadError
 from pruner.prune import PruneConfig, default_layer_range
-from pruner.recipes import RECIPES
+from pruner.recipes import RECIPE_NOTES, RECIPES
 from pruner.recover import PRESET_DATA, PRESETS, LoraSettings
 from pruner.resources import return_large_frees_to_os, server_threads
 from pruner.tasks import TASKS
@@ -460,13 +460,15 @@ def server_table() -> pd.DataFrame:
 def _controls(name: str) -> tuple:
     """The Prune tab's controls for a named recipe of pruner/recipes.py."""
     score_config, prune_config = RECIPES[name]
-    return (prune_config.attn_granularity, prune_config.attn_share is None, prune_config.attn_share or 0.0,
-            prune_config.compensate, prune_config.allocation, score_config.criterion,
-            score_config.aggregation)
+    return (prune_config.strategy, prune_config.attn_granularity, prune_config.attn_share is None,
+            prune_config.attn_share or 0.0, prune_config.compensate, prune_config.allocation,
+            score_config.criterion, score_config.aggregation)
 
 
-RECIPE_CONTROLS = {"default (best measured)": _controls("default"),
-                   "llm-pruner (the paper)": _controls("llm-pruner")}
+RECIPE_LABELS = {"default": "default (best measured)", "llm-pruner": "llm-pruner (the paper)",
+                 "flap": "flap", "wanda-sp": "wanda-sp", "minitron": "minitron", "shortgpt": "shortgpt (depth)"}
+RECIPE_CONTROLS = {RECIPE_LABELS[name]: _controls(name) for name in RECIPES}
+RECIPE_OF_LABEL = {label: name for name, label in RECIPE_LABELS.items()}
 
 
 def preset_controls(name):
@@ -513,15 +515,16 @@ def session_models(request: gr.Request):
 
 
 def apply_recipe(name):
-    granularity, one, share, compensate, allocation, criterion, aggregation = RECIPE_CONTROLS[name]
-    note = (f"Recipe **{name}**: attention groups {granularity}, "
+    strategy, granularity, one, share, compensate, allocation, criterion, aggregation = RECIPE_CONTROLS[name]
+    cite, what = RECIPE_NOTES[RECIPE_OF_LABEL[name]]
+    note = (f"Recipe **{name}** ({cite}): {what}. Set: strategy {strategy}, attention groups {granularity}, "
             + ("one ratio for attention and MLP (attention's share is then not used)" if one
                else f"attention's share {share:g}")
             + f", compensation {'on' if compensate else 'off'}, per-layer ratios {allocation}. "
             f"It also set the **Importance** tab's criterion to {criterion} and aggregation to {aggregation}: "
             "Preview and Prune score with those.")
-    return (granularity, one, gr.update(value=share, interactive=not one), compensate, allocation, criterion,
-            aggregation, note)
+    return (strategy, granularity, one, gr.update(value=share, interactive=not one), compensate, allocation,
+            criterion, aggregation, note)
 
 
 def amount_updates(top: float, amount: float, info: dict) -> tuple:
@@ -814,7 +817,7 @@ def build() -> gr.Blocks:
                     push_status = gr.Markdown()
 
         recipe_name.change(apply_recipe, recipe_name,
-                           [granularity, one_ratio, attn_share, compensate, allocation, criterion,
+                           [strategy, granularity, one_ratio, attn_share, compensate, allocation, criterion,
                             aggregation, recipe_note],
                            api_name="recipe")
         bounds_inputs = [mode, one_ratio, attn_share, attn_start, attn_end, mlp_start, mlp_end, amount]

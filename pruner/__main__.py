@@ -17,7 +17,7 @@ from .importance import ScoreConfig
 from .models import ModelLoadError
 from .options import add_arguments, options
 from .prune import PruneConfig
-from .recipes import RECIPES
+from .recipes import RECIPE_NOTES, RECIPES
 from .recover import PRESET_DATA, PRESETS, LoraSettings
 from .resources import return_large_frees_to_os
 from .tasks import TASKS
@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="score, prune, report and optionally save")
     _common(p)
-    p.add_argument("--preset", default="default", choices=sorted(RECIPES),
-                   help="default: this project's best measured recipe; llm-pruner: the paper's block "
-                        "strategy. Any flag below overrides the preset's value.")
+    p.add_argument("--preset", default="default", choices=list(RECIPES),
+                   help=("; ".join(f"{name} ({cite}): {what}" for name, (cite, what) in RECIPE_NOTES.items())
+                         + ". Any flag below overrides the preset's value.").replace("%", "%%"))
     _calibration(p, defaults=False)
     amount = p.add_mutually_exclusive_group()
     add_arguments(amount, PruneConfig, ["ratio", "target_params"], defaults_from="the preset's")

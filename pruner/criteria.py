@@ -11,7 +11,8 @@ for, and nothing else:
     "weights"      the weights only (no calibration data)
     "gradient"     one accumulated backward pass over the calibration batch
     "fisher"       per-sample backward passes for F (before the gradient pass, if any)
-    "activations"  a no-grad forward collecting each block's input statistics
+    "activations"  a no-grad forward collecting the statistics of o_proj / down_proj inputs
+    "hidden states" a no-grad forward keeping each decoder layer's input and output
     "seed"         nothing but a random generator (one score per group)
 
 `CRITERIA`, the CLI's choices and the page's dropdowns are the registry's names, in order.
@@ -37,6 +38,7 @@ class Criterion:
     needs: frozenset[str] = frozenset()
     formula: str = ""              # per member slice, plain text
     aggregates: bool = True        # False: one score per group, the aggregation does not apply
+    layer_level: bool = False      # scores whole decoder layers (the layer strategy only)
 
     def element(self, w: torch.Tensor, g: torch.Tensor | None = None,
                 fisher: torch.Tensor | None = None) -> torch.Tensor | Callable:
@@ -126,11 +128,56 @@ class TaylorSecond(Criterion):
         return fisher * w.square()
 
 
+class InputCriterion(Criterion):
+    """Scores read off the last member (o_proj / down_proj) and the statistics of its inputs x
+    over the calibration tokens: `column` gives one value per input channel, summed over each
+    group's channels, then `finish`."""
+    needs, aggregates = frozenset({"weights", "activations"}), False
+
+    def column(self, w: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """(in,) per input channel, from W (out, in) float32 and E[x], Var[x] (in,)."""
+        raise NotImplementedError
+
+
 @register
-class Fluctuation(Criterion):
-    name, needs, aggregates = "fluctuation", frozenset({"weights", "activations"}), False
+class Fluctuation(InputCriterion):
+    name = "fluctuation"
     formula = ("FLAP: sum over the group's input channels c of the last weight (o_proj / down_proj) "
                "of Var[x_c] * ||W[:, c]||^2")
+
+    def column(self, w, mean, var):
+        return var * w.square().sum(0)
+
+
+@register
+class WandaSp(InputCriterion):
+    name = "wanda-sp"
+    formula = ("Wanda-sp (as in FLAP's code): sum over the group's input channels c of the last weight "
+               "of mean_r |W[r, c]| * sqrt(E[x_c^2])")
+
+    def column(self, w, mean, var):
+        return w.abs().mean(0) * (var + mean.square()).sqrt()
+
+
+@register
+class Activation(InputCriterion):
+    name = "activation"
+    formula = ("Minitron: the group's activation norm, sqrt(sum over its channels c of E[x_c^2]) at the "
+               "input of o_proj / down_proj (a head's output, an MLP channel's activation)")
+
+    def column(self, w, mean, var):
+        return var + mean.square()
+
+    def finish(self, stats):
+        return [s.sqrt() for s in stats]
+
+
+@register
+class BlockInfluence(Criterion):
+    name, needs, aggregates = "block-influence", frozenset({"hidden states"}), False
+    formula = ("ShortGPT: 1 - mean over tokens of cos(h_in, h_out) of each decoder layer, spread evenly "
+               "over the layer's groups (the layer strategy sums them back); whole layers only")
+    layer_level = True
 
 
 def criterion(name: str) -> Criterion:

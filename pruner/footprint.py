@@ -47,8 +47,11 @@ def load_peak(weight_bytes_estimate: int, default_gguf: bool = False) -> int:
 def score_peak(model, criterion: str, samples: int, seq_len: int, low_memory: bool = True) -> int:
     """Scoring on the shared original (no copy): activations kept for backward (layer inputs only
     in low-memory mode), one layer's gradients, float32 Fisher buffers for taylor-element2."""
-    if not criterion.startswith("taylor"):
-        return forward_bytes(model, samples * seq_len) if criterion == "fluctuation" else 0
+    from .criteria import REGISTRY
+
+    needs = REGISTRY[criterion].needs
+    if not needs & {"gradient", "fisher"}:      # a no-grad forward where activations are read
+        return forward_bytes(model, samples * seq_len) if needs & {"activations", "hidden states"} else 0
     layers, hidden, inter, vocab = _shape(model)
     elem = next(model.parameters()).element_size()
     tokens = samples * seq_len

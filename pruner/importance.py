@@ -339,7 +339,9 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
             into[f][m] += reduce_to_groups(values, member, fams[f].n_groups)
 
     if "activations" in crit.needs:
-        return _fluctuation(model, input_ids, fams, stats, params)
+        return crit.finish(_input_criterion(model, input_ids, fams, stats, params, crit))
+    if "hidden states" in crit.needs:
+        return _block_influence(model, input_ids, fams, stats)
 
     if crit.needs == {"weights"}:
         with torch.no_grad():
@@ -412,20 +414,69 @@ def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, 
                      counter=counter)
 
 
-def _fluctuation(model, input_ids, fams, stats, params):
+def _input_criterion(model, input_ids, fams, stats, params, crit):
+    """Criteria read off o_proj / down_proj and the statistics of their inputs (fluctuation,
+    wanda-sp, activation): `crit.column` per input channel, summed over each group's channels."""
     from .activations import input_statistics
 
     if input_ids is None or input_ids.numel() == 0:
-        raise ValueError("fluctuation needs calibration samples (input_ids)")
+        raise ValueError(f"{crit.name} needs calibration samples (input_ids)")
     if any(f.kind == "hidden" for f in fams):
-        raise ValueError("fluctuation scores attention and MLP groups, not hidden channels")
+        raise ValueError(f"{crit.name} scores attention and MLP groups, not hidden channels")
     inputs = input_statistics(model, input_ids)
     for f, fam in enumerate(fams):
         last = fam.members[-1]                     # o_proj / down_proj, read by input column
-        key = (fam.layer, fam.block)
+        entry = inputs[(fam.layer, fam.block)]
         weight = params[last.param].detach().float()
-        per_column = inputs[key].var.float().to(weight.device) * weight.square().sum(0)   # (in,)
+        per_column = crit.column(weight, entry.mean.float().to(weight.device),
+                                 entry.var.float().to(weight.device))                   # (in,)
         stats[f][-1] = reduce_to_groups(per_column, last, fam.n_groups)
+    return stats
+
+
+@torch.no_grad()
+def block_influence(model, input_ids: torch.Tensor, batch_size: int = 8) -> list[float]:
+    """ShortGPT's block influence of every decoder layer: 1 - mean over all calibration tokens of
+    the cosine similarity between the layer's input and output hidden states."""
+    layers = layers_of(model)
+    sums = [0.0] * len(layers)
+    count = [0]
+    handles = []
+
+    def hook_for(i):
+        def hook(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)   # (b, t)
+            sums[i] += float(cos.sum())
+            if i == 0:
+                count[0] += cos.numel()
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(hook_for(i), with_kwargs=True))
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, input_ids.shape[0], batch_size):
+            decoder_body(model)(input_ids=input_ids[start: start + batch_size].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return [1.0 - total / max(1, count[0]) for total in sums]
+
+
+def _block_influence(model, input_ids, fams, stats):
+    """Each layer's block influence, spread evenly over its groups (their sum is the layer's)."""
+    if input_ids is None or input_ids.numel() == 0:
+        raise ValueError("block-influence needs calibration samples (input_ids)")
+    influence = block_influence(model, input_ids)
+    groups_in_layer = defaultdict(int)
+    for fam in fams:
+        groups_in_layer[fam.layer] += fam.n_groups
+    for f, fam in enumerate(fams):
+        if fam.kind == "hidden":
+            raise ValueError("block-influence scores whole decoder layers, not hidden channels")
+        stats[f][-1] = influence[fam.layer] / groups_in_layer[fam.layer]
     return stats
 
 

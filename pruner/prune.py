@@ -22,7 +22,7 @@ from .options import Range, check, option
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
 GRANULARITIES = ("kv-group", "query-heads")
-ALLOCATIONS = ("uniform", "sensitivity")
+ALLOCATIONS = ("uniform", "sensitivity", "standardized")
 
 
 MAX_SHARE = 0.95      # the largest share of the parameters a target may ask for
@@ -71,8 +71,9 @@ class PruneConfig:
         False, "with compensation: re-measure the means layer by layer on the partly pruned model",
         label="re-measure the means layer by layer")
     allocation: str = option(
-        "uniform", "per-layer ratios (local scope): uniform, or set by each layer's measured "
-        "calibration-loss increase when pruned alone", choices=ALLOCATIONS,
+        "uniform", "per-layer ratios (local scope): uniform; sensitivity: set by each layer's measured "
+        "calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer "
+        "and kind, one ranking across layers and between attention and MLP", choices=ALLOCATIONS,
         label="per-layer ratios (local scope)")
     layer_spread: float = option(
         0.5, "with sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
@@ -91,9 +92,11 @@ class PruneConfig:
         if self.attn_share is not None:
             if self.target_params is None or self.strategy != "block":
                 raise ValueError("attn_share splits a target_params budget of the block strategy")
-        if self.allocation == "sensitivity" and (self.strategy != "block" or self.scope != "local"):
-            raise ValueError("sensitivity allocation sets per-layer ratios of the block strategy, "
+        if self.allocation != "uniform" and (self.strategy != "block" or self.scope != "local"):
+            raise ValueError(f"{self.allocation} allocation sets per-layer ratios of the block strategy, "
                              "local scope")
+        if self.allocation == "standardized" and self.attn_share is not None:
+            raise ValueError("standardized allocation ranks attention and MLP together: attn_share must be None")
         if self.recompute_means and not self.compensate:
             raise ValueError("recompute_means refines bias compensation: set compensate=True too")
         if self.compensate and self.strategy != "block":
@@ -141,9 +144,13 @@ class PruneConfig:
             new.recompute_means = False
             notes.append("re-measured compensation means need compensation: off")
         if new.allocation != "uniform" and (new.strategy != "block" or new.scope != "local"):
-            new.allocation = "uniform"
-            notes.append("sensitivity allocation sets per-layer ratios of the block strategy, local "
+            notes.append(f"{new.allocation} allocation sets per-layer ratios of the block strategy, local "
                          "scope: uniform")
+            new.allocation = "uniform"
+        if new.allocation == "standardized" and new.attn_share is not None:
+            new.attn_share = None
+            notes.append("standardized allocation ranks attention and MLP together, so it sets attention's "
+                         "share itself: the share setting is ignored")
         return new, notes
 
 
@@ -298,12 +305,45 @@ def _plan_query_heads(scores, ratios, original_counts, kv_heads) -> dict[int, li
     return keep
 
 
-def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None) -> dict[int, float]:
-    """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, or with
-    `config.allocation == "sensitivity"` the measured-sensitivity split of the same total."""
+def standardized(scores: pd.DataFrame) -> pd.Series:
+    """FLAP's standardization: each score minus its (layer, kind)'s mean, over their standard
+    deviation (0 where a layer's kind has one group or equal scores)."""
+    by = scores.groupby(["layer", "kind"]).score
+    std = by.transform("std").fillna(0.0)
+    z = (scores.score - by.transform("mean")) / std.where(std > 0, 1.0)
+    return z.where(std > 0, 0.0)
+
+
+def standardized_removals(pool: pd.DataFrame, ratio: float) -> dict[tuple[str, int], int]:
+    """(kind, layer) -> groups removed when the `ratio` lowest of `pool` (the candidate groups of
+    every pruned kind and layer) go by one ranking of standardized scores; each keeps one."""
+    order = pool.assign(z=standardized(pool)).sort_values(["z", "layer", "kind", "group"], kind="stable")
+    left = order.groupby(["kind", "layer"]).size().to_dict()
+    removed = {key: 0 for key in left}
+    budget = int(math.floor(ratio * len(order) + 1e-9))
+    for kind, layer in zip(order.kind, order.layer):
+        if budget == 0:
+            break
+        if left[(kind, layer)] > 1:
+            left[(kind, layer)] -= 1
+            removed[(kind, layer)] += 1
+            budget -= 1
+    return removed
+
+
+def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
+                 pool: pd.DataFrame | None = None) -> dict[int, float]:
+    """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, with
+    `config.allocation == "sensitivity"` the measured-sensitivity split of the same total, with
+    "standardized" what one ranking of standardized scores over `pool` removes from each layer."""
     present = scores[scores.kind == kind].groupby("layer").size()
     sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
     sizes = {layer: n for layer, n in sizes.items() if n}
+    if config.allocation == "standardized" and pool is not None:
+        removed = standardized_removals(pool, ratio)
+        # of the original count: groups already gone (earlier iterative steps) plus those removed now
+        return {layer: (n - int(present.get(layer, 0)) + removed.get((kind, layer), 0)) / n
+                for layer, n in sizes.items()}
     if config.allocation != "sensitivity" or sensitivity is None:
         return {layer: ratio for layer in sizes}
     from .sensitivity import allocate
@@ -315,9 +355,12 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
     plan = Plan()
     attn_kind = attention_kind(config)
     kinds = [k for k, on in ((attn_kind, config.prune_attn), ("mlp", config.prune_mlp)) if on]
+    pool = pd.concat([scores[(scores.kind == k) & scores.layer.isin(list(ranges["mlp" if k == "mlp" else "attn"]))]
+                      for k in kinds]) if kinds else None
     for kind in kinds:
         range_kind = "mlp" if kind == "mlp" else "attn"
-        ratios = layer_ratios(scores, config, ratio, ranges[range_kind], kind, original_counts, sensitivity)
+        ratios = layer_ratios(scores, config, ratio, ranges[range_kind], kind, original_counts, sensitivity,
+                              pool)
         if kind == "qhead":
             plan.qhead_keep = _plan_query_heads(scores, ratios, original_counts, kv_heads)
             continue
@@ -720,6 +763,10 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     prune_config.validate(n_layers0)
     score_config = replace(score_config, kinds=score_kinds(prune_config))
     score_config.validate()
+    from .criteria import criterion as registered
+
+    if registered(score_config.criterion).layer_level and prune_config.strategy != "layer":
+        raise ValueError(f"{score_config.criterion} scores whole decoder layers: use the layer strategy")
     steps = int(prune_config.iterative_steps)
     size_before, widths_before = model_size(model), layer_widths(model)
     params0 = size_before["params"]

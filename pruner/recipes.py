@@ -20,6 +20,45 @@ RECIPES = {
                             compensate=True)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
                    PruneConfig(target_params=0.2, attn_granularity="kv-group")),
+    # The field's other methods on the same engine (coupled groups, slicing, exports); RECIPE_NOTES
+    # says what each does differently and where it departs from its reference code.
+    "flap": (ScoreConfig(criterion="fluctuation", aggregation="last"),
+             PruneConfig(target_params=0.2, attn_granularity="query-heads", allocation="standardized",
+                         compensate=True)),
+    "wanda-sp": (ScoreConfig(criterion="wanda-sp", aggregation="last"),
+                 PruneConfig(target_params=0.2, attn_granularity="query-heads")),
+    "minitron": (ScoreConfig(criterion="activation", aggregation="last"),
+                 PruneConfig(target_params=0.2, attn_granularity="query-heads")),
+    "shortgpt": (ScoreConfig(criterion="block-influence", aggregation="last"),
+                 PruneConfig(target_params=0.2, strategy="layer")),
+}
+
+# name -> (citation, what it does differently), shown by the CLI's help and the page's recipe switch
+RECIPE_NOTES = {
+    "default": ("this project (bench/quality.py)",
+                "MLP channels only, ranked by first-order Taylor on down_proj alone, removed channels' "
+                "mean output folded into a bias"),
+    "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
+                   "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
+                   "summed over each group, no compensation"),
+    "flap": ("An et al. 2024, FLAP, AAAI, arXiv 2312.11983",
+             "fluctuation (variance of each input channel x its weight column's squared norm), scores "
+             "standardized per layer and kind, one ranking across layers and between attention and MLP "
+             "(adaptive widths), bias compensation; heads scored as the sum of their channels' "
+             "fluctuation (FLAP standardizes channels, then averages per head, and squares the attention metric)"),
+    "wanda-sp": ("the structured Wanda baseline of FLAP (An et al. 2024); Wanda: Sun et al. 2023, arXiv 2306.11695",
+                 "|W| x the input's RMS per o_proj / down_proj column, averaged over rows and summed per "
+                 "group, one ratio per layer for heads and MLP channels, no compensation; statistics from "
+                 "the dense model in one pass (FLAP's code re-collects them layer by layer as it prunes)"),
+    "minitron": ("Muralidharan et al. 2024, Compact Language Models via Pruning and Knowledge Distillation, "
+                 "arXiv 2407.14679",
+                 "activation-based importance: each head's output norm and each MLP channel's activation "
+                 "RMS on calibration text, width pruning of heads and MLP channels at one ratio per layer; "
+                 "embedding channels are not pruned here (the channel strategy would need its own pass), "
+                 "and recovery is this project's LoRA with distillation, not full distillation training"),
+    "shortgpt": ("Men et al. 2024, ShortGPT, arXiv 2403.03853",
+                 "depth pruning: whole decoder layers with the lowest block influence (1 - cosine "
+                 "similarity of each layer's input and output hidden states) removed"),
 }
 
 

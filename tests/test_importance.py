@@ -264,7 +264,8 @@ def test_the_criteria_registry_says_what_each_needs_and_computes_its_formula():
     assert set(CALIBRATION_FREE) == {"random", "l1", "l2"}
     assert set(GRADIENT_CRITERIA) == {c for c in CRITERIA if c.startswith("taylor")}
     assert FISHER_CRITERIA == ("taylor-element2",)
-    assert [c for c in CRITERIA if not REGISTRY[c].aggregates] == ["random", "fluctuation"]
+    assert [c for c in CRITERIA if not REGISTRY[c].aggregates] == [
+        "random", "fluctuation", "wanda-sp", "activation", "block-influence"]
     w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
     g = torch.tensor([[0.5, 1.0], [-1.0, 2.0]])
     f = torch.tensor([[2.0, 1.0], [0.0, 4.0]])

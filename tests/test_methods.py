@@ -1,0 +1,96 @@
+"""The field's methods as recipes of this engine: each new metric against a hand computation on a
+tiny model, the standardized allocation (FLAP) against its definition, and every recipe on every
+supported family."""
+
+import pytest
+import torch
+
+from pruner.importance import ScoreConfig, block_influence, score
+
+from conftest import tiny_model
+
+
+def _inputs_of(module, model, calib):
+    captured = []
+    handle = module.register_forward_pre_hook(lambda m, a: captured.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        model(input_ids=calib)
+    handle.remove()
+    return torch.cat(captured).double()                       # (tokens, in)
+
+
+def test_wanda_sp_and_activation_match_hand_formulas(calib):
+    model = tiny_model(n_heads=4, n_kv=2)              # head_dim 8: a KV group owns 16 o_proj columns
+    layer = 1
+    down = model.model.layers[layer].mlp.down_proj
+    x = _inputs_of(down, model, calib)
+    rms = x.square().mean(0).sqrt()
+    wanda = score(model, calib, ScoreConfig("wanda-sp"))
+    got = wanda[(wanda.kind == "mlp") & (wanda.layer == layer)].sort_values("group").score.to_numpy()
+    torch.testing.assert_close(torch.tensor(got), down.weight.double().abs().mean(0) * rms, rtol=1e-4, atol=1e-9)
+    act = score(model, calib, ScoreConfig("activation"))
+    got = act[(act.kind == "mlp") & (act.layer == layer)].sort_values("group").score.to_numpy()
+    torch.testing.assert_close(torch.tensor(got), rms, rtol=1e-4, atol=1e-9)
+    # a KV group's activation: the norm over its 2 heads x 8 channels of o_proj's input
+    o = model.model.layers[layer].self_attn.o_proj
+    xo = _inputs_of(o, model, calib)
+    expected = xo.square().mean(0).reshape(2, 16).sum(1).sqrt()
+    got = act[(act.kind == "attn") & (act.layer == layer)].sort_values("group").score.to_numpy()
+    torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_block_influence_is_one_minus_the_mean_cosine_of_each_layer(calib):
+    model = tiny_model(layers=3)
+    states = []
+    hooks = [layer.register_forward_hook(lambda m, a, kw, out: states.append(
+        (a[0] if a else kw["hidden_states"], out[0] if isinstance(out, tuple) else out)), with_kwargs=True)
+        for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=calib)
+    for h in hooks:
+        h.remove()
+    expected = [1 - torch.nn.functional.cosine_similarity(i.double(), o.double(), dim=-1).mean().item()
+                for i, o in states]
+    assert block_influence(model, calib) == pytest.approx(expected, rel=1e-5)
+    df = score(model, calib, ScoreConfig("block-influence"))
+    per_layer = df.groupby("layer").score.sum().to_list()       # spread over the groups, summed back
+    assert per_layer == pytest.approx(expected, rel=1e-5)
+
+
+def test_standardized_allocation_is_one_ranking_of_standardized_scores():
+    import pandas as pd
+
+    from pruner.prune import standardized, standardized_removals
+
+    # layer 0 MLP scores 1..4, layer 1 MLP 10..40 (same shape, 10x larger), layer 1 attention 5, 7
+    pool = pd.DataFrame({"layer": [0] * 4 + [1] * 4 + [1] * 2, "kind": ["mlp"] * 8 + ["attn"] * 2,
+                         "group": [0, 1, 2, 3, 0, 1, 2, 3, 0, 1],
+                         "score": [1.0, 2, 3, 4, 10, 20, 30, 40, 5, 7]})
+    z = standardized(pool)
+    # by hand: (x - mean) / std with the sample std; both MLPs standardize to the same values
+    assert z.iloc[:4].round(6).tolist() == z.iloc[4:8].round(6).tolist() == [-1.161895, -0.387298, 0.387298, 1.161895]
+    assert z.iloc[8:].round(6).tolist() == [-0.707107, 0.707107]
+    # removing 3 of 10: the two lowest MLP channels' z (-1.16 in both layers), then attention's -0.71
+    assert standardized_removals(pool, 0.3) == {("mlp", 0): 1, ("mlp", 1): 1, ("attn", 1): 1}
+    # removing 9: every (layer, kind) keeps one group
+    assert standardized_removals(pool, 0.9) == {("mlp", 0): 3, ("mlp", 1): 3, ("attn", 1): 1}
+
+
+@pytest.mark.parametrize("name", ["flap", "wanda-sp", "minitron", "shortgpt"])
+def test_each_method_recipe_prunes_every_supported_family(name):
+    from families import FAMILIES, tiny_family_model
+    from pruner.prune import prune_model
+    from pruner.recipes import recipe
+    from pruner.stats import count_params
+
+    for family in FAMILIES:
+        model = tiny_family_model(family, num_hidden_layers=6)
+        ids = torch.randint(3, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+        score_config, prune_config = recipe(name, prune_overrides={"target_params": 0.1})
+        prune_config, _ = prune_config.normalized(model)
+        before = count_params(model)["params"]
+        result = prune_model(model, ids, score_config, prune_config)
+        after = count_params(result.model)["params"]
+        assert after < before, family
+        with torch.no_grad():
+            assert torch.isfinite(result.model(input_ids=ids).logits).all(), family
