@@ -670,6 +670,11 @@ def build() -> gr.Blocks:
                     recipe_name = gr.Radio(list(RECIPE_CONTROLS), value="default (best measured)",
                                            label="recipe")
                 recipe_note = gr.Markdown()
+                with gr.Accordion("Measured: the field's methods side by side on this model (bench/methods.py)",
+                                  open=False, elem_id="methods"):
+                    methods_table, methods_data = handlers.methods_results()
+                    gr.Markdown(methods_table)
+                    gr.Plot(figures.methods_figure(methods_data), label="bench/methods.py")
                 with gr.Row():
                     mode = gr.Radio(["share of parameters", "ratio of groups"], value="share of parameters",
                                     label="amount is a")

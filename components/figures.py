@@ -281,6 +281,11 @@ def evaluation_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def methods_figure(data: dict | None) -> go.Figure:
+    """bench/methods.py's figure: perplexity / dense against the share removed, one line per method."""
+    return go.Figure(data) if data else _empty("run bench/methods.py to draw the methods side by side")
+
+
 def recovery_curve_figure(table: pd.DataFrame, dense_ppl: float) -> go.Figure:
     """WikiText-2 perplexity / dense against recovery seconds, one line per data / objective, the
     two presets as labelled points and the targets as dotted lines (bench/recovery_curve.py)."""

@@ -920,6 +920,15 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
     return pd.DataFrame(data["rows"]), float(data["dense_ppl"])
 
 
+def methods_results() -> tuple[str, dict | None]:
+    """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
+    results = Path(__file__).resolve().parent.parent / "bench" / "results"
+    table, figure = results / "methods.md", results / "methods.plotly.json"
+    if not table.is_file():
+        return "Run `python bench/methods.py` to measure the field's methods side by side.", None
+    return table.read_text(), json.loads(figure.read_text()) if figure.is_file() else None
+
+
 # ----------------------------------------------------------------------------- compare
 
 def compare_stream(store: Store, session: Session, prompt: str, settings: GenerationSettings):

@@ -1,4 +1,5 @@
 """The CLI's eval, recover and generate subcommands on a tiny local model (fast)."""
+import pytest
 
 import json
 
@@ -62,3 +63,14 @@ def test_prune_with_sensitivity_allocation(tiny_folder, tmp_path, capsys):
                                                                      ("mlp", 0), ("mlp", 1)]
     assert {"loss_increase", "removed", "kept"} <= set(out["sensitivity"][0])
     assert (tmp_path / "p" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("preset, check", [
+    ("flap", lambda r: r["prune"]["allocation"] == "standardized" and r["score"]["criterion"] == "fluctuation"),
+    ("shortgpt", lambda r: r["prune"]["strategy"] == "layer" and r["score"]["criterion"] == "block-influence"),
+])
+def test_prune_with_a_method_preset(tiny_folder, tmp_path, capsys, preset, check):
+    assert main(["prune", "--model", tiny_folder, "--preset", preset, "--ratio", "0.3", "--layers", "0:2",
+                 "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"), "--json"]) == 0
+    out = last_json(capsys)
+    assert check(out["recipe"]) and out["params_after"] < out["params_before"]

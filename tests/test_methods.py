@@ -94,3 +94,20 @@ def test_each_method_recipe_prunes_every_supported_family(name):
         assert after < before, family
         with torch.no_grad():
             assert torch.isfinite(result.model(input_ids=ids).logits).all(), family
+
+
+def test_the_methods_table_reports_mean_range_and_what_could_not_run():
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from methods import table
+
+    runs = [{"method": "flap", "amount": 0.2, "seed": 0, "ratio": 1.5},
+            {"method": "flap", "amount": 0.2, "seed": 1, "ratio": 1.7},
+            {"method": "default", "amount": 0.5, "seed": 0, "error": "cannot remove"}]
+    args = Namespace(recover=False, windows=8, draws=2, calib_samples=4, calib_len=16)
+    text = table(runs, ["flap", "default"], [0.2, 0.5], args, 20.0)
+    assert "| `flap` | 1.60x (1.50-1.70) | not run |" in text
+    assert "| `default` | not run | cannot reach |" in text

@@ -1,0 +1,169 @@
+"""The field side by side: every named recipe (this project's default, LLM-Pruner, FLAP, Wanda-sp,
+Minitron, ShortGPT) on the default model at each share of parameters, untuned and (with
+--recover) after the quick LoRA preset, over several calibration draws (mean and spread).
+
+Calibration: `--calib-samples` x `--calib-len` tokens of the built-in text, one seed per draw
+(nothing calibrates or trains on an evaluation set; the quick preset trains on book passages).
+Perplexity: WikiText-2 test, the first `--windows` windows of 128 tokens, next to the dense model's
+on the same windows.
+
+    python bench/methods.py --data-dir ../shared/data                        # the issue's full grid
+    python bench/methods.py --data-dir ../shared/data --draws 1 --windows 64  # a quick look
+
+Writes bench/results/methods.json (every run, as it goes), methods.md (the table) and
+methods.plotly.json (perplexity / dense against share removed, one line per method); the last
+stdout line is one JSON object {method: {amount: mean ratio untuned}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import common
+from pruner import PruneConfig, ScoreConfig, calibration_ids, load_model, prune_model
+from pruner.evaluate import perplexity
+from pruner.recipes import RECIPE_NOTES, RECIPES, recipe
+from pruner.recover import LoraRecovery, preset, recovery_examples
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# combinations measured beside the named recipes, candidates for a better default (#19)
+CANDIDATES = {
+    "taylor-last+standardized": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
+                                 PruneConfig(target_params=0.2, attn_granularity="query-heads",
+                                             allocation="standardized", compensate=True)),
+    "fluctuation-mlp+compensation": (ScoreConfig(criterion="fluctuation", aggregation="last"),
+                                     PruneConfig(target_params=0.2, attn_share=0.0, compensate=True)),
+}
+
+
+def recipe_of(name: str, amount: float):
+    if name in CANDIDATES:
+        score_config, prune_config = CANDIDATES[name]
+        return score_config, replace(prune_config, target_params=amount)
+    return recipe(name, prune_overrides={"target_params": amount})
+
+
+def evaluate(model, tok, windows: int, data_dir) -> float:
+    return perplexity(model, tok, "wikitext2", 128, max_windows=windows, data_dir_path=data_dir,
+                      progress=False)["ppl"]
+
+
+def one_run(model, tok, name: str, amount: float, seed: int, args, dense: float) -> dict:
+    score_config, prune_config = recipe_of(name, amount)
+    prune_config, notes = prune_config.normalized(model)
+    ids = calibration_ids(tok, "builtin", args.calib_samples, args.calib_len, seed=seed)
+    row = {"method": name, "amount": amount, "seed": seed, "notes": notes}
+    start = time.perf_counter()
+    try:
+        result = prune_model(model, ids, score_config, prune_config)
+    except ValueError as err:               # the recipe cannot reach this share on this model
+        return {**row, "error": str(err)}
+    row["prune_s"] = time.perf_counter() - start
+    row["removed"] = result.report["ratio_params_removed"]
+    row["ppl"] = evaluate(result.model, tok, args.windows, args.data_dir)
+    row["ratio"] = row["ppl"] / dense
+    if args.recover:
+        settings = preset("quick")
+        examples = recovery_examples("lambada", tok, settings.seq_len, None, args.data_dir)
+        start = time.perf_counter()
+        rec = LoraRecovery(result.model, tok, examples, settings, teacher=model, in_place=True)
+        for _ in rec.train():
+            pass
+        merged = rec.merge(in_place=True)
+        row["recover_s"] = time.perf_counter() - start
+        row["ppl_quick"] = evaluate(merged, tok, args.windows, args.data_dir)
+        row["ratio_quick"] = row["ppl_quick"] / dense
+    return row
+
+
+def summarize(runs: list[dict], key: str) -> dict:
+    """(method, amount) -> {"mean", "min", "max", "n"} of `key` over the draws that reached it."""
+    out = {}
+    for r in runs:
+        if key in r:
+            out.setdefault((r["method"], r["amount"]), []).append(r[key])
+    return {k: {"mean": statistics.mean(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in out.items()}
+
+
+def table(runs: list[dict], methods: list[str], amounts: list[float], args, dense: float) -> str:
+    untuned, quick = summarize(runs, "ratio"), summarize(runs, "ratio_quick")
+    errors = {(r["method"], r["amount"]): r["error"] for r in runs if "error" in r}
+
+    def cell(stats, key):
+        if key in stats:
+            s = stats[key]
+            return f"{s['mean']:.2f}x ({s['min']:.2f}-{s['max']:.2f})" if s["n"] > 1 else f"{s['mean']:.2f}x"
+        return "cannot reach" if key in errors else "not run"
+
+    head = "| method | " + " | ".join(f"{100 * a:.0f}% untuned" + (f" | {100 * a:.0f}% quick LoRA" if args.recover else "")
+                                      for a in amounts) + " |"
+    rows = [head, "|" + "---|" * (1 + len(amounts) * (2 if args.recover else 1))]
+    for m in methods:
+        cells = []
+        for a in amounts:
+            cells.append(cell(untuned, (m, a)))
+            if args.recover:
+                cells.append(cell(quick, (m, a)))
+        rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
+            f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} built-in tokens "
+            "(mean, range)\n\n" + "\n".join(rows) + "\n")
+
+
+def figure(runs: list[dict], methods: list[str], dense: float) -> dict:
+    """Plotly JSON: perplexity / dense against the share of parameters removed, one line per method."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    stats = summarize(runs, "ratio")
+    for m in methods:
+        points = sorted((a, s["mean"]) for (mm, a), s in stats.items() if mm == m)
+        if points:
+            fig.add_scatter(x=[0.0] + [a for a, _ in points], y=[1.0] + [v for _, v in points],
+                            mode="lines+markers", name=m)
+    fig.update_layout(xaxis_title="share of parameters removed", yaxis_title="WikiText-2 perplexity / dense",
+                      yaxis_type="log", title="The field side by side, untuned (bench/methods.py)")
+    return json.loads(fig.to_json())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join([*RECIPES, *CANDIDATES]))
+    parser.add_argument("--amounts", default="0.2,0.5")
+    parser.add_argument("--draws", type=int, default=3, help="calibration seeds 0..N-1")
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--calib-len", type=int, default=128)
+    parser.add_argument("--windows", type=int, default=256)
+    parser.add_argument("--recover", action="store_true", help="also the quick LoRA preset after each prune")
+    parser.add_argument("--data-dir", default=str(common.SHARED_DATA) if common.SHARED_DATA.is_dir() else None)
+    parser.add_argument("--out", default=str(RESULTS / "methods.json"))
+    args = parser.parse_args()
+    methods, amounts = args.methods.split(","), [float(a) for a in args.amounts.split(",")]
+    model, tok = load_model("default", device="cpu")[:2]
+    dense = evaluate(model, tok, args.windows, args.data_dir)
+    print(f"dense: {dense:.2f}", flush=True)
+    runs, out = [], Path(args.out)
+    for amount in amounts:
+        for name in methods:
+            for seed in range(args.draws):
+                row = one_run(model, tok, name, amount, seed, args, dense)
+                runs.append(row)
+                print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+                out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "notes": RECIPE_NOTES,
+                                           "runs": runs}, indent=2) + "\n")
+    text = table(runs, methods, amounts, args, dense)
+    out.with_suffix(".md").write_text(text)
+    out.with_name("methods.plotly.json").write_text(json.dumps(figure(runs, methods, dense)) + "\n")
+    print(text)
+    print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}
+                      for m in methods}))
+
+
+if __name__ == "__main__":
+    main()
