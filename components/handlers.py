@@ -21,7 +21,6 @@ import torch
 from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model, save, score
 from pruner.card import card_stats, push
 from pruner.export import loader_of
-from pruner.activations import input_statistics
 from pruner.arch import arch_of
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids, text_origin
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
@@ -34,7 +33,6 @@ from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOW
 from pruner.prune import default_layer_range, needs_calibration, prunable_share, score_kinds
 from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
-from pruner.sensitivity import layer_sensitivity
 from pruner.stats import count_params
 
 from pruner import footprint
@@ -414,11 +412,7 @@ def preview(store: Store, session: Session, config: PruneConfig, criterion, aggr
     scores = _scores_for(store, session, config, criterion, aggregation)
     config.validate(session.info["layers"])
     original = session.original(store).model
-    plan = make_plan(original, scores, config)
-    if config.allocation == "sensitivity":          # measured on the uniform plan, as prune_model does
-        stats = input_statistics(original, session.calibration) if config.compensate else None
-        sensitivity = layer_sensitivity(original, session.calibration, plan, stats)
-        plan = make_plan(original, scores, config, sensitivity=sensitivity)
+    plan = make_plan(original, scores, config, input_ids=session.calibration)   # sensitivity measured there
     removed = plan.removed_groups(scores)
     session.removed = removed
     total = count_params(original)["params"]

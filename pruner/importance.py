@@ -38,7 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .arch import arch_of
-from .criteria import REGISTRY, Criterion, criterion
+from .criteria import REGISTRY, Criterion, criterion as registered
 from .options import option
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
@@ -86,7 +86,7 @@ def canonical(criterion: str) -> str:
 
 def criterion_of(name: str) -> Criterion:
     """The registered criterion (pruner/criteria.py) of `name` or its alias."""
-    return criterion(canonical(name))
+    return registered(canonical(name))
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -521,8 +521,8 @@ def score_many(model, input_ids, criteria: list[str], aggregations: list[str],
     """Every criterion x aggregation in one long DataFrame; each criterion's passes run once."""
     fams = all_families(model, kinds)
     frames = []
-    for criterion in map(canonical, criteria):
-        stats = member_statistics(model, input_ids, criterion, fams, seed)
+    for name in map(canonical, criteria):
+        stats = member_statistics(model, input_ids, name, fams, seed)
         for aggregation in aggregations:
-            frames.append(scores_frame(model, fams, stats, criterion, aggregation))
+            frames.append(scores_frame(model, fams, stats, name, aggregation))
     return pd.concat(frames, ignore_index=True)

@@ -504,12 +504,21 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
 
 
 def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
-              sensitivity: pd.DataFrame | None = None) -> Plan:
+              sensitivity: pd.DataFrame | None = None, input_ids: torch.Tensor | None = None) -> Plan:
     """One-step plan from `scores`: `config.ratio` of groups, or `config.target_params` of the
-    model's parameters (what the dashboard marks on the heatmap before pruning)."""
+    model's parameters (what the dashboard marks on the heatmap before pruning). With
+    `allocation="sensitivity"` and calibration `input_ids` (no `sensitivity` given), the layers'
+    sensitivities are measured on the uniform plan first, as prune_model does."""
     from .stats import count_params
 
     config.validate(len(layers_of(model)))
+    if config.allocation == "sensitivity" and sensitivity is None and input_ids is not None:
+        from .activations import input_statistics
+        from .sensitivity import layer_sensitivity
+
+        uniform = make_plan(model, scores, config)
+        stats = input_statistics(model, input_ids) if config.compensate else None
+        sensitivity = layer_sensitivity(model, input_ids, uniform, stats)
     if config.target_params is not None:
         n_remove = int(round(count_params(model)["params"] * config.target_params))
         return plan_for_params(model, scores, config, n_remove, sensitivity=sensitivity)[0]

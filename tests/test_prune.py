@@ -221,3 +221,12 @@ def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
     assert result.widths_after.equals(expected.widths_after)
     with torch.no_grad():
         assert torch.equal(result.model(calib).logits, expected.model(calib).logits)
+
+
+def test_make_plan_measures_sensitivity_as_prune_model_does(calib):
+    model = tiny_model(layers=4)
+    cfg = PruneConfig(ratio=0.4, allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4), mlp_layers=(0, 4))
+    scores = score(model, calib, ScoreConfig("l2"))
+    plan = make_plan(model, scores, cfg, input_ids=calib)
+    assert plan == prune_model(model, calib, ScoreConfig("l2"), cfg, scores=scores).plans[0]
+    assert plan != make_plan(model, scores, cfg)         # the measured split differs from the uniform one
