@@ -25,7 +25,7 @@ from pruner.arch import arch_of
 from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids, text_origin
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, stream
-from pruner.groups import describe_layer
+from pruner.groups import describe_layer, family, group_slices
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOWS, SPEED_RUNS, SPEED_TEXT,
@@ -173,6 +173,36 @@ def structure(store: Store, session: Session, layer: int):
 GRANULARITIES = ("KV group", "query head", "MLP channel", "hidden channel")
 
 
+def graph_members(slices: list[tuple[str, str, str]]) -> dict[str, str]:
+    """The dependency graph's nodes (figures.GRAPH_NODES) -> the slices there, from
+    groups.group_slices: fused projections light every node they hold (qkv_proj: q, k and v),
+    norms the node before the block they feed (or after down_proj for post-norms)."""
+    nodes: dict[str, list[str]] = {}
+    seen_o = seen_down = seen_attn = False
+    separate_up = any(role == "up" for role, _, _ in slices)      # the MLP family's fused halves
+    for role, module, where in slices:
+        short = module.rsplit(".", 1)[-1]
+        if role == "norm":
+            if seen_down:
+                targets = ["down"]
+            elif seen_o:
+                targets = ["mlp_norm"]
+            else:
+                targets = ["attn"] if seen_attn else ["attn_norm"]
+        elif role == "qkv":
+            targets = ["q", "k", "v"]
+        elif role == "gate" and short.startswith("gate_up") and not separate_up:
+            targets = ["gate", "up"]
+        else:
+            targets = [role]
+        seen_attn |= role in ("q", "k", "v", "qkv")
+        seen_o |= role == "o"
+        seen_down |= role == "down"
+        for node in targets:
+            nodes.setdefault(node, []).append(f"{short} {where}")
+    return {node: "; ".join(texts) for node, texts in nodes.items()}
+
+
 def dependency_graph(store: Store, session: Session, layer: int, granularity: str, group: int):
     """The members of one group of `granularity` in `layer`, as (figure, sentence): which rows
     or columns of which projections go together, and why (in / out degree, LLM-Pruner Eq. 1-2)."""
@@ -184,32 +214,24 @@ def dependency_graph(store: Store, session: Session, layer: int, granularity: st
     limit = {"KV group": n_kv, "query head": n_q, "MLP channel": width, "hidden channel": hidden}[granularity]
     if not 0 <= group < limit:
         raise ValueError(f"layer {layer} has {limit} {granularity}s: choose 0 to {limit - 1}")
-    rows = lambda a, b: f"rows {a}-{b - 1}"            # noqa: E731
-    cols = lambda a, b: f"columns {a}-{b - 1}"         # noqa: E731
+    kind = {"KV group": "attn", "query head": "qhead", "MLP channel": "mlp", "hidden channel": "hidden"}[granularity]
+    members = graph_members(group_slices(family(model, kind, layer), group, layer=layer))
     if granularity == "KV group":
         rep = n_q // n_kv
-        heads = range(group * rep, (group + 1) * rep)
-        members = {"k": rows(group * hd, (group + 1) * hd), "v": rows(group * hd, (group + 1) * hd),
-                   "q": rows(heads[0] * hd, (heads[-1] + 1) * hd), "attn": f"KV head {group}, query heads "
-                   f"{heads[0]}-{heads[-1]}", "o": cols(heads[0] * hd, (heads[-1] + 1) * hd)}
+        members["attn"] = f"KV head {group}, query heads {group * rep}-{(group + 1) * rep - 1}"
         why = (f"KV head {group}'s k/v rows are read by {rep} query heads (out-degree {rep}): removing it "
                "removes them, their q rows and the o_proj columns that read only them (in-degree 1).")
     elif granularity == "query head":
-        members = {"q": rows(group * hd, (group + 1) * hd), "attn": f"query head {group}",
-                   "o": cols(group * hd, (group + 1) * hd)}
+        members["attn"] = f"query head {group}"
         why = (f"Query head {group}: its q rows and the o_proj columns reading it go together; its KV head "
                f"is shared with {n_q // n_kv - 1} other query heads and stays (the Prune tab's default "
                "attention granularity removes the same number of query heads per KV group).")
     elif granularity == "MLP channel":
-        members = {"gate": f"row {group}", "up": f"row {group}", "act": f"channel {group}",
-                   "down": f"column {group}"}
-        why = (f"MLP channel {group}: gate and up each write it (row {group}), down_proj reads it (column "
-               f"{group}) and nothing else does, so the three slices are one group of {3 * hidden:,} weights.")
+        members["act"] = f"channel {group}"
+        why = (f"MLP channel {group}: {members['gate']} and {members['up']} each write it, {members['down']} "
+               f"reads it and nothing else does, so the three slices are one group of {3 * hidden:,} weights.")
     else:
-        members = {n: f"column {group}" for n in ("q", "k", "v", "gate", "up")}
-        members.update({"o": f"row {group}", "down": f"row {group}", "resid_in": f"channel {group}",
-                        "resid_out": f"channel {group}", "add1": f"channel {group}", "add2": f"channel {group}",
-                        "attn_norm": f"weight {group}", "mlp_norm": f"weight {group}"})
+        members.update({n: f"channel {group}" for n in ("resid_in", "resid_out", "add1", "add2")})
         why = (f"Hidden channel {group} is one coordinate of the residual stream that every layer reads and "
                f"writes: removing it removes these slices in every layer, plus column {group} of the "
                "embedding, the final norm's weight and lm_head's column (the 'channel' strategy).")

@@ -203,3 +203,19 @@ def test_models_shown_together_are_timed_in_one_run_and_evaluate_reuses_the_quic
     quick = handlers.cached_measure(store, session.prune_key)[handlers.QUICK_PPL]
     table, _ = handlers.run_evaluation(store, session, ["pruned"], ["wikitext2"], [], QUICK_PPL_WINDOWS, 10)
     assert calls == [] and table.loc[0, "wikitext2 ppl"] == quick
+
+
+def test_dependency_graph_nodes_come_from_the_family_fused_or_not():
+    from families import tiny_family_model
+    from pruner.groups import family, group_slices
+
+    phi3 = tiny_family_model("phi3")           # fused qkv_proj (q 32 | k 16 | v 16 rows) and gate_up_proj
+    nodes = handlers.graph_members(group_slices(family(phi3, "attn", 1), 1))
+    assert nodes == {"q": "qkv_proj rows 16-31", "k": "qkv_proj rows 40-47", "v": "qkv_proj rows 56-63",
+                     "o": "o_proj columns 16-31"}
+    nodes = handlers.graph_members(group_slices(family(phi3, "mlp", 1), 5))
+    assert nodes == {"gate": "gate_up_proj row 5", "up": "gate_up_proj row 53", "down": "down_proj column 5"}
+    nodes = handlers.graph_members(group_slices(family(phi3, "hidden"), 3, layer=1))
+    assert nodes["q"] == nodes["k"] == nodes["v"] == "qkv_proj column 3"
+    assert nodes["gate"] == nodes["up"] == "gate_up_proj column 3"
+    assert nodes["attn_norm"] == "input_layernorm weight 3" and nodes["mlp_norm"] == "post_attention_layernorm weight 3"
