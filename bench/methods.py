@@ -143,12 +143,23 @@ def main():
     parser.add_argument("--recover", action="store_true", help="also the quick LoRA preset after each prune")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA) if common.SHARED_DATA.is_dir() else None)
     parser.add_argument("--out", default=str(RESULTS / "methods.json"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other methods' runs in --out (same settings) and re-run only --methods")
     args = parser.parse_args()
     methods, amounts = args.methods.split(","), [float(a) for a in args.amounts.split(",")]
     model, tok = load_model("default", device="cpu")[:2]
     dense = evaluate(model, tok, args.windows, args.data_dir)
     print(f"dense: {dense:.2f}", flush=True)
     runs, out = [], Path(args.out)
+    every = methods
+    if args.merge and out.is_file():
+        old = json.loads(out.read_text())
+        same = {k: old["args"][k] for k in ("draws", "calib_samples", "calib_len", "windows", "recover")}
+        if same != {k: vars(args)[k] for k in same}:
+            raise SystemExit(f"--merge needs the same settings as {out}: {same}")
+        runs = [r for r in old["runs"] if r["method"] not in methods]
+        every = list(dict.fromkeys([r["method"] for r in runs] + methods))
+        amounts = sorted(set(amounts) | {r["amount"] for r in runs})
     for amount in amounts:
         for name in methods:
             for seed in range(args.draws):
@@ -157,12 +168,12 @@ def main():
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
                 out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "notes": RECIPE_NOTES,
                                            "runs": runs}, indent=2) + "\n")
-    text = table(runs, methods, amounts, args, dense)
+    text = table(runs, every, amounts, args, dense)
     out.with_suffix(".md").write_text(text)
-    out.with_name("methods.plotly.json").write_text(json.dumps(figure(runs, methods, dense)) + "\n")
+    out.with_name("methods.plotly.json").write_text(json.dumps(figure(runs, every, dense)) + "\n")
     print(text)
     print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}
-                      for m in methods}))
+                      for m in every}))
 
 
 if __name__ == "__main__":

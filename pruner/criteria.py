@@ -133,6 +133,10 @@ class InputCriterion(Criterion):
     over the calibration tokens: `column` gives one value per input channel, summed over each
     group's channels, then `finish`."""
     needs, aggregates = frozenset({"weights", "activations"}), False
+    # FLAP's standardization (allocation="standardized"): the per-channel values, raised to this
+    # power per block (FLAP squares its attention metric), standardized over the layer's channels,
+    # averaged over each group's channels
+    z_power = {"attn": 1, "mlp": 1}
 
     def column(self, w: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """(in,) per input channel, from W (out, in) float32 and E[x], Var[x] (in,)."""
@@ -142,6 +146,7 @@ class InputCriterion(Criterion):
 @register
 class Fluctuation(InputCriterion):
     name = "fluctuation"
+    z_power = {"attn": 2, "mlp": 1}
     formula = ("FLAP: sum over the group's input channels c of the last weight (o_proj / down_proj) "
                "of Var[x_c] * ||W[:, c]||^2")
 

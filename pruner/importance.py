@@ -38,7 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .arch import arch_of
-from .criteria import REGISTRY, Criterion, criterion as registered
+from .criteria import REGISTRY, Criterion, InputCriterion, criterion as registered
 from .options import option
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
@@ -431,6 +431,11 @@ def _input_criterion(model, input_ids, fams, stats, params, crit):
         per_column = crit.column(weight, entry.mean.float().to(weight.device),
                                  entry.var.float().to(weight.device))                   # (in,)
         stats[f][-1] = reduce_to_groups(per_column, last, fam.n_groups)
+        # row 0: FLAP's standardized score, per channel over the layer, averaged per group
+        values = per_column.double() ** crit.z_power[fam.block]
+        z = (values - values.mean()) / values.std().clamp_min(1e-30)
+        channels = reduce_to_groups(torch.ones_like(z), last, fam.n_groups).clamp_min(1)
+        stats[f][0] = reduce_to_groups(z, last, fam.n_groups) / channels
     return stats
 
 
@@ -482,24 +487,30 @@ def _block_influence(model, input_ids, fams, stats):
 
 def scores_frame(model, fams: list[Family], stats: list[torch.Tensor], criterion: str,
                  aggregation: str) -> pd.DataFrame:
-    """Aggregate member statistics into the tidy scores DataFrame (COLUMNS)."""
+    """Aggregate member statistics into the tidy scores DataFrame (COLUMNS; criteria read off
+    o_proj / down_proj inputs add "z", FLAP's standardized channel mean of each group)."""
+    crit = criterion_of(criterion)
+    with_z = isinstance(crit, InputCriterion)
     frames = []
     for fam, member_scores in zip(fams, stats):
-        if criterion_of(criterion).aggregates:
+        if crit.aggregates:
             group_scores = aggregate(member_scores, aggregation)
-        else:           # one score per group: random fills every member row, fluctuation the last
+        else:           # one score per group: random fills every member row, the others the last
             group_scores = member_scores[-1]
-        frames.append(pd.DataFrame({
+        frame = pd.DataFrame({
             "layer": np.full(fam.n_groups, fam.layer, dtype=np.int64),
             "kind": fam.kind,
             "group": np.arange(fam.n_groups, dtype=np.int64),
             "score": group_scores.double().cpu().numpy(),
             "n_params": group_param_counts(model, fam).numpy().astype(np.int64),
-        }))
+        })
+        if with_z:
+            frame["z"] = member_scores[0].double().cpu().numpy()
+        frames.append(frame)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[:5])
     df["criterion"] = criterion
     df["aggregation"] = aggregation
-    return df[COLUMNS]
+    return df[COLUMNS + (["z"] if with_z and "z" in df else [])]
 
 
 def score(model, input_ids: torch.Tensor | None, config: ScoreConfig | None = None,

@@ -306,8 +306,12 @@ def _plan_query_heads(scores, ratios, original_counts, kv_heads) -> dict[int, li
 
 
 def standardized(scores: pd.DataFrame) -> pd.Series:
-    """FLAP's standardization: each score minus its (layer, kind)'s mean, over their standard
-    deviation (0 where a layer's kind has one group or equal scores)."""
+    """FLAP's standardization: the scores' own "z" where the criterion gives it (each channel
+    standardized over its layer, averaged per group, as FLAP does), else each group score minus its
+    (layer, kind)'s mean, over their standard deviation (0 where a layer's kind has one group or
+    equal scores)."""
+    if "z" in scores and scores.z.notna().all():
+        return scores.z
     by = scores.groupby(["layer", "kind"]).score
     std = by.transform("std").fillna(0.0)
     z = (scores.score - by.transform("mean")) / std.where(std > 0, 1.0)

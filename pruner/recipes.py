@@ -42,10 +42,10 @@ RECIPE_NOTES = {
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
                    "summed over each group, no compensation"),
     "flap": ("An et al. 2024, FLAP, AAAI, arXiv 2312.11983",
-             "fluctuation (variance of each input channel x its weight column's squared norm), scores "
-             "standardized per layer and kind, one ranking across layers and between attention and MLP "
-             "(adaptive widths), bias compensation; heads scored as the sum of their channels' "
-             "fluctuation (FLAP standardizes channels, then averages per head, and squares the attention metric)"),
+             "fluctuation (variance of each input channel x its weight column's squared norm; attention's "
+             "squared, as FLAP's code does), standardized per channel over each layer and averaged per "
+             "head, one ranking across layers and between attention and MLP (adaptive widths), bias "
+             "compensation; within the same layer ranges as every recipe (FLAP prunes all layers)"),
     "wanda-sp": ("the structured Wanda baseline of FLAP (An et al. 2024); Wanda: Sun et al. 2023, arXiv 2306.11695",
                  "|W| x the input's RMS per o_proj / down_proj column, averaged over rows and summed per "
                  "group, one ratio per layer for heads and MLP channels, no compensation; statistics from "

@@ -111,3 +111,21 @@ def test_the_methods_table_reports_mean_range_and_what_could_not_run():
     text = table(runs, ["flap", "default"], [0.2, 0.5], args, 20.0)
     assert "| `flap` | 1.60x (1.50-1.70) | not run |" in text
     assert "| `default` | not run | cannot reach |" in text
+
+
+def test_flap_standardizes_channels_then_averages_each_head(calib):
+    """FLAP's z: channel values (attention: squared, as FLAP's code does) standardized over the
+    layer's channels with the sample std, then averaged over each group's channels."""
+    model = tiny_model(n_heads=4, n_kv=2)
+    df = score(model, calib, ScoreConfig("fluctuation"))
+    layer = 1
+    o = model.model.layers[layer].self_attn.o_proj
+    x = _inputs_of(o, model, calib)
+    values = (x.var(0, unbiased=False) * o.weight.double().square().sum(0)) ** 2      # (32,)
+    z = (values - values.mean()) / values.std()
+    got = df[(df.kind == "attn") & (df.layer == layer)].sort_values("group").z.to_numpy()
+    torch.testing.assert_close(torch.tensor(got), z.reshape(2, 16).mean(1), rtol=1e-4, atol=1e-6)
+    from pruner.prune import standardized
+
+    rows = df[df.layer == layer]
+    assert standardized(rows).tolist() == rows.z.tolist()      # the planner uses FLAP's own z
