@@ -322,17 +322,11 @@ def standardized_removals(pool: pd.DataFrame, ratio: float) -> dict[tuple[str, i
     """(kind, layer) -> groups removed when the `ratio` lowest of `pool` (the candidate groups of
     every pruned kind and layer) go by one ranking of standardized scores; each keeps one."""
     order = pool.assign(z=standardized(pool)).sort_values(["z", "layer", "kind", "group"], kind="stable")
-    left = order.groupby(["kind", "layer"]).size().to_dict()
-    removed = {key: 0 for key in left}
     budget = int(math.floor(ratio * len(order) + 1e-9))
-    for kind, layer in zip(order.kind, order.layer):
-        if budget == 0:
-            break
-        if left[(kind, layer)] > 1:
-            left[(kind, layer)] -= 1
-            removed[(kind, layer)] += 1
-            budget -= 1
-    return removed
+    # each (kind, layer)'s best group is never removed: drop it, then cut from the bottom up
+    best = order.groupby(["kind", "layer"]).cumcount(ascending=False) == 0
+    counts = order[~best].iloc[:budget].groupby(["kind", "layer"]).size()
+    return {key: int(counts.get(key, 0)) for key in order.groupby(["kind", "layer"]).size().index}
 
 
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
