@@ -170,7 +170,7 @@ def main():
                                            "runs": runs}, indent=2) + "\n")
     text = table(runs, every, amounts, args, dense)
     out.with_suffix(".md").write_text(text)
-    out.with_name("methods.plotly.json").write_text(json.dumps(figure(runs, every, dense)) + "\n")
+    out.with_name(out.stem + ".plotly.json").write_text(json.dumps(figure(runs, every, dense)) + "\n")
     print(text)
     print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}
                       for m in every}))
