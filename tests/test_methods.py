@@ -129,3 +129,10 @@ def test_flap_standardizes_channels_then_averages_each_head(calib):
 
     rows = df[df.layer == layer]
     assert standardized(rows).tolist() == rows.z.tolist()      # the planner uses FLAP's own z
+
+
+def test_the_page_shows_the_measured_methods_tables():
+    from components import handlers
+
+    text, figure = handlers.methods_results()
+    assert "`flap`" in text and "`shortgpt`" in text and figure["data"]
