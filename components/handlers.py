@@ -939,7 +939,8 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
-    tables = [path for path in (results / "methods_draws.md", results / "methods.md") if path.is_file()]
+    tables = [path for path in (results / "methods_draws.md", results / "methods_quick.md", results / "methods.md")
+              if path.is_file()]
     figure = results / "methods.plotly.json"
     if not tables:
         return "Run `python bench/methods.py` to measure the field's methods side by side.", None
