@@ -174,7 +174,9 @@ class Activation(InputCriterion):
         return var + mean.square()
 
     def finish(self, stats):
-        return [s.sqrt() for s in stats]
+        for s in stats:           # the score row only (row 0 holds the standardized channel mean)
+            s[-1] = s[-1].sqrt()
+        return stats
 
 
 @register

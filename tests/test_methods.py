@@ -37,6 +37,7 @@ def test_wanda_sp_and_activation_match_hand_formulas(calib):
     expected = xo.square().mean(0).reshape(2, 16).sum(1).sqrt()
     got = act[(act.kind == "attn") & (act.layer == layer)].sort_values("group").score.to_numpy()
     torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-4, atol=1e-9)
+    assert act.z.notna().all() and wanda.z.notna().all()      # FLAP's standardized mean stays usable
 
 
 def test_block_influence_is_one_minus_the_mean_cosine_of_each_layer(calib):
