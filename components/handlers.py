@@ -30,7 +30,7 @@ from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOWS, SPEED_RUNS, SPEED_TEXT,
                              SPEED_TOKENS, Speed, decode_speeds, is_quick_perplexity, quick_perplexity)
-from pruner.prune import default_layer_range, needs_calibration, prunable_share, score_kinds
+from pruner.prune import MAX_SHARE, default_layer_range, needs_calibration, prunable_share, score_kinds
 from pruner.recipes import recipe_record, with_recovery
 from pruner.recover import LoraRecovery, preset, recovery_examples
 from pruner.stats import count_params
@@ -377,8 +377,8 @@ def prune_config(mode, amount, scope, strategy, granularity, attn_share, compens
     """The PruneConfig the Prune tab's controls describe, normalised by the engine for `model`
     (settings that cannot apply are turned off), and the notes saying what was turned off."""
     amount = float(amount)
-    if not 0 < amount < 0.95:
-        raise ValueError(f"the pruning amount must be between 0 and 0.95, got {amount}")
+    if not 0 < amount < MAX_SHARE:
+        raise ValueError(f"the pruning amount must be between 0 and {MAX_SHARE}, got {amount}")
     share = None if attn_share is None or float(attn_share) < 0 else float(attn_share)
     by_params = mode == "share of parameters"
     config = PruneConfig(ratio=0.0 if by_params else amount, target_params=amount if by_params else None,
@@ -677,8 +677,8 @@ def magnitude_contrast(store: Store, session: Session, share: float, progress=No
     from torch.nn.utils import prune as torch_prune
 
     share = float(share)
-    if not 0 < share < 0.95:
-        raise ValueError("the share must be between 0 and 0.95")
+    if not 0 < share < MAX_SHARE:
+        raise ValueError(f"the share must be between 0 and {MAX_SHARE}")
     original = session.original(store)
 
     structured_model = None

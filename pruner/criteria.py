@@ -38,7 +38,6 @@ class Criterion:
     needs: frozenset[str] = frozenset()
     formula: str = ""              # per member slice, plain text
     aggregates: bool = True        # False: one score per group, the aggregation does not apply
-    layer_level: bool = False      # scores whole decoder layers (the layer strategy only)
 
     def element(self, w: torch.Tensor, g: torch.Tensor | None = None,
                 fisher: torch.Tensor | None = None) -> torch.Tensor | Callable:
@@ -53,6 +52,11 @@ class Criterion:
     @property
     def calibration_free(self) -> bool:
         return self.needs <= {"weights", "seed"}
+
+    @property
+    def layer_level(self) -> bool:
+        """Scores whole decoder layers (the layer strategy only)."""
+        return "hidden states" in self.needs
 
 
 @register
@@ -184,7 +188,6 @@ class BlockInfluence(Criterion):
     name, needs, aggregates = "block-influence", frozenset({"hidden states"}), False
     formula = ("ShortGPT: 1 - mean over tokens of cos(h_in, h_out) of each decoder layer, spread evenly "
                "over the layer's groups (the layer strategy sums them back); whole layers only")
-    layer_level = True
 
 
 def criterion(name: str) -> Criterion:

@@ -313,18 +313,6 @@ def family(model, kind: str, layer: int = -1) -> Family:
     return hidden_family(model) if kind == "hidden" else FAMILY_BUILDERS[kind](model, layer)
 
 
-def _spans(indices: list[int]) -> str:
-    """[0, 1, 2, 5, 6] -> "0-2, 5-6"."""
-    spans, start = [], None
-    for i, value in enumerate(indices):
-        if start is None:
-            start = value
-        if i + 1 == len(indices) or indices[i + 1] != value + 1:
-            spans.append(f"{start}" if start == value else f"{start}-{value}")
-            start = None
-    return ", ".join(spans)
-
-
 def group_slices(family: Family, group: int, layer: int | None = None) -> list[tuple[str, str, str]]:
     """(role, module, "rows 0-63" / "columns 5") of every slice of one group, in execution order,
     read off the family (fused projections name their own rows); `layer` keeps only that
@@ -333,10 +321,10 @@ def group_slices(family: Family, group: int, layer: int | None = None) -> list[t
     for m in family.members:
         if layer is not None and family.kind == "hidden" and not m.param.startswith(f"model.layers.{layer}."):
             continue
-        idx = m.indices(group).tolist()
-        if idx:
+        idx = m.indices(group)
+        if idx.numel():
             what = "weight" if m.role == "norm" else ("row" if m.dim == 0 else "column")
-            out.append((m.role, m.module, f"{what}{'s' if len(idx) > 1 else ''} {_spans(idx)}"))
+            out.append((m.role, m.module, f"{what}{'s' if idx.numel() > 1 else ''} {_ranges(idx)}"))
     return out
 
 

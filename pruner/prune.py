@@ -330,17 +330,16 @@ def standardized_removals(pool: pd.DataFrame, ratio: float) -> dict[tuple[str, i
 
 
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
-                 pool: pd.DataFrame | None = None) -> dict[int, float]:
+                 removals: dict[tuple[str, int], int] | None = None) -> dict[int, float]:
     """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, with
     `config.allocation == "sensitivity"` the measured-sensitivity split of the same total, with
-    "standardized" what one ranking of standardized scores over `pool` removes from each layer."""
+    "standardized" the `removals` of one ranking of standardized scores (standardized_removals)."""
     present = scores[scores.kind == kind].groupby("layer").size()
     sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
     sizes = {layer: n for layer, n in sizes.items() if n}
-    if config.allocation == "standardized" and pool is not None:
-        removed = standardized_removals(pool, ratio)
+    if config.allocation == "standardized" and removals is not None:
         # of the original count: groups already gone (earlier iterative steps) plus those removed now
-        return {layer: (n - int(present.get(layer, 0)) + removed.get((kind, layer), 0)) / n
+        return {layer: (n - int(present.get(layer, 0)) + removals.get((kind, layer), 0)) / n
                 for layer, n in sizes.items()}
     if config.allocation != "sensitivity" or sensitivity is None:
         return {layer: ratio for layer in sizes}
@@ -353,12 +352,15 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
     plan = Plan()
     attn_kind = attention_kind(config)
     kinds = [k for k, on in ((attn_kind, config.prune_attn), ("mlp", config.prune_mlp)) if on]
-    pool = pd.concat([scores[(scores.kind == k) & scores.layer.isin(list(ranges["mlp" if k == "mlp" else "attn"]))]
-                      for k in kinds]) if kinds else None
+    removals = None
+    if config.allocation == "standardized" and kinds:     # one ranking over every pruned kind and layer
+        pool = pd.concat([scores[(scores.kind == k) & scores.layer.isin(list(ranges["mlp" if k == "mlp" else "attn"]))]
+                          for k in kinds])
+        removals = standardized_removals(pool, ratio)
     for kind in kinds:
         range_kind = "mlp" if kind == "mlp" else "attn"
         ratios = layer_ratios(scores, config, ratio, ranges[range_kind], kind, original_counts, sensitivity,
-                              pool)
+                              removals)
         if kind == "qhead":
             plan.qhead_keep = _plan_query_heads(scores, ratios, original_counts, kv_heads)
             continue

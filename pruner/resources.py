@@ -12,6 +12,7 @@ Paths are parameters so tests can point them at fake files.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -198,6 +199,7 @@ REUSE_THRESHOLD = 32 * 2**20    # above one 128-position chunk of float32 logits
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+@functools.cache
 def _libc():
     try:
         import ctypes
