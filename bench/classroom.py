@@ -100,10 +100,10 @@ def lesson_of(i: int, byo: dict[str, str], recover_steps: int) -> list[tuple[str
     """Student i's steps: (name, endpoint, keyword arguments)."""
     if i < len(BYO_FAMILIES):                          # bring-your-own: 6 layers, all of them pruned
         family = BYO_FAMILIES[i]
-        ranges = dict(a0=0, a1=6, m0=0, m1=6)
+        ranges = dict(attn_start=0, attn_end=6, mlp_start=0, mlp_end=6)
         return [("load", "/load_model", {"source_kind": "hub id or local folder", "custom": byo[family]}),
                 ("score", "/score", {"zoom_layer": 0}),
-                ("prune", "/prune", {**ranges, "amount": 0.2, "mode": "ratio of groups"}),
+                ("prune", "/prune", {**ranges, "amount": 0.2, "unit": "groups"}),
                 ("compare", "/compare", {"max_tokens": 16})]
     recipe = i % len(AMOUNTS)                      # six recipes: an amount each, three criteria
     amount, criterion = AMOUNTS[recipe], CRITERIA[recipe % len(CRITERIA)]

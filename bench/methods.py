@@ -35,18 +35,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # combinations measured beside the named recipes, candidates for a better default (#19)
 CANDIDATES = {
     "taylor-last+standardized": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
-                                 PruneConfig(target_params=0.2, attn_granularity="query-heads",
+                                 PruneConfig(attn_granularity="query-heads",
                                              allocation="standardized", compensate=True)),
     "fluctuation-mlp+compensation": (ScoreConfig(criterion="fluctuation", aggregation="last"),
-                                     PruneConfig(target_params=0.2, attn_share=0.0, compensate=True)),
+                                     PruneConfig(attn_share=0.0, compensate=True)),
 }
 
 
 def recipe_of(name: str, amount: float):
     if name in CANDIDATES:
         score_config, prune_config = CANDIDATES[name]
-        return score_config, replace(prune_config, target_params=amount)
-    return recipe(name, prune_overrides={"target_params": amount})
+        return score_config, replace(prune_config, amount=amount, unit="parameters")
+    return recipe(name, prune_overrides={"amount": amount, "unit": "parameters"})
 
 
 def evaluate(model, tok, windows: int, data_dir) -> float:

@@ -92,7 +92,7 @@ def main():
         source, n, length = calib or ("builtin", 10, 64)
         ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir)
         start = time.perf_counter()
-        res = prune_model(model, ids, ScoreConfig(**skw), PruneConfig(target_params=args.target, **pkw))
+        res = prune_model(model, ids, ScoreConfig(**skw), PruneConfig(amount=args.target, **pkw))
         seconds = time.perf_counter() - start
         value = ppl(res.model)
         results.append({"row": i, "recipe": name, "ppl": value, "ratio": value / dense,

@@ -58,7 +58,7 @@ def main():
             continue
         t0 = time.perf_counter()
         result = prune_model(model, ids, ScoreConfig(criterion, "sum"),
-                             PruneConfig(target_params=args.target, strategy="block", scope="local"))
+                             PruneConfig(amount=args.target, strategy="block", scope="local"))
         rows.append({"method": label, "tuned": "no", **measure(result.model)})
         print(rows[-1], flush=True)
         if args.no_lora:

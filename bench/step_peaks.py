@@ -19,8 +19,10 @@ import common  # noqa: F401  (repo on sys.path, freed memory returned to the OS)
 from components import handlers
 from components.session import SessionRegistry
 from components.store import Store
+from pruner.data import CalibrationSpec
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 from pruner.recipes import RECIPES
+from pruner.recover import preset
 from pruner.stats import PeakMemory
 
 
@@ -43,14 +45,14 @@ def main() -> None:
     store.admit = measured_admit
     registry = SessionRegistry(store)
     session, *_ = handlers.load(registry, store, "bench", "default")
-    handlers.run_score(store, session, "taylor-element1", "last", "builtin", 32, 128)
     score_config, prune_config = RECIPES["default"]
-    config, notes = handlers.prune_config("share of parameters", 0.2, "local", "block", "query-heads", 0.0,
-                                          True, 3, 28, 3, 28, 1, model=session.original(store).model)
-    handlers.run_prune(store, session, config, "taylor-element1", "last", notes=notes)
+    handlers.run_score(store, session, score_config, CalibrationSpec())
+    config, notes = prune_config.normalized(session.original(store).model)
+    handlers.run_prune(store, session, score_config, config, notes=notes)
     handlers.magnitude_contrast(store, session, 0.2)
-    with store.admit("recovery", handlers.recovery_peak(store, session, "quick", 1.0)):
-        recovery, *_ = handlers.start_recovery(store, session, "quick", 4, 1.5e-3, 1.0, "lambada")
+    settings = preset("quick", max_steps=4, learning_rate=1.5e-3, distill_weight=1.0)
+    with store.admit("recovery", handlers.recovery_peak(store, session, settings)):
+        recovery, *_ = handlers.start_recovery(store, session, settings, "lambada", "quick")
         for _ in recovery.train():
             pass
         handlers.finish_recovery(store, session, recovery)

@@ -18,15 +18,24 @@ def _bind(component, config_cls, name: str):
 
 def radio(config_cls, name: str, value, **kw):
     opt = options(config_cls)[name]
-    return _bind(gr.Radio(list(opt.choices), value=value, label=opt.label, info=opt.help, **kw), config_cls, name)
+    kw.setdefault("info", opt.help)
+    return _bind(gr.Radio(list(opt.choices), value=value, label=opt.label, **kw), config_cls, name)
 
 
 def dropdown(config_cls, name: str, value, choices: list | None = None, **kw):
-    """`choices`: the page's subset of the field's (aliases left out)."""
+    """`choices`: the page's subset of the field's (aliases left out), or the page's offer for a
+    free-form field."""
     opt = options(config_cls)[name]
-    assert choices is None or set(choices) <= set(opt.choices)
-    return _bind(gr.Dropdown(list(choices or opt.choices), value=value, label=opt.label, info=opt.help, **kw),
-                 config_cls, name)
+    assert choices is None or opt.choices is None or set(choices) <= set(opt.choices)
+    kw.setdefault("info", opt.help)
+    return _bind(gr.Dropdown(list(choices or opt.choices), value=value, label=opt.label, **kw), config_cls, name)
+
+
+def number(config_cls, name: str, value, **kw):
+    """A whole number within the field's bounds."""
+    opt = options(config_cls)[name]
+    return _bind(gr.Number(value, label=opt.label, info=opt.help, precision=0, minimum=opt.bounds.lo,
+                           maximum=opt.bounds.hi, **kw), config_cls, name)
 
 
 def checkbox(config_cls, name: str, value, **kw):

@@ -11,7 +11,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model,
 from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.arch import arch_of
-from pruner.data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError, calibration_ids, text_origin
+from pruner.data import (CALIBRATION_LEN, CALIBRATION_SAMPLES, CalibrationSpec, DataUnavailableError,
+                         text_origin)
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, stream
 from pruner.groups import describe_layer, family, group_slices
@@ -31,8 +32,8 @@ from pruner.models import default_model_file, describe_model
 from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOWS, SPEED_RUNS, SPEED_TEXT,
                              SPEED_TOKENS, Speed, decode_speeds, is_quick_perplexity, quick_perplexity)
 from pruner.prune import MAX_SHARE, default_layer_range, needs_calibration, prunable_share, score_kinds
-from pruner.recipes import recipe_record, with_recovery
-from pruner.recover import LoraRecovery, preset, recovery_examples
+from pruner.recipes import RECIPES, recipe_record, with_recovery
+from pruner.recover import LoraRecovery, LoraSettings, preset, recovery_examples
 from pruner.stats import count_params
 
 from pruner import footprint
@@ -241,18 +242,11 @@ def dependency_graph(store: Store, session: Session, layer: int, granularity: st
 
 # ----------------------------------------------------------------------------- importance
 
-def _calibration_spec(source, samples, seq_len, seed: int = 0) -> dict:
-    if not 1 <= int(samples) <= 256 or not 8 <= int(seq_len) <= 1024:
-        raise ValueError("calibration needs 1-256 samples of 8-1024 tokens")
-    return {"source": source, "samples": int(samples), "seq_len": int(seq_len), "seed": int(seed)}
-
-
-def calibration(store: Store, session: Session, spec: dict):
+def calibration(store: Store, session: Session, spec: CalibrationSpec):
     """Calibration token ids, tokenised once per (original, spec)."""
     original = session.original(store)
-    ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec},
-                              lambda: calibration_ids(original.tokenizer, spec["source"], spec["samples"],
-                                                      spec["seq_len"], spec["seed"], data_dir()))
+    ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec.record()},
+                              lambda: spec.ids(original.tokenizer, data_dir()))
     return ids
 
 
@@ -262,21 +256,20 @@ def low_memory_scoring(store: Store, model, criterion: str, samples: int, seq_le
     return not store.fits_now(footprint.score_peak(model, criterion, samples, seq_len, low_memory=False))
 
 
-def run_score(store: Store, session: Session, criterion, aggregation, source, samples, seq_len,
-              kinds=("attn", "mlp"), progress=None) -> tuple[pd.DataFrame, bool]:
+def run_score(store: Store, session: Session, config: ScoreConfig, calib: CalibrationSpec,
+              progress=None) -> tuple[pd.DataFrame, bool]:
     """The scores of the session's original (from the class cache when anyone computed them);
     `progress(fraction, desc=...)` follows the engine's forward+backward passes."""
-    calib = _calibration_spec(source, samples, seq_len)
-    criterion = canonical(criterion)
-    config = ScoreConfig(criterion, aggregation, kinds=tuple(kinds))
+    config = replace(config, criterion=canonical(config.criterion), kinds=tuple(config.kinds))
     config.validate()
+    criterion, aggregation, kinds = config.criterion, config.aggregation, config.kinds
     spec = {"model": session.original_key, "criterion": criterion, "aggregation": aggregation,
-            "kinds": list(kinds), "calibration": calib}
+            "kinds": list(kinds), "calibration": calib.record()}
     original = session.original(store)
 
     def compute():
         ids = calibration(store, session, calib)
-        n, length = calib["samples"], calib["seq_len"]
+        n, length = calib.samples, calib.seq_len
         config.low_memory = low_memory_scoring(store, original.model, criterion, n, length)
         peak = footprint.score_peak(original.model, criterion, n, length, config.low_memory)
         with store.admit("scoring", peak, progress), accelerated(original.model):
@@ -287,10 +280,10 @@ def run_score(store: Store, session: Session, criterion, aggregation, source, sa
     scores, hit, key = store.compute("scores", spec, compute)
     session.remember(key, "scores", spec, compute)
     session.scores, session.calibration = scores, calibration(store, session, calib)
-    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "calibration": source,
-                              "samples": int(samples), "seq_len": int(seq_len), "key": key}
-    session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": source,
-                              "samples": int(samples), "seq_len": int(seq_len), "kinds": list(kinds)}
+    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "calibration": calib.source,
+                              "samples": calib.samples, "seq_len": calib.seq_len, "key": key}
+    session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": calib.source,
+                              "samples": calib.samples, "seq_len": calib.seq_len, "kinds": list(kinds)}
     return scores, hit
 
 
@@ -320,21 +313,23 @@ MIN_GROUPS_FOR_CORRELATION = 8
 DISAGREE_COLUMNS = ["kind", "layer", "group", "rank A", "rank B", "gap"]
 
 
-def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b, source, samples, seq_len,
+def compare_scores(store: Store, session: Session, a: ScoreConfig, b: ScoreConfig, calib: CalibrationSpec,
                    kind="mlp", scale="rank"):
-    calib = _calibration_spec(source, samples, seq_len)
+    """Two criteria / aggregations (A, B) on the same calibration tokens: both heatmaps, their rank
+    correlation per layer and the groups they disagree on most."""
     original = session.original(store)
-    crit_a, crit_b = canonical(crit_a), canonical(crit_b)
+    crit_a, crit_b = canonical(a.criterion), canonical(b.criterion)
+    agg_a, agg_b = a.aggregation, b.aggregation
 
     def compute():
         ids = calibration(store, session, calib)
-        peak = max(footprint.score_peak(original.model, c, calib["samples"], calib["seq_len"])
+        peak = max(footprint.score_peak(original.model, c, calib.samples, calib.seq_len)
                    for c in (crit_a, crit_b))
         with store.admit("scoring both", peak), accelerated(original.model):
             return score_many(original.model, ids, sorted({crit_a, crit_b}), sorted({agg_a, agg_b}))
 
     spec = {"model": session.original_key, "criteria": sorted({crit_a, crit_b}),
-            "aggregations": sorted({agg_a, agg_b}), "calibration": calib}
+            "aggregations": sorted({agg_a, agg_b}), "calibration": calib.record()}
     both, hit, _ = store.compute("score_many", spec, compute)
     frames = dict(iter(both.groupby(["criterion", "aggregation"])))
     a, b = frames[(crit_a, agg_a)], frames[(crit_b, agg_b)]
@@ -371,35 +366,19 @@ def compare_scores(store: Store, session: Session, crit_a, agg_a, crit_b, agg_b,
 
 # ----------------------------------------------------------------------------- prune
 
-def prune_config(mode, amount, scope, strategy, granularity, attn_share, compensate, attn_start,
-                 attn_end, mlp_start, mlp_end, steps, allocation="uniform", recompute=False,
-                 model=None) -> tuple[PruneConfig, list[str]]:
-    """The PruneConfig the Prune tab's controls describe, normalised by the engine for `model`
-    (settings that cannot apply are turned off), and the notes saying what was turned off."""
-    amount = float(amount)
-    if not 0 < amount < MAX_SHARE:
-        raise ValueError(f"the pruning amount must be between 0 and {MAX_SHARE}, got {amount}")
-    share = None if attn_share is None or float(attn_share) < 0 else float(attn_share)
-    by_params = mode == "share of parameters"
-    config = PruneConfig(ratio=0.0 if by_params else amount, target_params=amount if by_params else None,
-                         scope=scope, strategy=strategy, attn_granularity=granularity, attn_share=share,
-                         compensate=bool(compensate), recompute_means=bool(recompute),
-                         allocation=allocation, attn_layers=(int(attn_start), int(attn_end)),
-                         mlp_layers=(int(mlp_start), int(mlp_end)), iterative_steps=int(steps))
-    return config.normalized(model)
-
-
 AMOUNT_MIN, AMOUNT_MAX, AMOUNT_STEP = 0.01, 0.9, 0.01     # the Prune tab's amount slider
 
 
-def max_amount(store: Store, session: Session, mode: str, attn_share, a0, a1, m0, m1) -> float:
-    """The largest amount the Prune tab can ask for with these layer ranges: a ratio of groups up
-    to AMOUNT_MAX; a share of parameters up to 95% of what the prunable groups hold, rounded down
-    to the slider's step (0 when not even one step is possible)."""
-    if mode != "share of parameters":
+def max_amount(store: Store, session: Session, unit: str, attn_share, attn_layers: tuple[int, int],
+               mlp_layers: tuple[int, int]) -> float:
+    """The largest amount the Prune tab can ask for with these layer ranges: a fraction of groups
+    up to AMOUNT_MAX; a share of parameters up to 95% of what the prunable groups hold, rounded
+    down to the slider's step (0 when not even one step is possible)."""
+    if unit != "parameters":
         return AMOUNT_MAX
     share = None if attn_share is None else float(attn_share)
-    room = prunable_share(session.original(store).model, share, (int(a0), int(a1)), (int(m0), int(m1)))
+    room = prunable_share(session.original(store).model, share, tuple(map(int, attn_layers)),
+                          tuple(map(int, mlp_layers)))
     steps = round(1 / AMOUNT_STEP)
     return float(min(AMOUNT_MAX, np.floor(0.95 * room * steps) / steps))
 
@@ -412,26 +391,29 @@ def amount_advice(top: float, wanted: float, info: dict) -> str:
     if top < 2 * AMOUNT_MIN:
         return (f"**This model's embeddings hold {100 * embedding:.0f}% of its parameters**: the groups in the "
                 f"chosen layers hold too few to remove even {100 * 2 * AMOUNT_MIN:.0f}% of all parameters, so "
-                "'amount is a' was switched to **ratio of groups** (that share of each pruned layer's groups).")
+                "the amount was switched to a share of **groups** (that share of each pruned layer's groups).")
     return (f"With this model and these layer ranges at most **{100 * top:.0f}%** of all parameters can be "
             f"removed (its embeddings hold {100 * embedding:.0f}% of them): the amount was set to {top:.2f}. "
-            "Widen the layer ranges, give attention a share, or switch 'amount is a' to ratio of groups.")
+            "Widen the layer ranges, give attention a share, or count the amount in groups.")
 
 
-def _scores_for(store: Store, session: Session, config: PruneConfig, criterion: str, aggregation: str):
-    """Scores of the kinds this plan needs (re-scored if the heatmap shows other kinds)."""
+def _scores_for(store: Store, session: Session, score_config: ScoreConfig, config: PruneConfig):
+    """Scores of the kinds this plan needs: the Score step's when it used the same criterion and
+    aggregation, else scored now on the same calibration tokens."""
     kinds = score_kinds(config)
     have = set(session.scores.kind) if session.scores is not None else set()
-    if not set(kinds) <= have or session.score_settings.get("criterion") != canonical(criterion) \
-            or session.score_settings.get("aggregation") != aggregation:
-        s = session.score_settings
-        run_score(store, session, criterion, aggregation, s.get("calibration", "builtin"),
-                  s.get("samples", CALIBRATION_SAMPLES), s.get("seq_len", CALIBRATION_LEN), kinds=kinds)
+    s = session.score_settings
+    if not set(kinds) <= have or s.get("criterion") != canonical(score_config.criterion) \
+            or s.get("aggregation") != score_config.aggregation:
+        calib = CalibrationSpec(s.get("calibration", "builtin"), s.get("samples", CALIBRATION_SAMPLES),
+                                s.get("seq_len", CALIBRATION_LEN))
+        run_score(store, session, replace(score_config, kinds=tuple(kinds)), calib)
     return session.scores
 
 
-def preview(store: Store, session: Session, config: PruneConfig, criterion, aggregation, scale="linear"):
-    scores = _scores_for(store, session, config, criterion, aggregation)
+def preview(store: Store, session: Session, score_config: ScoreConfig, config: PruneConfig, scale="linear"):
+    """The groups `config` would remove, marked on the heatmaps, and a sentence counting them."""
+    scores = _scores_for(store, session, score_config, config)
     config.validate(session.info["layers"])
     original = session.original(store).model
     plan = make_plan(original, scores, config, input_ids=session.calibration)   # sensitivity measured there
@@ -562,13 +544,11 @@ def prune_controls(store: Store, session: Session) -> dict:
     n = session.info["layers"]
     start, end = default_layer_range(n)
     config = (session.steps.get("prune") or {}).get("config") or {}
-    by_params = config.get("target_params") is not None if config else True
-    amount = (config.get("target_params") if by_params else config.get("ratio")) if config else 0.2
-    attn, mlp = config.get("attn_layers") or (start, end), config.get("mlp_layers") or (start, end)
-    mode = "share of parameters" if by_params else "ratio of groups"
-    share = config.get("attn_share", 0.0) if config else 0.0
-    top = max_amount(store, session, mode, share, attn[0], attn[1], mlp[0], mlp[1])
-    return {"mode": mode, "amount": float(amount), "top": top, "ranges": (*attn, *mlp)}
+    config = PruneConfig.from_record(config) if config else RECIPES["default"][1]
+    attn, mlp = config.attn_layers or (start, end), config.mlp_layers or (start, end)
+    share = config.attn_share if config.attn_share is not None else 0.0
+    top = max_amount(store, session, config.unit, share, attn, mlp)
+    return {"unit": config.unit, "amount": float(config.amount), "top": top, "ranges": (*attn, *mlp)}
 
 
 COMPARISON_COLUMNS = ["metric", "original", "pruned", "change"]
@@ -602,11 +582,13 @@ def comparison_table(before: dict, *afters: tuple[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_prune(store: Store, session: Session, config: PruneConfig, criterion, aggregation, scale="linear",
+def run_prune(store: Store, session: Session, score_config: ScoreConfig, config: PruneConfig, scale="linear",
               progress=None, notes: list[str] | None = None):
-    criterion = canonical(criterion)
-    scores = _scores_for(store, session, config, criterion, aggregation)
-    score_config = ScoreConfig(criterion, aggregation)
+    """A pruned copy of the session's original (the Score step's scores reused), measured beside
+    the original: the before / after table, kept widths, the heatmaps with the cut, a sentence."""
+    score_config = ScoreConfig(canonical(score_config.criterion), score_config.aggregation)
+    criterion, aggregation = score_config.criterion, score_config.aggregation
+    scores = _scores_for(store, session, score_config, config)
     calibrated = needs_calibration(score_config, config)
     s = session.score_settings
     calib = {"source": s.get("calibration"), "samples": s.get("samples"), "seq_len": s.get("seq_len"),
@@ -777,13 +759,13 @@ def _pruned_model(store: Store, session: Session):
     return session.value(store, session.prune_key)["model"]
 
 
-def start_recovery(store: Store, session: Session, preset_name, steps, lr, distill, data_source, progress=None):
+def start_recovery(store: Store, session: Session, settings: LoraSettings, data_source: str,
+                   preset_name: str = "", progress=None):
     """A cached finished recovery of the same pruned model and settings (returned as `hit`), or a
     new LoraRecovery for this visitor to train; and a note when the chosen data was unavailable
-    (book passages offline without a data folder) and the original's own answers stood in."""
+    (book passages offline without a data folder) and the original's own answers stood in.
+    `preset_name`: the preset `settings` started from (saved with the session's steps)."""
     pruned = _pruned_model(store, session)
-    overrides = {"max_steps": int(steps), "learning_rate": float(lr), "distill_weight": float(distill)}
-    settings = preset(preset_name, **overrides)
     settings.validate()
     original = session.original(store)
     note = ""
@@ -827,9 +809,8 @@ def start_recovery(store: Store, session: Session, preset_name, steps, lr, disti
     return recovery, False, key, note
 
 
-def recovery_peak(store: Store, session: Session, preset_name, distill) -> int:
+def recovery_peak(store: Store, session: Session, settings: LoraSettings) -> int:
     """The transient peak of a recovery (the LoRA copy and its training) for admission."""
-    settings = preset(preset_name, distill_weight=float(distill))
     return footprint.recover_peak(_pruned_model(store, session), settings.batch_size, settings.seq_len,
                                   settings.distill_weight > 0)
 
@@ -900,19 +881,20 @@ def replay(registry: SessionRegistry, store: Store, key: str, steps: dict, progr
     if "score" in steps:
         say(0.2, "scoring")
         s = steps["score"]
-        run_score(store, session, s["criterion"], s["aggregation"], s["source"], s["samples"], s["seq_len"],
-                  kinds=tuple(s["kinds"]))
+        run_score(store, session, ScoreConfig(s["criterion"], s["aggregation"], kinds=tuple(s["kinds"])),
+                  CalibrationSpec(s["source"], s["samples"], s["seq_len"]))
     if "prune" in steps:
         say(0.4, "pruning")
         p = steps["prune"]
-        config = PruneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["config"].items()})
-        run_prune(store, session, config, p["criterion"], p["aggregation"], notes=p["notes"])
+        run_prune(store, session, ScoreConfig(p["criterion"], p["aggregation"]),
+                  PruneConfig.from_record(p["config"]), notes=p["notes"])
     if "recover" in steps:
         say(0.6, "recovering with LoRA")
         r = steps["recover"]
-        with store.admit("recovery", recovery_peak(store, session, r["preset"], r["distill"]), progress):
-            recovery, hit, _, _ = start_recovery(store, session, r["preset"], r["steps"], r["lr"], r["distill"],
-                                                 r["data"])
+        settings = preset(r["preset"], max_steps=int(r["steps"]), learning_rate=float(r["lr"]),
+                          distill_weight=float(r["distill"]))
+        with store.admit("recovery", recovery_peak(store, session, settings), progress):
+            recovery, hit, _, _ = start_recovery(store, session, settings, r["data"], r["preset"])
             if not hit:
                 original = session.original(store).model
                 with accelerated(original, recovery.model):

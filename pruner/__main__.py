@@ -55,9 +55,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 # LoraSettings fields whose CLI flags are generated from their options
 RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "distill_weight", "time_budget_s"]
-# PruneConfig fields whose CLI flags are generated from their options (besides the amount)
-PRUNE_FLAGS = ["strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
+# PruneConfig fields whose CLI flags are generated from their options
+PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
                "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
+
+
+class _AmountIn(argparse.Action):
+    """`--ratio R` / `--target-params S`: the amount with its unit in one flag."""
+
+    def __init__(self, *args, unit: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unit = unit
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.unit = self.unit
 
 
 def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -103,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=("; ".join(f"{name} ({cite}): {what}" for name, (cite, what) in RECIPE_NOTES.items())
                          + ". Any flag below overrides the preset's value.").replace("%", "%%"))
     _calibration(p, defaults=False)
-    amount = p.add_mutually_exclusive_group()
-    add_arguments(amount, PruneConfig, ["ratio", "target_params"], defaults_from="the preset's")
     add_arguments(p, PruneConfig, PRUNE_FLAGS, defaults_from="the preset's")
+    for flag, unit in (("--ratio", "groups"), ("--target-params", "parameters")):
+        p.add_argument(flag, type=float, action=_AmountIn, unit=unit, dest="amount", metavar="AMOUNT",
+                       help=f"shorthand for --amount AMOUNT --unit {unit}")
     p.add_argument("--one-ratio", action="store_true",
                    help="one group ratio for attention and MLP (LLM-Pruner), no budget split")
     p.add_argument("--layers", type=_range, default=None,
@@ -244,7 +257,7 @@ def cmd_prune(args) -> dict:
     model, tokenizer = _load(args)
     _check_gguf(args, model)
     prune_changes = {name: getattr(args, options(PruneConfig)[name].dest)
-                     for name in ["ratio", "target_params", *PRUNE_FLAGS]}
+                     for name in PRUNE_FLAGS}
     prune_changes.update(attn_layers=args.attn_layers or args.layers, mlp_layers=args.mlp_layers or args.layers)
     score_config, config = recipe(args.preset, {"criterion": args.criterion,
                                                 "aggregation": args.aggregation, "seed": args.seed},

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from . import hub
+from .options import Range, check, option
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_CALIBRATION = ASSETS / "calibration.txt"
@@ -194,6 +196,30 @@ def read_text_source(source: str, data_dir_path=None) -> str:
 # that moved the default recipe's WikiText-2 perplexity between 2.28x and 2.47x dense across six
 # draws (sources x seeds), 32 x 128 between 2.21x and 2.28x (bench/quality.py --draws, README)
 CALIBRATION_SAMPLES, CALIBRATION_LEN = 32, 128
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Which calibration tokens: `samples` windows of `seq_len` tokens at seeded random offsets of
+    `source` (the page's Importance tab; the CLI's --calib-* flags)."""
+
+    source: str = option("builtin", "builtin (project text), lambada, wikitext2, ptb, a .txt/.jsonl file, "
+                         "or a hub dataset id", label="calibration text")
+    samples: int = option(CALIBRATION_SAMPLES, "calibration windows (LLM-Pruner: 10 x 64; 32 x 128 depends far "
+                          "less on the draw)", bounds=Range(1, 256), label="samples")
+    seq_len: int = option(CALIBRATION_LEN, "tokens per window", bounds=Range(8, 1024), label="tokens each")
+    seed: int = option(0, "which random windows", bounds=Range(0, None))
+
+    def __post_init__(self):
+        for name, kind in (("samples", int), ("seq_len", int), ("seed", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        check(self)
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    def ids(self, tokenizer, data_dir_path=None) -> torch.Tensor:
+        return calibration_ids(tokenizer, self.source, self.samples, self.seq_len, self.seed, data_dir_path)
 
 
 def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIBRATION_SAMPLES,

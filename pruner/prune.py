@@ -23,6 +23,7 @@ STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
 GRANULARITIES = ("kv-group", "query-heads")
 ALLOCATIONS = ("uniform", "sensitivity", "standardized")
+UNITS = ("parameters", "groups")
 
 
 MAX_SHARE = 0.95      # the largest share of the parameters a target may ask for
@@ -30,18 +31,18 @@ MAX_SHARE = 0.95      # the largest share of the parameters a target may ask for
 
 @dataclass
 class PruneConfig:
-    """What to remove. `ratio` is a fraction of groups (LLM-Pruner semantics) per layer (local) or
-    per kind across layers (global); `target_params`, when set, is the fraction of total
-    parameters to remove instead, and the group ratio is solved for it. Each field's help,
-    choices and bounds (pruner/options.py) are what the CLI, the page and the README show."""
+    """What to remove: `amount` in its `unit` (a share of all parameters, the group ratio solved
+    for it; or LLM-Pruner's fraction of groups, per layer (local) or per kind across layers
+    (global)). Each field's help, choices and bounds (pruner/options.py) are what the CLI, the page
+    and the README show."""
 
-    ratio: float = option(
-        0.2, "fraction of groups to remove, in every layer (local) or per kind across layers (global)",
-        bounds=Range(0.0, 1.0, hi_closed=False), unit="share of groups", label="ratio of groups")
-    target_params: float | None = option(
-        None, "fraction of all parameters to remove instead (the group ratio is solved for it); wins over ratio",
-        bounds=Range(0.0, MAX_SHARE, lo_closed=False, hi_closed=False), unit="share of parameters",
-        type=float, label="share of parameters")
+    amount: float = option(
+        0.2, "how much to remove: a share of all parameters or a fraction of groups, as unit says", bounds=Range(0.0, 1.0, hi_closed=False),
+        label="amount")
+    unit: str = option(
+        "parameters", "what the amount counts: a share of all parameters (embeddings included; the group "
+        f"ratio is solved for it, at most {MAX_SHARE:g}), or a fraction of groups in every layer (local) or per "
+        "kind across layers (global), LLM-Pruner's ratio", choices=UNITS, label="amount is a share of")
     strategy: str = option(
         "block", "block: attention groups and MLP channels; channel: residual (hidden) channels; "
         "layer: whole decoder layers", choices=STRATEGIES)
@@ -83,6 +84,8 @@ class PruneConfig:
 
     def validate(self, n_layers: int) -> None:
         check(self)                                    # choices and bounds of every field
+        if self.by_params and not 0.0 < self.amount < MAX_SHARE:
+            raise ValueError(f"amount must be in (0, {MAX_SHARE:g}) for a share of parameters, got {self.amount}")
         for name in ("attn_layers", "mlp_layers"):
             rng = getattr(self, name)
             if rng is not None:
@@ -90,8 +93,8 @@ class PruneConfig:
                 if not 0 <= start <= end <= n_layers:
                     raise ValueError(f"{name}={rng} is outside the model's 0..{n_layers} layers")
         if self.attn_share is not None:
-            if self.target_params is None or self.strategy != "block":
-                raise ValueError("attn_share splits a target_params budget of the block strategy")
+            if not self.by_params or self.strategy != "block":
+                raise ValueError("attn_share splits a share-of-parameters amount of the block strategy")
         if self.allocation != "uniform" and (self.strategy != "block" or self.scope != "local"):
             raise ValueError(f"{self.allocation} allocation sets per-layer ratios of the block strategy, "
                              "local scope")
@@ -103,6 +106,23 @@ class PruneConfig:
             raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
             raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
+
+    @property
+    def by_params(self) -> bool:
+        """Whether the amount is a share of parameters (else a fraction of groups)."""
+        return self.unit == "parameters"
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PruneConfig":
+        """A config from its saved dict (`dataclasses.asdict`, JSON lists as tuples); records written
+        before the amount had a unit (`ratio` / `target_params`) read the same."""
+        record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        target, ratio = record.pop("target_params", None), record.pop("ratio", None)
+        if target is not None:
+            record.update(amount=target, unit="parameters")
+        elif ratio is not None:
+            record.update(amount=ratio, unit="groups")
+        return cls(**record)
 
     def compensated_blocks(self) -> set[str]:
         """The blocks whose removed groups bias compensation folds into a bias."""
@@ -124,7 +144,7 @@ class PruneConfig:
         means need compensation; sensitivity allocation needs the block strategy, local scope.
         """
         new, notes = copy.copy(self), []
-        if new.attn_share is not None and (new.strategy != "block" or new.target_params is None
+        if new.attn_share is not None and (new.strategy != "block" or not new.by_params
                                            or not (new.prune_attn and new.prune_mlp)):
             new.attn_share = None
             notes.append("attention's share applies to a parameter target of the block strategy with "
@@ -505,8 +525,7 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
 
 def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
               sensitivity: pd.DataFrame | None = None, input_ids: torch.Tensor | None = None) -> Plan:
-    """One-step plan from `scores`: `config.ratio` of groups, or `config.target_params` of the
-    model's parameters (what the dashboard marks on the heatmap before pruning). With
+    """One-step plan from `scores`: `config.amount` of groups, or of the model's parameters (what the dashboard marks on the heatmap before pruning). With
     `allocation="sensitivity"` and calibration `input_ids` (no `sensitivity` given), the layers'
     sensitivities are measured on the uniform plan first, as prune_model does."""
     from .stats import count_params
@@ -519,10 +538,10 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
         uniform = make_plan(model, scores, config)
         stats = input_statistics(model, input_ids) if config.compensate else None
         sensitivity = layer_sensitivity(model, input_ids, uniform, stats)
-    if config.target_params is not None:
-        n_remove = int(round(count_params(model)["params"] * config.target_params))
+    if config.by_params:
+        n_remove = int(round(count_params(model)["params"] * config.amount))
         return plan_for_params(model, scores, config, n_remove, sensitivity=sensitivity)[0]
-    return plan_for_ratio(scores, config, config.ratio, model_shape(model), sensitivity=sensitivity)
+    return plan_for_ratio(scores, config, config.amount, model_shape(model), sensitivity=sensitivity)
 
 
 # ----------------------------------------------------------------------------- slicing
@@ -799,11 +818,11 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             counts0 = _original_counts(scores, prune_config, n_layers0)
 
         def plan_step(sens=None):
-            if prune_config.target_params is not None:
-                goal = params0 * prune_config.target_params * step / steps
+            if prune_config.by_params:
+                goal = params0 * prune_config.amount * step / steps
                 needed = int(round(goal - (params0 - count_params(current)["params"])))
                 return plan_for_params(current, scores, config_now, max(0, needed), sensitivity=sens)
-            r = prune_config.ratio * step / steps
+            r = prune_config.amount * step / steps
             return plan_for_ratio(scores, config_now, r, model_shape(current), counts0, sens), r
 
         plan, ratio = plan_step()

@@ -16,21 +16,21 @@ from .prune import PruneConfig
 
 RECIPES = {
     "default": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
-                PruneConfig(target_params=0.2, attn_share=0.0, attn_granularity="query-heads",
+                PruneConfig(attn_share=0.0, attn_granularity="query-heads",
                             compensate=True)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
-                   PruneConfig(target_params=0.2, attn_granularity="kv-group")),
+                   PruneConfig(attn_granularity="kv-group")),
     # The field's other methods on the same engine (coupled groups, slicing, exports); RECIPE_NOTES
     # says what each does differently and where it departs from its reference code.
     "flap": (ScoreConfig(criterion="fluctuation", aggregation="last"),
-             PruneConfig(target_params=0.2, attn_granularity="query-heads", allocation="standardized",
+             PruneConfig(attn_granularity="query-heads", allocation="standardized",
                          compensate=True)),
     "wanda-sp": (ScoreConfig(criterion="wanda-sp", aggregation="last"),
-                 PruneConfig(target_params=0.2, attn_granularity="query-heads")),
+                 PruneConfig(attn_granularity="query-heads")),
     "minitron": (ScoreConfig(criterion="activation", aggregation="last"),
-                 PruneConfig(target_params=0.2, attn_granularity="query-heads")),
+                 PruneConfig(attn_granularity="query-heads")),
     "shortgpt": (ScoreConfig(criterion="block-influence", aggregation="last"),
-                 PruneConfig(target_params=0.2, strategy="layer")),
+                 PruneConfig(strategy="layer")),
 }
 
 # name -> (citation, what it does differently), shown by the CLI's help and the page's recipe switch
@@ -70,10 +70,8 @@ def recipe(name: str, score_overrides: dict | None = None,
     score_config, prune_config = RECIPES[name]
     score_config = replace(score_config, **{k: v for k, v in (score_overrides or {}).items() if v is not None})
     changes = {k: v for k, v in (prune_overrides or {}).items() if v is not None}
-    if "ratio" in changes and "target_params" not in changes:
-        changes["target_params"] = None           # a group ratio replaces the recipe's parameter target
-        if prune_config.attn_share is not None:
-            changes.setdefault("attn_share", None)
+    if changes.get("unit") == "groups" and prune_config.attn_share is not None:
+        changes.setdefault("attn_share", None)   # a share of parameters is what attention's share splits
     return score_config, replace(prune_config, **changes)
 
 

@@ -14,13 +14,19 @@ from pruner.options import markdown_table  # noqa: E402
 from pruner.prune import PruneConfig  # noqa: E402
 from pruner.recover import LoraSettings  # noqa: E402
 
-TABLES = {"PruneConfig": markdown_table(PruneConfig), "LoraSettings": markdown_table(LoraSettings, RECOVER_FLAGS)}
+
+
+def tables() -> dict[str, str]:
+    import app
+
+    return {"PruneConfig": markdown_table(PruneConfig), "LoraSettings": markdown_table(LoraSettings, RECOVER_FLAGS),
+            "endpoints": app.api_table(app.demo)}
 
 
 def main() -> None:
     path = REPO / "README.md"
     text = path.read_text()
-    for name, table in TABLES.items():
+    for name, table in tables().items():
         start = text.index(f"<!-- {name} table: generated")
         start = text.index("\n", start) + 1
         end = text.index(f"<!-- end {name} table -->")

@@ -15,17 +15,19 @@ from gradio_client import Client
 
 
 CUSTOM = "hub id or local folder"
-PRUNE_DEFAULTS = dict(mode="ratio of groups", scope="local", strategy="block", granularity="kv-group",
-                      one_ratio=True, attn_share=0.0, compensate=False, recompute=False, allocation="uniform",
-                      a0=0, a1=2, m0=0, m1=2, steps=1, criterion="taylor-element1", aggregation="sum",
-                      scale="rank")
+PRUNE_DEFAULTS = dict(unit="groups", scope="local", strategy="block", attn_granularity="kv-group",
+                      one_ratio=True, attn_share=0.0, compensate=False, recompute_means=False, allocation="uniform",
+                      attn_start=0, attn_end=2, mlp_start=0, mlp_end=2, iterative_steps=1,
+                      criterion="taylor-element1", aggregation="sum", scale="rank")
 
 
 def prune_args(amount, **kw):
-    d = {**PRUNE_DEFAULTS, **kw}
-    return (d["mode"], amount, d["scope"], d["strategy"], d["granularity"], d["one_ratio"], d["attn_share"],
-            d["compensate"], d["recompute"], d["allocation"], d["a0"], d["a1"], d["m0"], d["m1"], d["steps"],
-            d["criterion"], d["aggregation"], d["scale"])
+    """The Preview / Prune form's values in the order of its named fields (components/tabs/prune.py)."""
+    from components.tabs.prune import FORM
+
+    values = {**PRUNE_DEFAULTS, "amount": amount, **kw}
+    assert set(values) == set(FORM)
+    return tuple(values[name] for name in FORM)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +144,10 @@ def test_every_endpoint_works_with_its_defaults(server):
     for name, spec in info.items():
         missing = [p["parameter_name"] for p in spec["parameters"] if not p["parameter_has_default"]]
         assert not missing, f"{name} needs {missing}"
+    from components.tabs.prune import FORM
+
+    for name in ("/preview", "/prune"):      # one named parameter per field of the form
+        assert [p["parameter_name"] for p in info[name]["parameters"]] == FORM
     # the lesson's first step with nothing but defaults: the built-in model
     if __import__("pruner.models", fromlist=["x"]).default_model_file() is not None:
         status = c.predict(api_name="/load_model")[-1]
@@ -183,8 +189,8 @@ def test_a_reload_keeps_the_session(server, tiny_folder):
     session = server.REGISTRY.get(key)
     new_connection = "reloaded-page-hash"
     visitor, facts, *panels, message = server.restore(key, type("Request", (), {"session_hash": new_connection})())
-    models, mode, amount = panels[14], panels[15], panels[16]
-    assert mode == "ratio of groups" and amount["value"] == 0.25 and amount["maximum"] == 0.9   # as pruned
+    models, unit, amount = panels[14], panels[15], panels[16]
+    assert unit == "groups" and amount["value"] == 0.25 and amount["maximum"] == 0.9   # as pruned
     assert visitor == key and "Welcome back" in message and "a pruned model" in message
     assert server.REGISTRY.get(server.REGISTRY.visitor(new_connection)) is session
     # every panel is redrawn from the session: the before/after table and kept widths among them
@@ -260,7 +266,9 @@ def test_spaces_gpu_decorator_is_used_and_runs_on_cpu(server):
     from components import handlers
 
     assert handlers.LOAD_DEVICE == "cpu"
-    assert server.gpu.__module__.startswith("spaces") or hasattr(spaces, "GPU")
+    from components import server as page_server
+
+    assert page_server.gpu.__module__.startswith("spaces") or hasattr(spaces, "GPU")
     model = torch.nn.Linear(2, 2)
     with handlers.accelerated(model):
         pass

@@ -20,8 +20,8 @@ def test_a_dispatched_model_is_scored_and_sliced_in_place(tiny_folder, calib):
     assert all(p.device.type == "cpu" for p in model.parameters())      # nothing parked on "meta"
     reference, _ = load_model(tiny_folder, device="cpu")
     score_config, config = recipe("default", {"criterion": "taylor-element1"},
-                                  {"attn_layers": (0, 2), "mlp_layers": (0, 2), "ratio": 0.5,
-                                   "target_params": None})
+                                  {"attn_layers": (0, 2), "mlp_layers": (0, 2), "amount": 0.5,
+                                   "unit": "groups"})
     config, _ = config.normalized(model)
     ids = calib % model.config.vocab_size
     dispatched = prune_model(model, ids, score_config, config, in_place=True)

@@ -124,7 +124,7 @@ def test_decisive_query_head_lands_in_its_kv_group(name, ids):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_compensation_or_a_clear_refusal(name, ids):
     model = tiny_family_model(name)
-    config, notes = PruneConfig(compensate=True, attn_share=0.0, target_params=0.2).normalized(model)
+    config, notes = PruneConfig(compensate=True, attn_share=0.0, amount=0.2).normalized(model)
     stats = input_statistics(model, ids)
     plan = Plan(mlp_keep={1: list(range(0, 48, 2))})
     if arch_of(model).can_compensate("mlp"):

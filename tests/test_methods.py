@@ -87,7 +87,7 @@ def test_each_method_recipe_prunes_every_supported_family(name):
     for family in FAMILIES:
         model = tiny_family_model(family, num_hidden_layers=6)
         ids = torch.randint(3, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-        score_config, prune_config = recipe(name, prune_overrides={"target_params": 0.1})
+        score_config, prune_config = recipe(name, prune_overrides={"amount": 0.1})
         prune_config, _ = prune_config.normalized(model)
         before = count_params(model)["params"]
         result = prune_model(model, ids, score_config, prune_config)

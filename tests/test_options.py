@@ -16,8 +16,9 @@ def test_bounds_and_choices_are_checked_from_the_fields():
     assert Range(0.0, MAX_SHARE, lo_closed=False, hi_closed=False).text() == "in (0, 0.95)"
     assert Range(1, None).text() == ">= 1"
     check(PruneConfig())
-    for bad, message in ((dict(ratio=1.0), "ratio must be in [0, 1), got 1.0"),
-                         (dict(target_params=0.95), "target_params must be in (0, 0.95), got 0.95"),
+    for bad, message in ((dict(amount=1.0, unit="groups"), "amount must be in [0, 1), got 1.0"),
+                         (dict(amount=0.95), "amount must be in (0, 0.95) for a share of parameters, got 0.95"),
+                         (dict(unit="layers"), "unit must be one of ('parameters', 'groups'), got 'layers'"),
                          (dict(scope="world"), "scope must be one of ('local', 'global'), got 'world'"),
                          (dict(round_to=0), "round_to must be >= 1, got 0")):
         with pytest.raises(ValueError) as err:
@@ -31,25 +32,33 @@ def test_the_cli_flags_are_the_fields(command):
     from pruner.recover import LoraSettings
 
     parser = build_parser()._subparsers._group_actions[0].choices[command]
-    actions = {a.dest: a for a in parser._actions}
-    cls, names = (PruneConfig, ["ratio", "target_params", *PRUNE_FLAGS]) if command == "prune" \
+    actions = {flag: a for a in parser._actions for flag in a.option_strings}
+    cls, names = (PruneConfig, PRUNE_FLAGS) if command == "prune" \
         else (LoraSettings, RECOVER_FLAGS)
     for name in names:
         opt = options(cls)[name]
-        action = actions[opt.dest]
+        action = actions[opt.flag]
+        assert action.dest == opt.dest
         assert action.help.replace("%%", "%").startswith(opt.info()), name
         assert tuple(action.choices or ()) == tuple(opt.choices or ()), name
         assert action.default is None          # the preset decides unless the flag is given
-        assert opt.flag in action.option_strings
+    if command == "prune":      # the amount and its unit in one flag
+        args = parser.parse_args(["--ratio", "0.3"])
+        assert (args.amount, args.unit) == (0.3, "groups")
+        args = parser.parse_args(["--target-params", "0.25"])
+        assert (args.amount, args.unit) == (0.25, "parameters")
 
 
 def test_the_readme_table_is_generated_from_the_fields():
     from pruner.__main__ import RECOVER_FLAGS
     from pruner.recover import LoraSettings
 
+    import app
+
     text = README.read_text()
     assert markdown_table(PruneConfig) in text
     assert markdown_table(LoraSettings, RECOVER_FLAGS) in text
+    assert app.api_table(app.demo) in text          # every endpoint, its keyword arguments and defaults
 
 
 def test_the_prune_tab_controls_are_the_fields():
@@ -67,7 +76,10 @@ def test_the_prune_tab_controls_are_the_fields():
     from pruner.importance import CRITERIA, ScoreConfig
 
     assert {"criterion", "aggregation"} <= names
-    start = {ScoreConfig: RECIPES["default"][0], PruneConfig: RECIPES["default"][1], LoraSettings: PRESETS["quick"]}
+    from pruner.data import CalibrationSpec
+
+    start = {ScoreConfig: RECIPES["default"][0], PruneConfig: RECIPES["default"][1], LoraSettings: PRESETS["quick"],
+             CalibrationSpec: CalibrationSpec()}
     for component, (cls, name) in bound:
         opt = options(cls)[name]
         assert component.label == opt.label

@@ -17,7 +17,7 @@ def test_original_model_is_untouched(model, calib):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config_before = model.config.to_dict()
     result = prune_model(model, calib, ScoreConfig("taylor-element1"),
-                         PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3)))
+                         PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 3), mlp_layers=(0, 3)))
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -27,7 +27,7 @@ def test_original_model_is_untouched(model, calib):
 
 def test_local_ratio_keeps_floor_per_layer(calib):
     model = tiny_model(n_heads=8, n_kv=4, layers=4)
-    cfg = PruneConfig(ratio=0.3, attn_layers=(1, 3), mlp_layers=(0, 2))
+    cfg = PruneConfig(amount=0.3, unit="groups", attn_layers=(1, 3), mlp_layers=(0, 2))
     result = prune_model(model, calib, ScoreConfig("l2"), cfg)
     w = layer_widths(result.model)
     assert w.kv_heads.tolist() == [4, math.floor(4 * 0.7), math.floor(4 * 0.7), 4]
@@ -37,7 +37,7 @@ def test_local_ratio_keeps_floor_per_layer(calib):
 
 def test_local_keeps_the_highest_scores(model, calib):
     scores = score(model, calib, ScoreConfig("taylor-element1"))
-    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3)))
+    plan = make_plan(model, scores, PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 3), mlp_layers=(0, 3)))
     for layer, kept in plan.mlp_keep.items():
         sub = scores[(scores.kind == "mlp") & (scores.layer == layer)]
         assert sub[sub.group.isin(kept)].score.min() >= sub[~sub.group.isin(kept)].score.max()
@@ -45,7 +45,7 @@ def test_local_keeps_the_highest_scores(model, calib):
 
 def test_global_prunes_heads_and_keeps_one_per_layer(calib):
     model = tiny_model(n_heads=8, n_kv=8, layers=4)
-    cfg = PruneConfig(ratio=0.6, scope="global", attn_layers=(0, 4), mlp_layers=(0, 4))
+    cfg = PruneConfig(amount=0.6, unit="groups", scope="global", attn_layers=(0, 4), mlp_layers=(0, 4))
     scores = score(model, calib, ScoreConfig("taylor-element1"))
     plan = make_plan(model, scores, cfg)
     kept_heads = sum(len(v) for v in plan.attn_keep.values())
@@ -61,7 +61,7 @@ def test_global_prunes_heads_and_keeps_one_per_layer(calib):
 
 def test_target_params_is_met(calib):
     model = tiny_model(n_heads=4, n_kv=2, layers=4, hidden=32, inter=96)
-    cfg = PruneConfig(target_params=0.2, attn_layers=(0, 4), mlp_layers=(0, 4))
+    cfg = PruneConfig(amount=0.2, attn_layers=(0, 4), mlp_layers=(0, 4))
     result = prune_model(model, calib, ScoreConfig("taylor-element1"), cfg)
     assert result.report["ratio_params_removed"] == pytest.approx(0.2, abs=0.01)
     assert result.report["params_after"] == count_params(result.model)["params"]
@@ -70,7 +70,7 @@ def test_target_params_is_met(calib):
 
 def test_iterative_steps_reach_the_same_widths(calib):
     model = tiny_model(n_heads=4, n_kv=4, layers=3, inter=60)
-    cfg = dict(ratio=0.5, attn_layers=(0, 3), mlp_layers=(0, 3))
+    cfg = dict(amount=0.5, unit="groups", attn_layers=(0, 3), mlp_layers=(0, 3))
     one = prune_model(model, calib, ScoreConfig("taylor-element1"), PruneConfig(**cfg))
     three = prune_model(model, calib, ScoreConfig("taylor-element1"),
                         PruneConfig(iterative_steps=3, **cfg))
@@ -80,7 +80,7 @@ def test_iterative_steps_reach_the_same_widths(calib):
 
 def test_iterative_target_params(calib):
     model = tiny_model(n_heads=4, n_kv=2, layers=4, inter=96)
-    cfg = PruneConfig(target_params=0.25, iterative_steps=2, attn_layers=(0, 4), mlp_layers=(0, 4))
+    cfg = PruneConfig(amount=0.25, iterative_steps=2, attn_layers=(0, 4), mlp_layers=(0, 4))
     result = prune_model(model, calib, ScoreConfig("taylor-element2"), cfg)
     assert result.report["ratio_params_removed"] == pytest.approx(0.25, abs=0.01)
 
@@ -92,7 +92,7 @@ def test_layer_ranges_default_skip_first_three_last_two():
 
 def test_mlp_only(calib):
     model = tiny_model()
-    cfg = PruneConfig(ratio=0.5, prune_attn=False, attn_layers=(0, 3), mlp_layers=(0, 3))
+    cfg = PruneConfig(amount=0.5, unit="groups", prune_attn=False, attn_layers=(0, 3), mlp_layers=(0, 3))
     w = layer_widths(prune_model(model, calib, ScoreConfig("l1"), cfg).model)
     assert (w.kv_heads == 2).all() and (w.intermediate_size == 24).all()
 
@@ -100,7 +100,7 @@ def test_mlp_only(calib):
 def test_channel_strategy(calib):
     model = tiny_model(n_heads=4, n_kv=2)
     result = prune_model(model, calib, ScoreConfig("taylor-element1"),
-                         PruneConfig(ratio=0.25, strategy="channel"))
+                         PruneConfig(amount=0.25, unit="groups", strategy="channel"))
     m = result.model
     assert m.config.hidden_size == 24 and m.config.hidden_size % m.config.num_attention_heads == 0
     assert m.model.embed_tokens.weight.shape == (96, 24)
@@ -110,7 +110,7 @@ def test_channel_strategy(calib):
 def test_layer_strategy_drops_least_important_layers(calib):
     model = tiny_model(layers=6)
     scores = score(model, calib, ScoreConfig("taylor-element1"))
-    cfg = PruneConfig(ratio=0.34, strategy="layer", attn_layers=(1, 5), mlp_layers=(1, 5))
+    cfg = PruneConfig(amount=0.34, unit="groups", strategy="layer", attn_layers=(1, 5), mlp_layers=(1, 5))
     plan = make_plan(model, scores, cfg)
     per_layer = scores[scores.layer.between(1, 4)].groupby("layer").score.sum().sort_values()
     # one rounding rule for every strategy: keep floor(n * (1 - ratio)), i.e. removals round up:
@@ -125,18 +125,18 @@ def test_layer_strategy_drops_least_important_layers(calib):
 
 def test_layer_strategy_iterative_and_target(calib):
     model = tiny_model(layers=8)
-    cfg = PruneConfig(ratio=0.5, strategy="layer", iterative_steps=2, attn_layers=(0, 8),
+    cfg = PruneConfig(amount=0.5, unit="groups", strategy="layer", iterative_steps=2, attn_layers=(0, 8),
                       mlp_layers=(0, 8))
     result = prune_model(model, calib, ScoreConfig("l1"), cfg)
     assert result.model.config.num_hidden_layers == 4
-    cfg = PruneConfig(target_params=0.3, strategy="layer", attn_layers=(0, 8), mlp_layers=(0, 8))
+    cfg = PruneConfig(amount=0.3, strategy="layer", attn_layers=(0, 8), mlp_layers=(0, 8))
     result = prune_model(model, calib, ScoreConfig("l1"), cfg)
     assert 0.15 < result.report["ratio_params_removed"] < 0.45
 
 
 def test_removed_groups_marks_the_plan(model, calib):
     scores = score(model, calib, ScoreConfig("l2"))
-    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(1, 2)))
+    plan = make_plan(model, scores, PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 3), mlp_layers=(1, 2)))
     gone = plan.removed_groups(scores)
     assert set(gone[gone.kind == "mlp"].layer) == {1}
     assert len(gone[gone.kind == "mlp"]) == 24
@@ -145,7 +145,7 @@ def test_removed_groups_marks_the_plan(model, calib):
 def test_a_plan_counts_applies_and_describes_its_cut(calib):
     model = tiny_model(n_heads=4, n_kv=2)
     scores = score(model, calib, ScoreConfig("l2"))
-    plan = make_plan(model, scores, PruneConfig(ratio=0.5, attn_layers=(0, 3), mlp_layers=(1, 2)))
+    plan = make_plan(model, scores, PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 3), mlp_layers=(1, 2)))
     before = count_params(model)["params"]
     pruned = plan.apply(model)
     # the count without building a model equals the built model's loss of parameters
@@ -160,7 +160,8 @@ def test_a_plan_counts_applies_and_describes_its_cut(calib):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(ratio=1.0), "ratio"), (dict(ratio=-0.1), "ratio"), (dict(target_params=0.99), "target"),
+    (dict(amount=1.0, unit="groups"), "amount"), (dict(amount=-0.1, unit="groups"), "amount"),
+    (dict(amount=0.99), "amount must be in \\(0, 0.95\\) for a share of parameters"), (dict(unit="layers"), "unit"),
     (dict(strategy="magic"), "strategy"), (dict(scope="world"), "scope"),
     (dict(attn_layers=(2, 9)), "attn_layers"), (dict(iterative_steps=0), "iterative"),
 ])
@@ -180,21 +181,34 @@ def test_named_recipes_and_overrides():
     s, p = recipe("llm-pruner")
     assert (s.criterion, s.aggregation) == ("taylor-element1", "sum")
     assert p.attn_granularity == "kv-group" and p.attn_share is None and not p.compensate
-    s, p = recipe("default", {"aggregation": None}, {"ratio": 0.3})
-    assert s.aggregation == "last" and p.target_params is None and p.ratio == 0.3 and p.attn_share is None
-    s, p = recipe("default", {"criterion": "l2"}, {"target_params": 0.1})
-    assert s.criterion == "l2" and p.target_params == 0.1 and p.attn_share == 0.0 and p.compensate
+    s, p = recipe("default", {"aggregation": None}, {"amount": 0.3, "unit": "groups"})
+    assert s.aggregation == "last" and (p.amount, p.unit) == (0.3, "groups") and p.attn_share is None
+    s, p = recipe("default", {"criterion": "l2"}, {"amount": 0.1})
+    assert s.criterion == "l2" and (p.amount, p.unit) == (0.1, "parameters") and p.attn_share == 0.0 and p.compensate
     with pytest.raises(ValueError, match="recipe"):
         recipe("best-ever")
+
+
+def test_a_saved_config_reads_back_including_the_old_amount_fields():
+    from dataclasses import asdict
+
+    config = PruneConfig(amount=0.3, unit="groups", attn_layers=(1, 3))
+    assert PruneConfig.from_record(asdict(config) | {"attn_layers": [1, 3]}) == config
+    old = asdict(PruneConfig()) | {"target_params": 0.25}
+    del old["amount"], old["unit"]
+    assert (PruneConfig.from_record(old).amount, PruneConfig.from_record(old).unit) == (0.25, "parameters")
+    old = asdict(PruneConfig()) | {"ratio": 0.4, "target_params": None}
+    del old["amount"], old["unit"]
+    assert (PruneConfig.from_record(old).amount, PruneConfig.from_record(old).unit) == (0.4, "groups")
 
 
 def test_round_to_keeps_mlp_widths_a_multiple(calib):
     model = tiny_model(layers=3)
     scores = score(model, calib, ScoreConfig("l1"))
-    plan = make_plan(model, scores, PruneConfig(ratio=0.3, round_to=8, prune_attn=False))
+    plan = make_plan(model, scores, PruneConfig(amount=0.3, unit="groups", round_to=8, prune_attn=False))
     # 48 channels at 0.3 keep floor(33.6) = 33, rounded down to 32
     assert {len(k) for k in plan.mlp_keep.values()} == {32}
-    plan = make_plan(model, scores, PruneConfig(ratio=0.95, round_to=16, prune_attn=False))
+    plan = make_plan(model, scores, PruneConfig(amount=0.95, unit="groups", round_to=16, prune_attn=False))
     assert {len(k) for k in plan.mlp_keep.values()} == {16}       # never below one multiple
     with pytest.raises(ValueError, match="round_to"):
         PruneConfig(round_to=0).validate(3)
@@ -209,7 +223,7 @@ def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
 
     model = tiny_model(n_heads=4, n_kv=2, layers=3, inter=48)
     score_config = ScoreConfig("taylor-element1", "last")
-    config = PruneConfig(ratio=0.0, target_params=0.1, attn_share=0.0, attn_granularity="query-heads",
+    config = PruneConfig(amount=0.1, attn_share=0.0, attn_granularity="query-heads",
                          compensate=True)
     expected = prune_model(model, calib, score_config, config)
     given = score(model, calib, ScoreConfig("taylor-element1", "last", kinds=("attn", "mlp")))
@@ -225,7 +239,7 @@ def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
 
 def test_make_plan_measures_sensitivity_as_prune_model_does(calib):
     model = tiny_model(layers=4)
-    cfg = PruneConfig(ratio=0.4, allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4), mlp_layers=(0, 4))
+    cfg = PruneConfig(amount=0.4, unit="groups", allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4), mlp_layers=(0, 4))
     scores = score(model, calib, ScoreConfig("l2"))
     plan = make_plan(model, scores, cfg, input_ids=calib)
     assert plan == prune_model(model, calib, ScoreConfig("l2"), cfg, scores=scores).plans[0]

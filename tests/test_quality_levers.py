@@ -41,7 +41,7 @@ def test_query_head_removal_equals_zeroing(calib):
 
 def test_query_heads_plan_is_uniform_and_loads_plainly(calib, tmp_path):
     model = tiny_model(n_heads=8, n_kv=2, layers=3)
-    cfg = PruneConfig(ratio=0.5, attn_granularity="query-heads", prune_mlp=False,
+    cfg = PruneConfig(amount=0.5, unit="groups", attn_granularity="query-heads", prune_mlp=False,
                       attn_layers=(0, 3), mlp_layers=(0, 3))
     result = prune_model(model, calib, ScoreConfig("taylor-element1"), cfg)
     w = layer_widths(result.model)
@@ -56,7 +56,7 @@ def test_attention_share_splits_the_budget(calib):
     model = tiny_model(n_heads=8, n_kv=4, layers=4, inter=96)
     total = count_params(model)["params"]
     for share in (0.0, 0.5):
-        cfg = PruneConfig(target_params=0.2, attn_share=share, attn_layers=(0, 4), mlp_layers=(0, 4))
+        cfg = PruneConfig(amount=0.2, attn_share=share, attn_layers=(0, 4), mlp_layers=(0, 4))
         scores = score(model, calib, ScoreConfig("l1"))
         plan = make_plan(model, scores, cfg)
         gone = plan.removed_groups(scores)
@@ -120,14 +120,14 @@ def test_bias_compensation_matches_hand_computation(calib):
 
 def test_compensated_exports_round_trip(calib, tmp_path):
     model = tiny_model(n_heads=4, n_kv=2)
-    cfg = PruneConfig(ratio=0.5, compensate=True, attn_layers=(1, 3), mlp_layers=(0, 2))
+    cfg = PruneConfig(amount=0.5, unit="groups", compensate=True, attn_layers=(1, 3), mlp_layers=(0, 2))
     result = prune_model(model, calib, ScoreConfig("taylor-element1"), cfg)
     assert result.model.config.attention_bias and result.model.config.mlp_bias
     save(result.model, tmp_path)
     loaded, _ = load_pruned(tmp_path, device="cpu")
     torch.testing.assert_close(logits(loaded, calib), logits(result.model, calib), rtol=0, atol=0)
     uniform = prune_model(model, calib, ScoreConfig("l2"),
-                          PruneConfig(ratio=0.5, compensate=True, prune_attn=False,
+                          PruneConfig(amount=0.5, unit="groups", compensate=True, prune_attn=False,
                                       attn_layers=(0, 3), mlp_layers=(0, 3))).model
     save(uniform, tmp_path / "u")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "u")
@@ -136,7 +136,7 @@ def test_compensated_exports_round_trip(calib, tmp_path):
 
 def test_lever_validation(model, calib):
     with pytest.raises(ValueError, match="attn_share"):
-        prune_model(model, calib, ScoreConfig("l1"), PruneConfig(ratio=0.2, attn_share=0.5))
+        prune_model(model, calib, ScoreConfig("l1"), PruneConfig(amount=0.2, unit="groups", attn_share=0.5))
     with pytest.raises(ValueError, match="granularity"):
         prune_model(model, calib, ScoreConfig("l1"), PruneConfig(attn_granularity="rows"))
 
@@ -160,7 +160,7 @@ def test_recomputed_compensation_means_follow_the_partly_pruned_model(calib):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, dense_means.model.layers[1].mlp.down_proj.bias.double(), atol=1e-6)
     result = prune_model(model, calib, ScoreConfig("taylor-element1"),
-                         PruneConfig(ratio=0.5, compensate=True, recompute_means=True, prune_attn=False,
+                         PruneConfig(amount=0.5, unit="groups", compensate=True, recompute_means=True, prune_attn=False,
                                      mlp_layers=(0, 3)))
     assert result.model.config.mlp_bias
     with pytest.raises(ValueError, match="recompute_means"):

@@ -59,7 +59,7 @@ def test_allocation_is_hand_solved_water_filling():
 
 def test_sensitivity_allocation_prunes_least_sensitive_layers_most(calib, tmp_path):
     model = tiny_model(n_heads=4, n_kv=2, layers=4, inter=96)
-    cfg = PruneConfig(target_params=0.2, attn_share=0.0, compensate=True, allocation="sensitivity",
+    cfg = PruneConfig(amount=0.2, attn_share=0.0, compensate=True, allocation="sensitivity",
                       mlp_layers=(0, 4), attn_layers=(0, 4))
     result = prune_model(model, calib, ScoreConfig("taylor-element1"), cfg)
     sens = result.sensitivity
@@ -88,12 +88,12 @@ def test_make_plan_uses_a_given_sensitivity(calib):
 
     model = tiny_model(n_heads=4, n_kv=2, layers=3)
     scores = score(model, calib, ScoreConfig("l1"))
-    cfg = PruneConfig(ratio=0.3, prune_attn=False, allocation="sensitivity", mlp_layers=(0, 3))
+    cfg = PruneConfig(amount=0.3, unit="groups", prune_attn=False, allocation="sensitivity", mlp_layers=(0, 3))
     sens = pd.DataFrame({"kind": "mlp", "layer": [0, 1, 2], "loss_increase": [1.0, 1.0, 100.0]})
     plan = make_plan(model, scores, cfg, sensitivity=sens)
     kept = {layer: len(k) for layer, k in plan.mlp_keep.items()}
     assert kept[2] > kept[0] == kept[1]
-    uniform = make_plan(model, scores, PruneConfig(ratio=0.3, prune_attn=False, mlp_layers=(0, 3)))
+    uniform = make_plan(model, scores, PruneConfig(amount=0.3, unit="groups", prune_attn=False, mlp_layers=(0, 3)))
     assert {len(k) for k in uniform.mlp_keep.values()} == {33}            # floor(48 * 0.7)
     with pytest.raises(ValueError, match="sensitivity allocation"):
         PruneConfig(allocation="sensitivity", scope="global").validate(3)

@@ -7,6 +7,9 @@ import pandas as pd
 import pytest
 
 from components import figures, handlers
+from pruner.data import CalibrationSpec
+from pruner.importance import ScoreConfig
+from pruner.recover import preset
 from components.session import SessionRegistry
 from components.store import Store
 
@@ -53,8 +56,9 @@ def test_correlation_is_skipped_below_eight_groups(monkeypatch):
     monkeypatch.setattr(store, "compute", lambda kind, spec, fn: (both, False, "k"))
     session = type("S", (), {"original": lambda self, s: type("O", (), {"model": None})(),
                              "original_key": "o"})()
-    *_, corr_fig, table, note, _ = handlers.compare_scores(store, session, "l1", "sum", "l2", "sum",
-                                                           "builtin", 4, 16, "mlp", "rank")
+    *_, corr_fig, table, note, _ = handlers.compare_scores(store, session, ScoreConfig("l1", "sum"),
+                                                           ScoreConfig("l2", "sum"), CalibrationSpec(samples=4, seq_len=16),
+                                                           "mlp", "rank")
     assert "fewer than 8 groups" in note and "KV groups" in note
     assert {t.name for t in corr_fig.data} == {figures.KIND_TITLES["mlp"]}
     assert len(table) > 0
@@ -74,7 +78,7 @@ def test_dependency_graph_members_for_each_granularity(tiny_folder):
     assert "row 63" in why
     with pytest.raises(ValueError, match="choose 0 to 31"):
         handlers.dependency_graph(store, session, 0, "hidden channel", 32)
-    assert handlers.max_amount(store, session, "ratio of groups", 0.0, 0, 2, 0, 2) == 0.9
+    assert handlers.max_amount(store, session, "groups", 0.0, (0, 2), (0, 2)) == 0.9
 
 
 def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenizer):
@@ -88,10 +92,10 @@ def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenize
     total = session.info["params"]
     mlp, attn = 2 * 3 * 32 * 64, 2 * (2 * 32 * 32 + 2 * 32 * 16)
     bound = lambda room: np.floor(100 * 0.95 * room) / 100                   # noqa: E731
-    assert handlers.max_amount(store, session, "share of parameters", 0.0, 0, 2, 0, 2) == bound(mlp / total)
-    assert handlers.max_amount(store, session, "share of parameters", None, 0, 2, 0, 2) == \
+    assert handlers.max_amount(store, session, "parameters", 0.0, (0, 2), (0, 2)) == bound(mlp / total)
+    assert handlers.max_amount(store, session, "parameters", None, (0, 2), (0, 2)) == \
         bound((mlp + attn) / total)
-    assert handlers.max_amount(store, session, "share of parameters", 0.0, 0, 2, 1, 2) == bound(mlp / 2 / total)
+    assert handlers.max_amount(store, session, "parameters", 0.0, (0, 2), (1, 2)) == bound(mlp / 2 / total)
 
 
 def test_evaluation_table_reads_in_percent_with_standard_errors():
@@ -145,8 +149,8 @@ def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny
 
     store = Store(budget_bytes=4 * 2**30)
     session, *_ = handlers.load(SessionRegistry(store), store, "v1", tiny_folder)
-    config = PruneConfig(ratio=0.5, attn_layers=(0, 2), mlp_layers=(0, 2))
-    handlers.run_prune(store, session, config, "l1", "sum")
+    config = PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 2), mlp_layers=(0, 2))
+    handlers.run_prune(store, session, ScoreConfig("l1", "sum"), config)
     asked = []
 
     def examples(source, *args, **kwargs):
@@ -156,7 +160,8 @@ def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny
         return [Example("Say hi.", "hi there")] * 4
 
     monkeypatch.setattr(handlers, "recovery_examples", examples)
-    recovery, hit, _, note = handlers.start_recovery(store, session, "quick", 2, 1e-3, 0.0, "lambada")
+    recovery, hit, _, note = handlers.start_recovery(store, session, preset("quick", max_steps=2, learning_rate=1e-3,
+                                                                            distill_weight=0.0), "lambada", "quick")
     assert asked == ["lambada", "self"] and not hit
     assert "'lambada' data is not available here" in note and session.recovery_data == "self"
 
@@ -165,9 +170,9 @@ def test_an_embedding_heavy_model_gets_advice_before_any_work():
     info = {"params": 1_000_000, "params_non_embedding": 20_000}
     assert handlers.amount_advice(0.25, 0.2, info) == ""
     some = handlers.amount_advice(0.15, 0.2, info)
-    assert "at most **15%**" in some and "embeddings hold 98%" in some and "ratio of groups" in some
+    assert "at most **15%**" in some and "embeddings hold 98%" in some and "count the amount in groups" in some
     none = handlers.amount_advice(0.0, 0.2, info)
-    assert "switched to **ratio of groups**" in none
+    assert "switched to a share of **groups**" in none
 
 
 def test_models_shown_together_are_timed_in_one_run_and_evaluate_reuses_the_quick_ppl(tiny_folder, monkeypatch):
@@ -187,8 +192,8 @@ def test_models_shown_together_are_timed_in_one_run_and_evaluate_reuses_the_quic
     monkeypatch.setattr(handlers, "decode_speeds", fake_speeds)
     store = Store(budget_bytes=4 * 2**30)
     session, *_ = handlers.load(SessionRegistry(store), store, "v1", tiny_folder)
-    table, *_ = handlers.run_prune(store, session, PruneConfig(ratio=0.5, attn_layers=(0, 2), mlp_layers=(0, 2)),
-                                   "l1", "sum")
+    table, *_ = handlers.run_prune(store, session, ScoreConfig("l1", "sum"),
+                                   PruneConfig(amount=0.5, unit="groups", attn_layers=(0, 2), mlp_layers=(0, 2)))
     assert runs == [2]
     row = table.set_index("metric").loc[handlers.SPEED]
     assert (row["original"], row["pruned"]) == ("10.0", "11.0")
