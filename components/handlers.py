@@ -921,7 +921,8 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
-    tables = [path for path in (results / "methods_draws.md", results / "methods_quick.md", results / "methods.md")
+    tables = [path for path in (results / "methods_draws.md", results / "methods_50.md", results / "methods_quick.md",
+                                  results / "methods.md")
               if path.is_file()]
     figure = results / "methods.plotly.json"
     if not tables:
