@@ -2,7 +2,8 @@
 Minitron, ShortGPT) on the default model at each share of parameters, untuned and (with
 --recover) after the quick LoRA preset, over several calibration draws (mean and spread).
 
-Calibration: `--calib-samples` x `--calib-len` tokens of the built-in text, one seed per draw
+Calibration: `--calib-samples` x `--calib-len` tokens of `--calib-data` (the built-in text by default),
+one seed per draw
 (nothing calibrates or trains on an evaluation set; the quick preset trains on book passages).
 Perplexity: WikiText-2 test, the first `--windows` windows of 128 tokens, next to the dense model's
 on the same windows.
@@ -57,7 +58,8 @@ def evaluate(model, tok, windows: int, data_dir) -> float:
 def one_run(model, tok, name: str, amount: float, seed: int, args, dense: float) -> dict:
     score_config, prune_config = recipe_of(name, amount)
     prune_config, notes = prune_config.normalized(model)
-    ids = calibration_ids(tok, "builtin", args.calib_samples, args.calib_len, seed=seed)
+    ids = calibration_ids(tok, args.calib_data, args.calib_samples, args.calib_len, seed=seed,
+                          data_dir_path=args.data_dir)
     row = {"method": name, "amount": amount, "seed": seed, "notes": notes}
     start = time.perf_counter()
     try:
@@ -112,7 +114,7 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
                 cells.append(cell(quick, (m, a)))
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
-            f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} built-in tokens "
+            f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of {args.calib_data} "
             "(mean, range)\n\n" + "\n".join(rows) + "\n")
 
 
@@ -139,6 +141,7 @@ def main():
     parser.add_argument("--draws", type=int, default=3, help="calibration seeds 0..N-1")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-len", type=int, default=128)
+    parser.add_argument("--calib-data", default="builtin", help="builtin, lambada (book passages), ...")
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--recover", action="store_true", help="also the quick LoRA preset after each prune")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA) if common.SHARED_DATA.is_dir() else None)
@@ -154,7 +157,8 @@ def main():
     every = methods
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
-        same = {k: old["args"][k] for k in ("draws", "calib_samples", "calib_len", "windows", "recover")}
+        same = {k: old["args"].get(k, "builtin") for k in ("draws", "calib_samples", "calib_len", "calib_data",
+                                                             "windows", "recover")}
         if same != {k: vars(args)[k] for k in same}:
             raise SystemExit(f"--merge needs the same settings as {out}: {same}")
         runs = [r for r in old["runs"] if r["method"] not in methods]

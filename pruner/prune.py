@@ -71,6 +71,10 @@ class PruneConfig:
     recompute_means: bool = option(
         False, "with compensation: re-measure the means layer by layer on the partly pruned model",
         label="re-measure the means layer by layer")
+    refit: bool = option(
+        False, "with compensation: refit each pruned down_proj (kept columns and bias) by damped least squares "
+        "to the dense layer's output on the pruned model's own propagated calibration inputs",
+        label="refit down_proj (least squares)")
     allocation: str = option(
         "uniform", "per-layer ratios (local scope): uniform; sensitivity: set by each layer's measured "
         "calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer "
@@ -102,6 +106,8 @@ class PruneConfig:
             raise ValueError("standardized allocation ranks attention and MLP together: attn_share must be None")
         if self.recompute_means and not self.compensate:
             raise ValueError("recompute_means refines bias compensation: set compensate=True too")
+        if self.refit and not self.compensate:
+            raise ValueError("refit replaces bias compensation's bias by a fitted one: set compensate=True too")
         if self.compensate and self.strategy != "block":
             raise ValueError("bias compensation applies to the block strategy")
         if self.strategy == "block" and not (self.prune_attn or self.prune_mlp):
@@ -163,6 +169,9 @@ class PruneConfig:
         if new.recompute_means and not new.compensate:
             new.recompute_means = False
             notes.append("re-measured compensation means need compensation: off")
+        if new.refit and not new.compensate:
+            new.refit = False
+            notes.append("the least-squares refit of down_proj needs compensation (its bias): off")
         if new.allocation != "uniform" and (new.strategy != "block" or new.scope != "local"):
             notes.append(f"{new.allocation} allocation sets per-layer ratios of the block strategy, local "
                          "scope: uniform")
@@ -178,7 +187,7 @@ def needs_calibration(score_config, prune_config: "PruneConfig") -> bool:
     """Whether scoring or pruning reads calibration tokens (gradients, activations, probes)."""
     from .importance import CALIBRATION_FREE
 
-    return (score_config.criterion not in CALIBRATION_FREE or prune_config.compensate
+    return (score_config.criterion not in CALIBRATION_FREE or prune_config.compensate or prune_config.refit
             or prune_config.allocation == "sensitivity")
 
 
@@ -651,8 +660,23 @@ def plan_families(model, plan: Plan) -> list[tuple[Family, list[int]]]:
     return sorted(parts, key=lambda p: p[0].layer)
 
 
+def _refit_and_slice(model, fam: Family, kept, stream) -> None:
+    """Slice an MLP group family and refit its down_proj on the stream's inputs (pruner/refit.py)."""
+    from .refit import down_proj, input_gram, refit_solution
+
+    linear = down_proj(model, fam.layer)
+    gram, total, n = input_gram(stream, fam.layer, linear)
+    weight, bias = refit_solution(linear.weight.data, linear.bias.data if linear.bias is not None else None,
+                                  fam.kept_inputs(kept), gram, total, n)
+    fam.slice(model, kept)
+    linear = down_proj(model, fam.layer)
+    dtype = linear.weight.dtype
+    linear.weight.data = weight.to(dtype).contiguous()
+    linear.bias = nn.Parameter(bias.to(dtype), requires_grad=linear.weight.requires_grad)
+
+
 def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None,
-               in_place: bool = False):
+               in_place: bool = False, refit_ids: torch.Tensor | None = None):
     """The pruned model: a deep copy of `model` (the original is never touched), or `model`
     itself with `in_place=True` (when the caller owns it, e.g. the CLI).
 
@@ -662,6 +686,9 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
     recompute_ids: calibration tokens; when given, the means are instead measured again before
     each layer is cut, on the copy whose earlier layers are already pruned and compensated
     (one calibration forward per pruned layer; `input_stats`, if given, serves the first).
+    refit_ids: calibration tokens; when given (with compensation), each pruned down_proj's kept
+    columns and bias are refitted by damped least squares (pruner/refit.py) on the inputs the
+    partly pruned copy feeds it, carried through the layers once.
     """
     compensate = input_stats is not None or recompute_ids is not None
     parts = plan_families(model, plan)
@@ -673,7 +700,16 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
 
     pruned = model if in_place else copy.deepcopy(model)
     stats, fresh = input_stats, input_stats is not None      # fresh: measured on the copy as it is now
-    for layer in sorted({fam.layer for fam, _ in parts}):
+    cut = sorted({fam.layer for fam, _ in parts})
+    stream = None
+    if refit_ids is not None and any(fam.block == "mlp" for fam, _ in parts):
+        from .refit import LayerStream
+
+        stream = LayerStream(pruned, refit_ids)
+    for layer in range(cut[-1] + 1) if stream is not None else cut:
+        if layer not in cut:
+            stream.advance()                                     # carried through an uncut layer
+            continue
         if recompute_ids is not None and not fresh:
             from .activations import input_statistics
 
@@ -683,9 +719,14 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
             if fam.layer != layer:
                 continue
             fam = family(pruned, fam.kind, layer)                # the copy's own (current) shapes
+            if stream is not None and fam.block == "mlp":
+                _refit_and_slice(pruned, fam, kept, stream)
+                continue
             if stats is not None:
                 fam.compensate(pruned, kept, stats[(layer, fam.block)].mean)
             fam.slice(pruned, kept)
+        if stream is not None:
+            stream.advance()
     if compensate:
         _add_zero_biases(pruned, blocks)
     if plan.hidden_keep is not None:
@@ -845,7 +886,8 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             progress(step - 1, steps, f"step {step}/{steps}: slicing")
         origin = [o for i, o in enumerate(origin) if i not in set(plan.drop_layers)]
         current = apply_plan(current, plan, stats, input_ids if prune_config.recompute_means else None,
-                             in_place=in_place or step > 1)      # later steps slice our own copy
+                             in_place=in_place or step > 1,      # later steps slice our own copy
+                             refit_ids=input_ids if prune_config.refit else None)
         plans.append(plan)
         ratios.append(float(ratio))
     if progress:

@@ -16,8 +16,7 @@ from .prune import PruneConfig
 
 RECIPES = {
     "default": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
-                PruneConfig(attn_share=0.0, attn_granularity="query-heads",
-                            compensate=True)),
+                PruneConfig(attn_share=0.0, attn_granularity="query-heads", compensate=True, refit=True)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
                    PruneConfig(attn_granularity="kv-group")),
     # The field's other methods on the same engine (coupled groups, slicing, exports); RECIPE_NOTES
@@ -35,9 +34,10 @@ RECIPES = {
 
 # name -> (citation, what it does differently), shown by the CLI's help and the page's recipe switch
 RECIPE_NOTES = {
-    "default": ("this project (bench/quality.py)",
-                "MLP channels only, ranked by first-order Taylor on down_proj alone, removed channels' "
-                "mean output folded into a bias"),
+    "default": ("this project (bench/quality.py, bench/methods.py)",
+                "MLP channels only, ranked by first-order Taylor on down_proj alone; each pruned down_proj "
+                "refitted (kept columns and a bias) by damped least squares to the dense layer's output on "
+                "the pruned model's own propagated calibration inputs"),
     "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
                    "summed over each group, no compensation"),

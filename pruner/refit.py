@@ -1,0 +1,129 @@
+"""Damped least-squares refit of a pruned down_proj on the pruned model's own inputs.
+
+Removing MLP channels K' of a layer leaves down_proj's kept columns K to carry what the removed ones
+did. With h (tokens, d_ff) the down_proj inputs the *partly pruned* model feeds this layer on
+calibration text (earlier layers already cut and refitted), and the target y = h W^T + b the dense
+down_proj's output on those same inputs, the kept columns and a bias solve
+
+    min_{W', b'}  || y - h_K W'^T - b' ||^2  +  lam || W' - W_K ||^2,     lam = damping * mean diag(h_K^T h_K)
+
+(damped toward the kept weights, not toward zero: a huge damping gives W' = W_K with the bias that
+best replaces the removed channels, FLAP's mean compensation). Normal equations on [h_K, 1]:
+
+    [W', b'] ([G_KK, s_K; s_K^T, n] + lam diag(1..1, 0)) = [W G_{:K} + b s_K^T + lam W_K,  W s + n b]
+
+with G = h^T h, s = sum h, n the token count (float64 sums of float32 batch products).
+
+`LayerStream` carries the calibration batches through the decoder one layer at a time (each layer
+runs once on the pruned copy, plus once more where it is refitted), so the whole refit costs
+about three forward passes, not one per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arch import arch_of
+from .models import layers_of
+
+# measured on the default model (bench/refit_damping in README): 0.1 overfits the calibration text,
+# 1-10 all help, 3 best
+REFIT_DAMPING = 3.0
+
+
+class _Stop(Exception):
+    pass
+
+
+class LayerStream:
+    """Calibration batches' hidden states entering decoder layer `at`, advanced layer by layer.
+
+    The keyword arguments each layer receives (masks, rotary embeddings; per layer, since some
+    families give sliding-window layers their own) are recorded once from a full forward."""
+
+    def __init__(self, model, input_ids: torch.Tensor, batch_size: int = 8):
+        self.model, self.layers = model, layers_of(model)
+        device = next(model.parameters()).device
+        self.hidden: list[torch.Tensor] = []                 # per batch: (b, seq, d) entering layer `at`
+        self.kwargs: list[list[dict]] = []                   # per batch, per layer
+        self.at = 0
+        for batch in torch.split(input_ids, batch_size):
+            calls: list[dict] = []
+
+            def record(module, args, kwargs, calls=calls):
+                if not calls:
+                    self.hidden.append(args[0].detach() if args else kwargs["hidden_states"].detach())
+                calls.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+            handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in self.layers]
+            try:
+                with torch.no_grad():
+                    model.model(input_ids=batch.to(device), use_cache=False)
+            finally:
+                for h in handles:
+                    h.remove()
+            self.kwargs.append(calls)
+
+    def run(self, layer: int, hook_module=None, hook=None) -> list[torch.Tensor]:
+        """Layer `layer`'s outputs for every batch (the stream must be at it); with `hook`, a
+        forward pre-hook on `hook_module` sees its inputs."""
+        assert layer == self.at, f"the stream is at layer {self.at}, not {layer}"
+        handle = hook_module.register_forward_pre_hook(hook) if hook is not None else None
+        outs = []
+        try:
+            with torch.no_grad():
+                for hidden, kwargs in zip(self.hidden, self.kwargs):
+                    out = self.layers[layer](hidden, **kwargs[layer])
+                    outs.append(out[0] if isinstance(out, tuple) else out)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return outs
+
+    def advance(self) -> None:
+        """Run the current layer (as it is now) and move to the next."""
+        self.hidden = self.run(self.at)
+        self.at += 1
+
+
+def input_gram(stream: LayerStream, layer: int, module) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(G = h^T h, s = sum h, n) of `module`'s inputs h at `layer` over the stream, in float64."""
+    acc = {"G": None, "s": None, "n": 0}
+
+    def hook(mod, args):
+        h = args[0].detach().reshape(-1, args[0].shape[-1])          # (tokens, in)
+        h32 = h.float()
+        g = (h32.T @ h32).double()
+        acc["G"] = g if acc["G"] is None else acc["G"] + g
+        s = h.double().sum(0)
+        acc["s"] = s if acc["s"] is None else acc["s"] + s
+        acc["n"] += h.shape[0]
+
+    stream.run(layer, module, hook)
+    return acc["G"], acc["s"], acc["n"]
+
+
+def refit_solution(weight: torch.Tensor, bias: torch.Tensor | None, kept: list[int], gram: torch.Tensor,
+                   total: torch.Tensor, n: int, damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refitted (out, |kept|) weight and (out,) bias of a linear layer keeping input columns
+    `kept` (see the module docstring), in float64."""
+    W = weight.double()                                           # (out, in)
+    b = bias.double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+    K = torch.as_tensor(kept, device=W.device)
+    G, s = gram.to(W.device), total.to(W.device)
+    k = len(kept)
+    lam = damping * G.diagonal()[K].mean()
+    system = torch.empty(k + 1, k + 1, dtype=torch.float64, device=W.device)
+    system[:k, :k] = G[K][:, K] + lam * torch.eye(k, dtype=torch.float64, device=W.device)
+    system[:k, k] = s[K]
+    system[k, :k] = s[K]
+    system[k, k] = n
+    rhs = torch.empty(W.shape[0], k + 1, dtype=torch.float64, device=W.device)     # (out, k + 1)
+    rhs[:, :k] = W @ G[:, K] + b[:, None] * s[K][None, :] + lam * W[:, K]
+    rhs[:, k] = W @ s + n * b
+    solution = torch.linalg.solve(system, rhs.T).T                                 # (out, k + 1)
+    return solution[:, :k], solution[:, k]
+
+
+def down_proj(model, layer: int):
+    return layers_of(model)[layer].get_submodule(arch_of(model).down)

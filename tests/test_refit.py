@@ -1,0 +1,106 @@
+"""The least-squares refit of pruned down_proj layers (pruner/refit.py): the formula against a
+direct computation, the damped objective never worse than mean compensation, the layer stream
+equal to the model's own forward, and the refit wired into pruning."""
+
+import copy
+
+import pytest
+import torch
+
+from pruner.prune import Plan, PruneConfig, apply_plan, prune_model
+from pruner.importance import ScoreConfig
+from pruner.refit import LayerStream, down_proj, refit_solution
+
+from conftest import tiny_model
+
+
+def sums(h):
+    h = h.double()
+    return h.T @ h, h.sum(0), h.shape[0]
+
+
+def correlated_inputs(n=400, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    return base @ torch.randn(4, d, generator=g, dtype=torch.float64) + 0.3 * torch.randn(n, d, generator=g,
+                                                                                          dtype=torch.float64) + 0.5
+
+
+def test_keeping_every_column_gives_back_the_layer():
+    h = correlated_inputs()
+    w, b = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    new_w, new_b = refit_solution(w, b, list(range(12)), *sums(h))
+    torch.testing.assert_close(new_w, w)
+    torch.testing.assert_close(new_b, b)
+
+
+def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation():
+    h = correlated_inputs()
+    w, b = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    kept, removed = [0, 2, 3, 5, 7, 8, 11], [1, 4, 6, 9, 10]
+    G, s, n = sums(h)
+    new_w, new_b = refit_solution(w, b, kept, G, s, n, damping=0.5)
+    target = h @ w.T + b
+    lam = 0.5 * G.diagonal()[kept].mean()
+
+    def objective(wk, bk):
+        return ((target - h[:, kept] @ wk.T - bk) ** 2).sum() + lam * ((wk - w[:, kept]) ** 2).sum()
+
+    # the gradient of the damped objective vanishes at the solution
+    wk, bk = new_w.clone().requires_grad_(), new_b.clone().requires_grad_()
+    objective(wk, bk).backward()
+    assert wk.grad.abs().max() < 1e-6 * n and bk.grad.abs().max() < 1e-6 * n
+    # FLAP's mean compensation is one point of the same problem (kept weights, a mean bias)
+    mean_bias = b + w[:, removed] @ h[:, removed].mean(0)
+    assert objective(new_w, new_b) < objective(w[:, kept], mean_bias)
+
+
+def test_the_layer_stream_carries_the_models_own_hidden_states(calib):
+    model = tiny_model(layers=3)
+    with torch.no_grad():
+        states = model(input_ids=calib, output_hidden_states=True).hidden_states
+    stream = LayerStream(model, calib, batch_size=3)
+    for layer in range(2):              # hidden_states[i] enters layer i (the last one is normed)
+        torch.testing.assert_close(torch.cat(stream.hidden), states[layer], atol=1e-5, rtol=1e-5)
+        stream.advance()
+    torch.testing.assert_close(torch.cat(stream.hidden), states[2], atol=1e-5, rtol=1e-5)
+
+
+def test_pruning_with_refit_fits_each_layer_on_the_partly_pruned_inputs(calib):
+    model = tiny_model(layers=3)
+    plan = Plan(mlp_keep={0: list(range(0, 48, 2)), 2: list(range(30))})
+    refitted = apply_plan(model, plan, input_stats={}, refit_ids=calib)
+    assert down_proj(refitted, 0).weight.shape == (32, 24) and down_proj(refitted, 2).weight.shape == (32, 30)
+    assert down_proj(refitted, 1).bias is not None and not down_proj(refitted, 1).bias.any()   # uniform config
+    # layer 2 was fitted on what the pruned layers 0-1 feed it, against its dense weights on those inputs
+    stream = LayerStream(refitted, calib)
+    stream.advance(), stream.advance()
+    dense = down_proj(model, 2)
+    h = []
+    stream.run(2, down_proj(refitted, 2), lambda mod, args: h.append(args[0].reshape(-1, args[0].shape[-1])))
+    # (the hook saw the refitted layer's inputs: the kept channels of the same activations)
+    copy_ = copy.deepcopy(model)
+    apply_plan(copy_, Plan(mlp_keep={0: list(range(0, 48, 2))}), input_stats={}, refit_ids=calib, in_place=True)
+    full = LayerStream(copy_, calib)
+    full.advance(), full.advance()
+    hf = []
+    full.run(2, down_proj(copy_, 2), lambda mod, args: hf.append(args[0].reshape(-1, args[0].shape[-1])))
+    hf = torch.cat(hf)
+    torch.testing.assert_close(torch.cat(h), hf[:, :30], atol=1e-5, rtol=1e-5)
+    new_w, new_b = refit_solution(dense.weight.data, None, list(range(30)), *sums(hf))
+    torch.testing.assert_close(down_proj(refitted, 2).weight.data, new_w.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(down_proj(refitted, 2).bias.data, new_b.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_refit_needs_compensation_and_is_part_of_prune_model(calib):
+    with pytest.raises(ValueError, match="compensate=True"):
+        PruneConfig(refit=True).validate(3)
+    config, notes = PruneConfig(refit=True).normalized()
+    assert not config.refit and "refit" in notes[0]
+    model = tiny_model(layers=3)
+    config = PruneConfig(amount=0.3, unit="groups", prune_attn=False, compensate=True, refit=True,
+                         mlp_layers=(0, 3))
+    result = prune_model(model, calib, ScoreConfig("l2"), config)
+    plain = prune_model(model, calib, ScoreConfig("l2"), PruneConfig(**{**config.__dict__, "refit": False}))
+    assert result.report["params_after"] == plain.report["params_after"]
+    assert not torch.equal(down_proj(result.model, 0).weight, down_proj(plain.model, 0).weight)
