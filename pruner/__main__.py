@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "distill_weight", "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options
 PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
-               "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
+               "refit", "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
 
 
 class _AmountIn(argparse.Action):

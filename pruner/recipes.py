@@ -1,8 +1,8 @@
 """Named pruning recipes: a ScoreConfig + PruneConfig pair the CLI and dashboard start from.
 
-"default" is the best recipe measured by bench/quality.py on the default model at 20% of the
-parameters (see README: MLP channels only, ranked by first-order Taylor on down_proj alone,
-with the removed channels' mean output folded into a bias). "llm-pruner" reproduces the
+"default" is the best recipe measured by bench/quality.py and bench/methods.py on the default
+model at 20% of the parameters (see README: MLP channels only, ranked by first-order Taylor on
+down_proj alone, each pruned down_proj refitted by damped least squares, pruner/refit.py). "llm-pruner" reproduces the
 paper's block strategy: KV groups and MLP channels at one ratio, element-wise first order
 summed over each group, no compensation.
 """

@@ -16,7 +16,8 @@ from gradio_client import Client
 
 CUSTOM = "hub id or local folder"
 PRUNE_DEFAULTS = dict(unit="groups", scope="local", strategy="block", attn_granularity="kv-group",
-                      one_ratio=True, attn_share=0.0, compensate=False, recompute_means=False, allocation="uniform",
+                      one_ratio=True, attn_share=0.0, compensate=False, recompute_means=False, refit=False,
+                      allocation="uniform",
                       attn_start=0, attn_end=2, mlp_start=0, mlp_end=2, iterative_steps=1,
                       criterion="taylor-element1", aggregation="sum", scale="rank")
 

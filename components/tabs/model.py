@@ -49,7 +49,7 @@ def wire(ui) -> None:
                     ui.export.note, ui.export.gguf_note, ui.export.push_status]
     t.load_btn.click(load_model, [t.source_kind, t.custom],
                      [t.facts, s.layer, s.structure_fig, s.structure_table, p.attn_start, p.attn_end,
-                      p.mlp_start, p.mlp_end, p.compensate, t.status], api_name="load_model", **HEAVY
+                      p.mlp_start, p.mlp_end, p.compensate, p.refit, t.status], api_name="load_model", **HEAVY
                      ).then(after_load, [s.layer, s.graph_kind, s.graph_group, p.unit, p.one_ratio, p.attn_share,
                                          p.attn_start, p.attn_end, p.mlp_start, p.mlp_end, p.amount],
                             [ui.importance.zoom_layer, s.graph_fig, s.graph_text, ui.evaluate.which, p.amount,
@@ -59,7 +59,7 @@ def wire(ui) -> None:
     gr.api(server_stats, api_name="server_stats")
 
 
-@friendly(10)
+@friendly(11)
 @persisted
 @gpu
 def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
@@ -79,7 +79,7 @@ def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.P
     status = (f"Loaded **{session.info['name']}** ({session.info['family']}) on {session.info['device']} "
               f"({session.info['dtype']}). Next: look at its coupled structures, then score them."
               + (" *(shared: already loaded on this server, no new copy)*" if shared else ""))
-    return (table, slider, fig, groups, *ranges, compensate_box, status)
+    return (table, slider, fig, groups, *ranges, compensate_box, gr.update(value=config.refit), status)
 
 
 def after_load(layer, granularity, group, unit, one_ratio, attn_share, a0, a1, m0, m1, amount,

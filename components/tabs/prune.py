@@ -33,7 +33,7 @@ DEFAULT_RECIPE_TEXT = (
 # fields by their names; the page's own: one_ratio (no budget split), the layer ranges' ends, the
 # Importance tab's criterion / aggregation and the heatmaps' colour scale.
 FORM = ["unit", "amount", "scope", "strategy", "attn_granularity", "one_ratio", "attn_share", "compensate",
-        "recompute_means", "allocation", "attn_start", "attn_end", "mlp_start", "mlp_end", "iterative_steps",
+        "recompute_means", "refit", "allocation", "attn_start", "attn_end", "mlp_start", "mlp_end", "iterative_steps",
         "criterion", "aggregation", "scale"]
 
 RECIPE_LABELS = {"default": "default (best measured)", "llm-pruner": "llm-pruner (the paper)",
@@ -52,6 +52,7 @@ def configs(values: dict, model=None) -> tuple[ScoreConfig, PruneConfig, list[st
         attn_granularity=values["attn_granularity"],
         attn_share=None if values["one_ratio"] else float(values["attn_share"]),
         compensate=bool(values["compensate"]), recompute_means=bool(values["recompute_means"]),
+        refit=bool(values["refit"]),
         allocation=values["allocation"], attn_layers=(int(values["attn_start"]), int(values["attn_end"])),
         mlp_layers=(int(values["mlp_start"]), int(values["mlp_end"])), iterative_steps=int(values["iterative_steps"]))
     config, notes = config.normalized(model)
@@ -84,6 +85,7 @@ def layout() -> Tab:
         t.attn_share = controls.slider(PruneConfig, "attn_share", START.attn_share or 0.0, step=0.05)
         t.compensate = controls.checkbox(PruneConfig, "compensate", START.compensate)
         t.recompute_means = controls.checkbox(PruneConfig, "recompute_means", START.recompute_means)
+        t.refit = controls.checkbox(PruneConfig, "refit", START.refit)
         t.allocation = controls.radio(PruneConfig, "allocation", START.allocation)
     with gr.Row():
         t.attn_start = gr.Number(3, label="attention layers from", precision=0, minimum=0)
@@ -122,7 +124,7 @@ def form_inputs(ui) -> list:
 def wire(ui) -> None:
     t, imp = ui.prune, ui.importance
     t.recipe.change(apply_recipe, t.recipe, [t.strategy, t.attn_granularity, t.one_ratio, t.attn_share, t.compensate,
-                                             t.allocation, imp.criterion, imp.aggregation, t.recipe_note],
+                                             t.refit, t.allocation, imp.criterion, imp.aggregation, t.recipe_note],
                     api_name="recipe")
     bounds_inputs = [t.unit, t.one_ratio, t.attn_share, t.attn_start, t.attn_end, t.mlp_start, t.mlp_end, t.amount]
     bounds_outputs = [t.unit, t.amount, t.attn_share, t.status]
@@ -169,21 +171,22 @@ def recipe_controls(name: str) -> tuple:
     """The Prune tab's controls for a named recipe of pruner/recipes.py."""
     score_config, prune_config = RECIPES[name]
     return (prune_config.strategy, prune_config.attn_granularity, prune_config.attn_share is None,
-            prune_config.attn_share or 0.0, prune_config.compensate, prune_config.allocation,
+            prune_config.attn_share or 0.0, prune_config.compensate, prune_config.refit, prune_config.allocation,
             score_config.criterion, score_config.aggregation)
 
 
 def apply_recipe(label: str):
     name = RECIPE_OF_LABEL[label]
-    strategy, granularity, one, share, compensate, allocation, criterion, aggregation = recipe_controls(name)
+    strategy, granularity, one, share, compensate, refit, allocation, criterion, aggregation = recipe_controls(name)
     cite, what = RECIPE_NOTES[name]
     note = (f"Recipe **{label}** ({cite}): {what}. Set: strategy {strategy}, attention groups {granularity}, "
             + ("one ratio for attention and MLP (attention's share is then not used)" if one
                else f"attention's share {share:g}")
-            + f", compensation {'on' if compensate else 'off'}, per-layer ratios {allocation}. "
+            + f", compensation {'on' if compensate else 'off'}, least-squares refit {'on' if refit else 'off'}, "
+            f"per-layer ratios {allocation}. "
             f"It also set the **Importance** tab's criterion to {criterion} and aggregation to {aggregation}: "
             "Preview and Prune score with those.")
-    return (strategy, granularity, one, gr.update(value=share, interactive=not one), compensate, allocation,
+    return (strategy, granularity, one, gr.update(value=share, interactive=not one), compensate, refit, allocation,
             criterion, aggregation, note)
 
 
