@@ -21,13 +21,14 @@ START = RECIPES["default"][1]      # the tab starts on the default recipe
 DEFAULT_RECIPE_TEXT = (
     "**The default recipe** removes 20% of all parameters from **MLP channels only** (layers 3-27; the "
     "first 3 and last 2 layers stay whole), ranks each channel by first-order Taylor importance of its "
-    "down_proj column alone (**last-only** aggregation), and folds the removed channels' mean output into "
-    "a down_proj bias (**compensation**), calibrated on 32 x 128 built-in tokens. Measured on this model "
-    "(README, `bench/quality.py` row 14 and its calibration draws): WikiText-2 perplexity 2.29x dense on "
-    "average over six calibration draws (2.28x in the table's row 14), against 4.44x for the paper's recipe "
-    "(row 0: KV groups and MLP channels at one ratio, element-wise sum): on a small model with 3 KV groups, "
-    "one KV group is a third of a layer's attention. Pick **llm-pruner (the paper)** above to run the "
-    "paper's recipe.")
+    "down_proj column alone (**last-only** aggregation), and **refits** each pruned down_proj (its kept "
+    "columns and a bias) by damped least squares, so that the layer reproduces the dense layer's output on "
+    "the inputs the partly pruned model feeds it; calibrated on 32 x 128 built-in tokens. Measured on this "
+    "model (README, `bench/methods.py`): WikiText-2 perplexity 2.25x dense over three calibration draws "
+    "(2.30x with FLAP's mean compensation instead of the refit), against 4.85x for the paper's recipe "
+    "(KV groups and MLP channels at one ratio, element-wise sum): on a small model with 3 KV groups, one KV "
+    "group is a third of a layer's attention. Pick **llm-pruner (the paper)** above to run the paper's "
+    "recipe.")
 
 # The Preview / Prune form: one named input (and API parameter) each, in this order. PruneConfig's
 # fields by their names; the page's own: one_ratio (no budget split), the layer ranges' ends, the
