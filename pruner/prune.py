@@ -868,12 +868,15 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
 
         plan, ratio = plan_step()
         stats = None
-        if prune_config.compensate:
+        if prune_config.compensate and (not prune_config.refit or "attn" in prune_config.compensated_blocks()
+                                        or prune_config.allocation == "sensitivity"):
             from .activations import input_statistics
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: activation means for compensation")
             stats = input_statistics(current, input_ids)
+        elif prune_config.compensate:
+            stats = {}              # the refit fits every MLP bias: no means needed
         if prune_config.allocation == "sensitivity":
             from .sensitivity import layer_sensitivity
 

@@ -25,9 +25,10 @@ import torch
 
 from .arch import arch_of
 from .models import layers_of
+from .resources import reusing_freed_memory
 
-# measured on the default model (bench/refit_damping in README): 0.1 overfits the calibration text,
-# 1-10 all help, 3 best
+# measured on the default model (README, "The least-squares refit"): 0.1 overfits the calibration
+# text, 1-10 all help, 3 best
 REFIT_DAMPING = 3.0
 
 
@@ -41,6 +42,7 @@ class LayerStream:
     The keyword arguments each layer receives (masks, rotary embeddings; per layer, since some
     families give sliding-window layers their own) are recorded once from a full forward."""
 
+    @reusing_freed_memory()
     def __init__(self, model, input_ids: torch.Tensor, batch_size: int = 8):
         self.model, self.layers = model, layers_of(model)
         device = next(model.parameters()).device
@@ -64,6 +66,7 @@ class LayerStream:
                     h.remove()
             self.kwargs.append(calls)
 
+    @reusing_freed_memory()
     def run(self, layer: int, hook_module=None, hook=None) -> list[torch.Tensor]:
         """Layer `layer`'s outputs for every batch (the stream must be at it); with `hook`, a
         forward pre-hook on `hook_module` sees its inputs."""
