@@ -607,7 +607,7 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
         score_config.low_memory = low_memory_scoring(store, original.model, criterion, samples, seq_len)
         rescores = config.iterative_steps > 1          # later steps score the partly pruned model
         peak = footprint.prune_peak(original.model, criterion, samples, seq_len, scores_cached=not rescores,
-                                    low_memory=score_config.low_memory)
+                                    low_memory=score_config.low_memory, refit=config.refit)
         with store.admit("pruning", peak, progress), accelerated(original.model):
             # the Score step's scores (same criterion, aggregation, calibration): not computed again
             result = prune_model(original.model, ids, score_config, config, report, scores=scores)

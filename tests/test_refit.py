@@ -104,3 +104,11 @@ def test_refit_needs_compensation_and_is_part_of_prune_model(calib):
     plain = prune_model(model, calib, ScoreConfig("l2"), PruneConfig(**{**config.__dict__, "refit": False}))
     assert result.report["params_after"] == plain.report["params_after"]
     assert not torch.equal(down_proj(result.model, 0).weight, down_proj(plain.model, 0).weight)
+
+
+def test_the_refit_counts_in_the_prune_steps_admitted_peak():
+    from pruner import footprint
+
+    model = tiny_model(layers=3)            # hidden 32, d_ff 48
+    extra = footprint.prune_peak(model, "l2", 4, 16, True, refit=True) - footprint.prune_peak(model, "l2", 4, 16, True)
+    assert extra == 4 * 48 * 48 * 8 + 2 * 4 * 16 * 32 * 4
