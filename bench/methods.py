@@ -114,7 +114,8 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
                 cells.append(cell(quick, (m, a)))
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
-            f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of {getattr(args, 'calib_data', 'builtin')} "
+            f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of "
+            f"{getattr(args, 'calib_data', 'builtin')} "
             "(mean, range)\n\n" + "\n".join(rows) + "\n")
 
 

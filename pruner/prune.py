@@ -37,8 +37,8 @@ class PruneConfig:
     and the README show."""
 
     amount: float = option(
-        0.2, "how much to remove: a share of all parameters or a fraction of groups, as unit says", bounds=Range(0.0, 1.0, hi_closed=False),
-        label="amount")
+        0.2, "how much to remove: a share of all parameters or a fraction of groups, as unit says",
+        bounds=Range(0.0, 1.0, hi_closed=False), label="amount")
     unit: str = option(
         "parameters", "what the amount counts: a share of all parameters (embeddings included; the group "
         f"ratio is solved for it, at most {MAX_SHARE:g}), or a fraction of groups in every layer (local) or per "
@@ -534,7 +534,8 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
 
 def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
               sensitivity: pd.DataFrame | None = None, input_ids: torch.Tensor | None = None) -> Plan:
-    """One-step plan from `scores`: `config.amount` of groups, or of the model's parameters (what the dashboard marks on the heatmap before pruning). With
+    """One-step plan from `scores`: `config.amount` of groups, or of the model's parameters (what
+    the dashboard marks on the heatmap before pruning). With
     `allocation="sensitivity"` and calibration `input_ids` (no `sensitivity` given), the layers'
     sensitivities are measured on the uniform plan first, as prune_model does."""
     from .stats import count_params
@@ -671,8 +672,8 @@ def _refit_and_slice(model, fam: Family, kept, stream) -> None:
     fam.slice(model, kept)
     linear = down_proj(model, fam.layer)
     dtype = linear.weight.dtype
-    linear.weight.data = weight.to(dtype).contiguous()
-    linear.bias = nn.Parameter(bias.to(dtype), requires_grad=linear.weight.requires_grad)
+    linear.weight.data = weight.to(linear.weight.device, dtype).contiguous()
+    linear.bias = nn.Parameter(bias.to(linear.weight.device, dtype), requires_grad=linear.weight.requires_grad)
 
 
 def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids: torch.Tensor | None = None,

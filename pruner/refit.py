@@ -89,6 +89,11 @@ class LayerStream:
         self.at += 1
 
 
+def _fp64(device: torch.device) -> torch.device:
+    """Where float64 sums and solves run: the tensor's device, the CPU for MPS (no float64 there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def input_gram(stream: LayerStream, layer: int, module) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(G = h^T h, s = sum h, n) of `module`'s inputs h at `layer` over the stream, in float64."""
     acc = {"G": None, "s": None, "n": 0}
@@ -96,9 +101,9 @@ def input_gram(stream: LayerStream, layer: int, module) -> tuple[torch.Tensor, t
     def hook(mod, args):
         h = args[0].detach().reshape(-1, args[0].shape[-1])          # (tokens, in)
         h32 = h.float()
-        g = (h32.T @ h32).double()
+        g = (h32.T @ h32).to(_fp64(h.device)).double()
         acc["G"] = g if acc["G"] is None else acc["G"] + g
-        s = h.double().sum(0)
+        s = h32.sum(0).to(_fp64(h.device)).double()
         acc["s"] = s if acc["s"] is None else acc["s"] + s
         acc["n"] += h.shape[0]
 
@@ -110,8 +115,9 @@ def refit_solution(weight: torch.Tensor, bias: torch.Tensor | None, kept: list[i
                    total: torch.Tensor, n: int, damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
     """The refitted (out, |kept|) weight and (out,) bias of a linear layer keeping input columns
     `kept` (see the module docstring), in float64."""
-    W = weight.double()                                           # (out, in)
-    b = bias.double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+    W = weight.detach().to(_fp64(weight.device)).double()                 # (out, in)
+    b = bias.detach().to(W.device).double() if bias is not None else torch.zeros(W.shape[0], dtype=torch.float64,
+                                                                                  device=W.device)
     K = torch.as_tensor(kept, device=W.device)
     G, s = gram.to(W.device), total.to(W.device)
     k = len(kept)

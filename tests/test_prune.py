@@ -239,7 +239,8 @@ def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
 
 def test_make_plan_measures_sensitivity_as_prune_model_does(calib):
     model = tiny_model(layers=4)
-    cfg = PruneConfig(amount=0.4, unit="groups", allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4), mlp_layers=(0, 4))
+    cfg = PruneConfig(amount=0.4, unit="groups", allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4),
+                      mlp_layers=(0, 4))
     scores = score(model, calib, ScoreConfig("l2"))
     plan = make_plan(model, scores, cfg, input_ids=calib)
     assert plan == prune_model(model, calib, ScoreConfig("l2"), cfg, scores=scores).plans[0]

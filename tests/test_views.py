@@ -56,9 +56,9 @@ def test_correlation_is_skipped_below_eight_groups(monkeypatch):
     monkeypatch.setattr(store, "compute", lambda kind, spec, fn: (both, False, "k"))
     session = type("S", (), {"original": lambda self, s: type("O", (), {"model": None})(),
                              "original_key": "o"})()
-    *_, corr_fig, table, note, _ = handlers.compare_scores(store, session, ScoreConfig("l1", "sum"),
-                                                           ScoreConfig("l2", "sum"), CalibrationSpec(samples=4, seq_len=16),
-                                                           "mlp", "rank")
+    *_, corr_fig, table, note, _ = handlers.compare_scores(
+        store, session, ScoreConfig("l1", "sum"), ScoreConfig("l2", "sum"), CalibrationSpec(samples=4, seq_len=16),
+        "mlp", "rank")
     assert "fewer than 8 groups" in note and "KV groups" in note
     assert {t.name for t in corr_fig.data} == {figures.KIND_TITLES["mlp"]}
     assert len(table) > 0
