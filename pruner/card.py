@@ -54,8 +54,14 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
     lines.append(f"Pruned from `{base}` with [Pruning Studio](https://arxiv.org/abs/2305.11627) "
                  "(LLM-Pruner: coupled structures removed whole, so the matrices really shrink).")
     lines += ["", "## Recipe", ""]
-    amount = (f"{100 * prune['target_params']:.0f}% of the parameters" if prune.get("target_params")
-              else f"a group ratio of {prune.get('ratio')}")
+    if "amount" in prune:
+        amount = (f"{100 * prune['amount']:.0f}% of the parameters" if prune.get("unit") == "parameters"
+                  else f"a group ratio of {prune['amount']}")
+    else:       # a recipe written before the amount had a unit
+        amount = (f"{100 * prune['target_params']:.0f}% of the parameters" if prune.get("target_params")
+                  else f"a group ratio of {prune.get('ratio')}")
+    if prune.get("refit"):
+        amount += ", each pruned down_proj refitted by damped least squares"
     lines.append(f"- removed: {amount}, strategy `{prune.get('strategy')}`, scope `{prune.get('scope')}`, "
                  f"attention groups `{prune.get('attn_granularity')}`, attention's share "
                  f"`{prune.get('attn_share')}`, layers attention {prune.get('attn_layers')} / MLP "

@@ -104,3 +104,18 @@ def test_push_uploads_the_folder_and_never_shows_the_token(tmp_path, monkeypatch
         push(tmp_path, "me/model")
     assert "hf_secret123" not in str(err.value) and "***" in str(err.value)
     assert calls == {"token": "hf_secret123", "repo": "me/model", "folder": str(tmp_path)}
+
+
+def test_the_card_says_how_much_was_removed_in_its_unit():
+    from pruner.card import model_card
+    from pruner.importance import ScoreConfig
+    from pruner.prune import PruneConfig
+    from pruner.recipes import recipe_record
+
+    def removed_line(config):
+        card = model_card({"recipe": recipe_record(ScoreConfig(), config, None, "base")})
+        return next(line for line in card.splitlines() if line.startswith("- removed:"))
+
+    assert removed_line(PruneConfig(amount=0.2)).startswith("- removed: 20% of the parameters,")
+    assert removed_line(PruneConfig(amount=0.3, unit="groups")).startswith("- removed: a group ratio of 0.3,")
+    assert "refitted by damped least squares" in removed_line(PruneConfig(compensate=True, refit=True))
