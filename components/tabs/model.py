@@ -11,6 +11,7 @@ from components import lesson_text as text
 from components.server import (HEAVY, REGISTRY, STORE, friendly, gpu, message_of, persisted, session_of,
                                visitor_of)
 from components.tabs.common import Tab, explain, notice
+from components.tabs.prune import amount_updates
 from pruner.prune import default_layer_range
 from pruner.recipes import RECIPES
 
@@ -87,8 +88,6 @@ def after_load(layer, granularity, group, unit, one_ratio, attn_share, a0, a1, m
     """After a load, every control that depends on the model: the zoom slider's range, the
     dependency graph, Evaluate's model choice, the amount's feasible maximum (switching to a ratio
     of groups where no share of parameters is feasible, and saying so), the notices' numbers."""
-    from components.tabs.prune import amount_updates
-
     try:
         session = session_of(request)
     except Exception:  # noqa: BLE001 - the load itself failed and said so
