@@ -61,14 +61,17 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
         amount = (f"{100 * prune['target_params']:.0f}% of the parameters" if prune.get("target_params")
                   else f"a group ratio of {prune.get('ratio')}")
     if prune.get("refit"):
-        amount += ", each pruned down_proj refitted by damped least squares"
+        amount += ", each pruned down_proj / o_proj refitted by damped least squares"
     lines.append(f"- removed: {amount}, strategy `{prune.get('strategy')}`, scope `{prune.get('scope')}`, "
                  f"attention groups `{prune.get('attn_granularity')}`, attention's share "
                  f"`{prune.get('attn_share')}`, layers attention {prune.get('attn_layers')} / MLP "
                  f"{prune.get('mlp_layers')}, {prune.get('iterative_steps')} step(s)")
     lines.append(f"- importance: `{score.get('criterion')}` aggregated by `{score.get('aggregation')}`"
                  + (f" on {recipe['calibration']['samples']} x {recipe['calibration']['seq_len']} tokens of "
-                    f"`{recipe['calibration']['source']}`" if recipe.get("calibration") else ""))
+                    f"`{recipe['calibration']['source']}`" if recipe.get("calibration") else "")
+                 + (" (text the model sampled itself, seed "
+                    f"{recipe['calibration'].get('seed', 0)})" if (recipe.get("calibration") or {}).get("source")
+                    == "self" else ""))
     lines.append(f"- bias compensation: {bool(prune.get('compensate'))}")
     if recipe.get("recovery"):
         r = recipe["recovery"]

@@ -80,14 +80,15 @@ def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached:
                low_memory: bool = True, refit: bool = False) -> int:
     """A pruned copy (at most the original's size while it is sliced) and, unless the scores are
     cached, the scoring pass; then the before/after measurements (8 x 128-token windows). With
-    the least-squares refit: one layer's float32 Gram matrix of the down_proj inputs, its kept
-    columns and the float64 system (at most 2 x d_ff^2 x 8 bytes together) and the calibration
-    batches' hidden states, in and out."""
+    the least-squares refit: one layer's float32 Gram matrix of the down_proj (or o_proj) inputs,
+    its kept columns and the float64 system (at most 2 x width^2 x 8 bytes together, width the
+    larger of d_ff and the hidden size) and the calibration batches' hidden states, in and out."""
     scoring = 0 if scores_cached else score_peak(model, criterion, samples, seq_len, low_memory)
     extra = 0
     if refit:
         _, hidden, inter, _ = _shape(model)
-        extra = 2 * inter * inter * 8 + 2 * samples * seq_len * hidden * 4
+        width = max(inter, hidden)
+        extra = 2 * width * width * 8 + 2 * samples * seq_len * hidden * 4
     return copy_peak(model, 8 * 128) + scoring + extra
 
 

@@ -64,7 +64,8 @@ class PruneConfig:
         choices=GRANULARITIES, flag="--granularity", label="attention groups")
     attn_share: float | None = option(
         None, "with a parameter target of the block strategy: attention's share of the removed "
-        "parameters (0 = MLP only)", bounds=Range(0.0, 1.0), type=float,
+        "parameters (0 = MLP only), as close as its group sizes allow; the MLPs remove the rest",
+        bounds=Range(0.0, 1.0), type=float,
         label="attention's share of the removed parameters (0 = MLP only)")
     compensate: bool = option(False, "fold removed channels' mean output into biases (FLAP)",
                               label="bias compensation (FLAP)")
@@ -72,9 +73,9 @@ class PruneConfig:
         False, "with compensation: re-measure the means layer by layer on the partly pruned model",
         label="re-measure the means layer by layer")
     refit: bool = option(
-        False, "with compensation: refit each pruned down_proj (kept columns and bias) by damped least squares "
-        "to the dense layer's output on the pruned model's own propagated calibration inputs",
-        label="refit down_proj (least squares)")
+        False, "with compensation: refit each pruned down_proj / o_proj (kept columns and a bias) by damped least "
+        "squares to the dense layer's output on the pruned model's own propagated calibration inputs",
+        label="least-squares refit (down_proj / o_proj)")
     allocation: str = option(
         "uniform", "per-layer ratios (local scope): uniform; sensitivity: set by each layer's measured "
         "calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer "
@@ -171,7 +172,7 @@ class PruneConfig:
             notes.append("re-measured compensation means need compensation: off")
         if new.refit and not new.compensate:
             new.refit = False
-            notes.append("the least-squares refit of down_proj needs compensation (its bias): off")
+            notes.append("the least-squares refit needs compensation (its bias): off")
         if new.allocation != "uniform" and (new.strategy != "block" or new.scope != "local"):
             notes.append(f"{new.allocation} allocation sets per-layer ratios of the block strategy, local "
                          "scope: uniform")
@@ -495,19 +496,20 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
                     sensitivity: pd.DataFrame | None = None) -> tuple[Plan, float]:
     """Solve for the group ratio whose plan removes closest to `n_remove` parameters.
 
-    With `attn_share`, attention and MLP are solved separately: attention gives
-    attn_share * n_remove, the MLPs the rest (attn_share=0 prunes MLPs only).
+    With `attn_share`, attention and MLP are solved separately: attention gives as close to
+    attn_share * n_remove as its group sizes allow, the MLPs whatever remains (attn_share=0 prunes
+    MLPs only, 1 attention only), so the total stays `n_remove` even where attention's steps are coarse.
     """
     if config.attn_share is not None and config.strategy == "block":
-        n_attn = int(round(n_remove * config.attn_share))
         parts, ratios = Plan(), []
-        for only_attn, n in ((True, n_attn), (False, n_remove - n_attn)):
-            if n <= 0:
-                continue
-            sub = copy.copy(config)
-            sub.attn_share, sub.prune_attn, sub.prune_mlp = None, only_attn, not only_attn
-            plan, ratio = plan_for_params(model, scores, sub, n, original_counts, sensitivity)
-            parts, ratios = _merge(parts, plan), ratios + [ratio]
+        n = int(round(n_remove * config.attn_share))
+        for only_attn in (True, False):
+            if n > 0 and (only_attn or config.attn_share < 1.0):
+                sub = copy.copy(config)
+                sub.attn_share, sub.prune_attn, sub.prune_mlp = None, only_attn, not only_attn
+                plan, ratio = plan_for_params(model, scores, sub, n, original_counts, sensitivity)
+                parts, ratios = _merge(parts, plan), ratios + [ratio]
+            n = n_remove - params_removed(model, scores, parts)       # what the MLPs still owe
         return parts, max(ratios, default=0.0)
     shape = model_shape(model)
 
@@ -662,15 +664,16 @@ def plan_families(model, plan: Plan) -> list[tuple[Family, list[int]]]:
 
 
 def _refit_and_slice(model, fam: Family, kept, stream) -> None:
-    """Slice an MLP group family and refit its down_proj on the stream's inputs (pruner/refit.py)."""
-    from .refit import down_proj, input_gram, refit_solution
+    """Slice a group family and refit its last weight (down_proj / o_proj) on the stream's inputs
+    (pruner/refit.py)."""
+    from .refit import input_gram, refit_solution
 
-    linear = down_proj(model, fam.layer)
+    linear = model.get_submodule(fam.last.module)
     gram, total, n = input_gram(stream, fam.layer, linear)
     weight, bias = refit_solution(linear.weight.data, linear.bias.data if linear.bias is not None else None,
                                   fam.kept_inputs(kept), gram, total, n)
     fam.slice(model, kept)
-    linear = down_proj(model, fam.layer)
+    linear = model.get_submodule(fam.last.module)
     dtype = linear.weight.dtype
     linear.weight.data = weight.to(linear.weight.device, dtype).contiguous()
     linear.bias = nn.Parameter(bias.to(linear.weight.device, dtype), requires_grad=linear.weight.requires_grad)
@@ -687,11 +690,11 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
     recompute_ids: calibration tokens; when given, the means are instead measured again before
     each layer is cut, on the copy whose earlier layers are already pruned and compensated
     (one calibration forward per pruned layer; `input_stats`, if given, serves the first).
-    refit_ids: calibration tokens; when given (with compensation), each pruned down_proj's kept
-    columns and bias are refitted by damped least squares (pruner/refit.py) on the inputs the
-    partly pruned copy feeds it, carried through the layers once.
+    refit_ids: calibration tokens; when given, each pruned o_proj's / down_proj's kept columns and
+    a bias are refitted by damped least squares (pruner/refit.py) on the inputs the partly pruned
+    copy feeds it, carried through the layers once (no means are needed then).
     """
-    compensate = input_stats is not None or recompute_ids is not None
+    compensate = input_stats is not None or recompute_ids is not None or refit_ids is not None
     parts = plan_families(model, plan)
     blocks = {fam.block for fam, _ in parts}
     if compensate:
@@ -703,7 +706,7 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
     stats, fresh = input_stats, input_stats is not None      # fresh: measured on the copy as it is now
     cut = sorted({fam.layer for fam, _ in parts})
     stream = None
-    if refit_ids is not None and any(fam.block == "mlp" for fam, _ in parts):
+    if refit_ids is not None and parts:
         from .refit import LayerStream
 
         stream = LayerStream(pruned, refit_ids)
@@ -711,7 +714,7 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
         if layer not in cut:
             stream.advance()                                     # carried through an uncut layer
             continue
-        if recompute_ids is not None and not fresh:
+        if recompute_ids is not None and not fresh and stream is None:
             from .activations import input_statistics
 
             stats = input_statistics(pruned, recompute_ids)      # on the partly pruned copy
@@ -720,7 +723,7 @@ def apply_plan(model, plan: Plan, input_stats: dict | None = None, recompute_ids
             if fam.layer != layer:
                 continue
             fam = family(pruned, fam.kind, layer)                # the copy's own (current) shapes
-            if stream is not None and fam.block == "mlp":
+            if stream is not None:
                 _refit_and_slice(pruned, fam, kept, stream)
                 continue
             if stats is not None:
@@ -868,16 +871,13 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             return plan_for_ratio(scores, config_now, r, model_shape(current), counts0, sens), r
 
         plan, ratio = plan_step()
-        stats = None
-        if prune_config.compensate and (not prune_config.refit or "attn" in prune_config.compensated_blocks()
-                                        or prune_config.allocation == "sensitivity"):
+        stats = None            # the refit fits every bias itself: means only for mean compensation
+        if prune_config.compensate and (not prune_config.refit or prune_config.allocation == "sensitivity"):
             from .activations import input_statistics
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: activation means for compensation")
             stats = input_statistics(current, input_ids)
-        elif prune_config.compensate:
-            stats = {}              # the refit fits every MLP bias: no means needed
         if prune_config.allocation == "sensitivity":
             from .sensitivity import layer_sensitivity
 

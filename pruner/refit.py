@@ -1,7 +1,7 @@
-"""Damped least-squares refit of a pruned down_proj on the pruned model's own inputs.
+"""Damped least-squares refit of a pruned down_proj (or o_proj) on the pruned model's own inputs.
 
 Removing MLP channels K' of a layer leaves down_proj's kept columns K to carry what the removed ones
-did. With h (tokens, d_ff) the down_proj inputs the *partly pruned* model feeds this layer on
+did (removing attention heads leaves o_proj's; the same fit, on o_proj's inputs). With h (tokens, d_ff) the down_proj inputs the *partly pruned* model feeds this layer on
 calibration text (earlier layers already cut and refitted), and the target y = h W^T + b the dense
 down_proj's output on those same inputs, the kept columns and a bias solve
 

@@ -68,6 +68,22 @@ def test_attention_share_splits_the_budget(calib):
             assert attn_removed == pytest.approx(0.5 * 0.2 * total, rel=0.3)
 
 
+
+def test_attention_share_too_fine_for_its_groups_leaves_the_rest_to_the_mlps(calib):
+    # one KV group of this model is ~6% of the parameters: a 5% attention share of a 20% budget
+    # (1%) rounds to no group at all; the MLPs then owe the whole budget (it once removed 19% only)
+    model = tiny_model(n_heads=8, n_kv=2, layers=4, inter=96)
+    total = count_params(model)["params"]
+    scores = score(model, calib, ScoreConfig("l1"))
+    plan = make_plan(model, scores, PruneConfig(amount=0.2, attn_share=0.05, attn_layers=(0, 4),
+                                                mlp_layers=(0, 4)))
+    gone = plan.removed_groups(scores)
+    assert (gone.kind == "mlp").all()
+    assert gone.n_params.sum() == pytest.approx(0.2 * total, rel=0.03)
+    only_attn = make_plan(model, scores, PruneConfig(amount=0.1, attn_share=1.0, attn_layers=(0, 4),
+                                                     mlp_layers=(0, 4)))
+    assert set(only_attn.removed_groups(scores).kind) == {"attn"} and not only_attn.mlp_keep
+
 def test_fluctuation_matches_hand_formula(calib):
     model = tiny_model()
     df = score(model, calib, ScoreConfig("fluctuation"))

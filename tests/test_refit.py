@@ -112,3 +112,23 @@ def test_the_refit_counts_in_the_prune_steps_admitted_peak():
     model = tiny_model(layers=3)            # hidden 32, d_ff 48
     extra = footprint.prune_peak(model, "l2", 4, 16, True, refit=True) - footprint.prune_peak(model, "l2", 4, 16, True)
     assert extra == 2 * 48 * 48 * 8 + 2 * 4 * 16 * 32 * 4
+
+
+def test_attention_heads_refit_their_o_proj_on_the_layers_inputs(calib):
+    # with KV groups cut in layer 0, o_proj's kept columns and a bias are fitted like down_proj's:
+    # on the o_proj inputs of layer 0 (the dense model's there), against the dense o_proj
+    model = tiny_model(layers=2)
+    o_proj = model.model.layers[0].self_attn.o_proj
+    h = []
+    handle = o_proj.register_forward_pre_hook(lambda mod, args: h.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        model(input_ids=calib)
+    handle.remove()
+    kept_cols = list(range(16, 32))                     # KV group 1 keeps query heads 2, 3 (8 dims each)
+    new_w, new_b = refit_solution(o_proj.weight.data, None, kept_cols, *sums(torch.cat(h)))
+    refitted = apply_plan(model, Plan(attn_keep={0: [1]}), refit_ids=calib)
+    got = refitted.model.layers[0].self_attn.o_proj
+    torch.testing.assert_close(got.weight.data, new_w.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.bias.data, new_b.float(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(model.model.layers[0].self_attn.o_proj.weight, o_proj.weight)      # original untouched
+    assert refitted.config.attention_bias and refitted.model.layers[1].self_attn.o_proj.bias is not None
