@@ -59,7 +59,7 @@ def one_run(model, tok, name: str, amount: float, seed: int, args, dense: float)
     score_config, prune_config = recipe_of(name, amount)
     prune_config, notes = prune_config.normalized(model)
     ids = calibration_ids(tok, args.calib_data, args.calib_samples, args.calib_len, seed=seed,
-                          data_dir_path=args.data_dir)
+                          data_dir_path=args.data_dir, model=model)
     row = {"method": name, "amount": amount, "seed": seed, "notes": notes}
     start = time.perf_counter()
     try:

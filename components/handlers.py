@@ -22,7 +22,7 @@ from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model,
 from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.arch import arch_of
-from pruner.data import (CALIBRATION_LEN, CALIBRATION_SAMPLES, CalibrationSpec, DataUnavailableError,
+from pruner.data import (CALIBRATION_LEN, CALIBRATION_SAMPLES, SELF_SOURCE, CalibrationSpec, DataUnavailableError,
                          text_origin)
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, stream
@@ -242,11 +242,17 @@ def dependency_graph(store: Store, session: Session, layer: int, granularity: st
 
 # ----------------------------------------------------------------------------- importance
 
-def calibration(store: Store, session: Session, spec: CalibrationSpec):
-    """Calibration token ids, tokenised once per (original, spec)."""
+def calibration(store: Store, session: Session, spec: CalibrationSpec, progress=None):
+    """Calibration token ids, made once per (original, spec) for the whole class: text tokenised,
+    or (source "self") written by the original itself; call it where the model is on its device."""
     original = session.original(store)
-    ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec.record()},
-                              lambda: spec.ids(original.tokenizer, data_dir()))
+
+    def make():
+        if progress and spec.source == SELF_SOURCE:
+            progress(0.05, desc=f"the model writes its own calibration text ({2 * spec.samples} short documents)")
+        return spec.ids(original.tokenizer, data_dir(), original.model)
+
+    ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec.record()}, make)
     return ids
 
 
@@ -268,11 +274,11 @@ def run_score(store: Store, session: Session, config: ScoreConfig, calib: Calibr
     original = session.original(store)
 
     def compute():
-        ids = calibration(store, session, calib)
         n, length = calib.samples, calib.seq_len
         config.low_memory = low_memory_scoring(store, original.model, criterion, n, length)
         peak = footprint.score_peak(original.model, criterion, n, length, config.low_memory)
         with store.admit("scoring", peak, progress), accelerated(original.model):
+            ids = calibration(store, session, calib, progress)
             return score(original.model, ids, config, progress=(
                 lambda fraction, phase: progress(0.1 + 0.85 * fraction, desc=f"scoring with {criterion}: {phase}"))
                 if progress else None)
@@ -322,10 +328,10 @@ def compare_scores(store: Store, session: Session, a: ScoreConfig, b: ScoreConfi
     agg_a, agg_b = a.aggregation, b.aggregation
 
     def compute():
-        ids = calibration(store, session, calib)
         peak = max(footprint.score_peak(original.model, c, calib.samples, calib.seq_len)
                    for c in (crit_a, crit_b))
         with store.admit("scoring both", peak), accelerated(original.model):
+            ids = calibration(store, session, calib)
             return score_many(original.model, ids, sorted({crit_a, crit_b}), sorted({agg_a, agg_b}))
 
     spec = {"model": session.original_key, "criteria": sorted({crit_a, crit_b}),

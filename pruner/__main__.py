@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, DataUnavailableError
+from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, CalibrationSpec, DataUnavailableError
 from .criteria import REGISTRY
 from .importance import ScoreConfig
 from .models import ModelLoadError
@@ -79,12 +79,10 @@ def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
                    help=(crit.info() + ": " + "; ".join(f"{n}: {c.formula.split('   ')[0]}"
                                                        for n, c in REGISTRY.items())).replace("%", "%%"))
     p.add_argument(agg.flag, default=start.aggregation if start else None, choices=agg.choices, help=agg.info())
-    p.add_argument("--calib-data", default="builtin",
-                   help="builtin (project text), wikitext2, ptb, a .txt/.jsonl file, or a hub dataset id")
-    p.add_argument("--calib-samples", type=int, default=CALIBRATION_SAMPLES,
-                   help="calibration windows (default 32; LLM-Pruner: 10)")
-    p.add_argument("--calib-len", type=int, default=CALIBRATION_LEN,
-                   help="tokens per window (default 128; LLM-Pruner: 64)")
+    calib = options(CalibrationSpec)
+    p.add_argument("--calib-data", default=CalibrationSpec().source, help=calib["source"].info())
+    p.add_argument("--calib-samples", type=int, default=CALIBRATION_SAMPLES, help=calib["samples"].info())
+    p.add_argument("--calib-len", type=int, default=CALIBRATION_LEN, help=calib["seq_len"].info())
     p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -193,12 +191,12 @@ def _load(args):
                       max_memory=args.max_memory)
 
 
-def _calib_ids(args, tokenizer):
-    """The calibration tokens the flags describe."""
+def _calib_ids(args, tokenizer, model):
+    """The calibration tokens the flags describe (`self`: sampled by `model`)."""
     from .data import calibration_ids
 
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
-                           args.seed, args.data_dir)
+                           args.seed, args.data_dir, model)
 
 
 def cmd_inspect(args) -> dict:
@@ -232,7 +230,7 @@ def cmd_score(args) -> dict:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     start = time.perf_counter()
     config = ScoreConfig(args.criterion, args.aggregation, kinds=kinds, seed=args.seed)
-    df = score(model, None if config.criterion in CALIBRATION_FREE else _calib_ids(args, tokenizer), config)
+    df = score(model, None if config.criterion in CALIBRATION_FREE else _calib_ids(args, tokenizer, model), config)
     seconds = time.perf_counter() - start
     summary = df.groupby("kind").score.describe()[["count", "mean", "min", "max"]]
     print(f"{args.criterion} / {args.aggregation} scores in {seconds:.1f}s\n{summary.to_string()}")
@@ -274,7 +272,7 @@ def cmd_prune(args) -> dict:
         print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
     calibrated = needs_calibration(score_config, config)
-    ids = _calib_ids(args, tokenizer) if calibrated else None
+    ids = _calib_ids(args, tokenizer, model) if calibrated else None
     result = prune_model(model, ids, score_config, config, progress, in_place=True)
     seconds = time.perf_counter() - start
     report = dict(result.report)

@@ -35,6 +35,7 @@ TEXT_CORPORA = {
     "ptb": ("ptb.valid.txt", ("ptb_text_only", "penn_treebank", "validation", "sentence")),
 }
 LAMBADA_FILE = "llm-foundry-icl/lambada_openai.jsonl"
+SELF_SOURCE = "self"          # calibration text the model samples itself (`self_generated_text`)
 
 
 class DataUnavailableError(RuntimeError):
@@ -150,6 +151,8 @@ def text_origin(source: str, data_dir_path=None) -> str:
         return find_lambada(data_dir_path)[1]
     if source in ("builtin", "default", None):
         return "the project's built-in text"
+    if source == SELF_SOURCE:
+        return "text the model sampled itself"
     return source
 
 
@@ -203,8 +206,9 @@ class CalibrationSpec:
     """Which calibration tokens: `samples` windows of `seq_len` tokens at seeded random offsets of
     `source` (the page's Importance tab; the CLI's --calib-* flags)."""
 
-    source: str = option("builtin", "builtin (project text), lambada, wikitext2, ptb, a .txt/.jsonl file, "
-                         "or a hub dataset id", label="calibration text")
+    source: str = option(SELF_SOURCE, "self (text the model samples itself, seeded: no data needed, any "
+                         "language), builtin (project text), lambada (book passages), wikitext2, ptb, a "
+                         ".txt/.jsonl file, or a hub dataset id", label="calibration text")
     samples: int = option(CALIBRATION_SAMPLES, "calibration windows (LLM-Pruner: 10 x 64; 32 x 128 depends far "
                           "less on the draw)", bounds=Range(1, 256), label="samples")
     seq_len: int = option(CALIBRATION_LEN, "tokens per window", bounds=Range(8, 1024), label="tokens each")
@@ -218,19 +222,56 @@ class CalibrationSpec:
     def record(self) -> dict:
         return asdict(self)
 
-    def ids(self, tokenizer, data_dir_path=None) -> torch.Tensor:
-        return calibration_ids(tokenizer, self.source, self.samples, self.seq_len, self.seed, data_dir_path)
+    def ids(self, tokenizer, data_dir_path=None, model=None) -> torch.Tensor:
+        return calibration_ids(tokenizer, self.source, self.samples, self.seq_len, self.seed, data_dir_path,
+                               model)
+
+
+def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed: int = 0,
+                        batch_size: int = 64) -> str:
+    """`n_docs` texts the model samples itself from its start-of-text token (temperature 1,
+    top-p 0.95, top-k 50; each ends at end-of-text or `max_new_tokens`), joined by blank lines;
+    seeded without touching the global random state.
+
+    Self-calibration (Williams, Chrysostomou, Aletras 2025, NAACL, arXiv 2410.17170): text drawn
+    from the model's own distribution stands in for its training data, which no one ships, in
+    any language or domain the model knows (README, "Calibration text").
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("self-generated calibration needs a start-of-text token (bos or eos)")
+    device = next(model.parameters()).device
+    docs = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        for begin in range(0, n_docs, batch_size):
+            n = min(batch_size, n_docs - begin)
+            prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                 temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
+            docs += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)          # (n, <= max_new)
+    return "\n\n".join(d.strip() for d in docs if d.strip())
 
 
 def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIBRATION_SAMPLES,
-                    seq_len: int = CALIBRATION_LEN, seed: int = 0, data_dir_path=None) -> torch.Tensor:
+                    seq_len: int = CALIBRATION_LEN, seed: int = 0, data_dir_path=None,
+                    model=None) -> torch.Tensor:
     """(num_samples, seq_len) token windows at seeded random offsets of the source text.
 
     Like LLM-Pruner's get_examples: random windows of `seq_len` tokens, no special tokens.
+    source "self": windows of text the `model` samples itself (`self_generated_text`), seeded by `seed`.
     """
     if num_samples < 1 or seq_len < 2:
         raise ValueError("calibration needs num_samples >= 1 and seq_len >= 2")
-    text = read_text_source(source, data_dir_path)
+    if source == SELF_SOURCE:
+        if model is None:
+            raise ValueError("self-generated calibration needs the model that writes it")
+        # twice the tokens the windows need, in documents of 1.25 windows: windows start anywhere,
+        # as in any other text, and overlap little (README, "Calibration text")
+        text = self_generated_text(model, tokenizer, 2 * num_samples, seq_len + seq_len // 4, seed)
+    else:
+        text = read_text_source(source, data_dir_path)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     if ids.numel() < seq_len:
         raise DataUnavailableError(

@@ -4,6 +4,7 @@ the package, and that a slice gives the same numbers as the full set over its le
 import time
 
 import pytest
+import torch
 
 from pruner import data, hub
 from pruner.data import SLICES, find_lambada, find_text
@@ -103,3 +104,23 @@ def test_data_folder_order(monkeypatch, tmp_path):
     monkeypatch.delenv("PRUNER_DATA_DIR")
     expected = data.BESIDE_CHECKOUT if data.BESIDE_CHECKOUT.is_dir() else None
     assert data.data_dir() == expected
+
+
+def test_self_generated_calibration_is_seeded_and_leaves_the_global_rng_alone(vocab_model, tokenizer):
+    from pruner.data import calibration_ids, self_generated_text
+
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model)
+    assert torch.equal(torch.rand(3), before)                  # sampling ran on a forked generator
+    b = calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model)
+    c = calibration_ids(tokenizer, "self", 4, 16, seed=2, model=vocab_model)
+    assert a.shape == (4, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    # the windows come from the model's own text: 2 x 4 documents of up to 1.25 x 16 tokens
+    text = self_generated_text(vocab_model, tokenizer, 8, 20, seed=1)
+    pool = tokenizer(text, add_special_tokens=False).input_ids
+    windows = {tuple(pool[i: i + 16]) for i in range(len(pool) - 15)}
+    assert all(tuple(row) in windows for row in a.tolist())
+    with pytest.raises(ValueError, match="needs the model"):
+        calibration_ids(tokenizer, "self", 4, 16)

@@ -15,7 +15,7 @@ from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
 from pruner.recipes import RECIPES
 
 SCORE_START = RECIPES["default"][0]       # the tab starts on the default recipe
-CALIBRATION_SOURCES = ["builtin", "lambada", "wikitext2", "ptb"]
+CALIBRATION_SOURCES = ["self", "builtin", "lambada", "wikitext2", "ptb"]
 
 TITLE = "3 · Importance"
 
