@@ -139,10 +139,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join([*RECIPES, *CANDIDATES]))
     parser.add_argument("--amounts", default="0.2,0.5")
-    parser.add_argument("--draws", type=int, default=3, help="calibration seeds 0..N-1")
+    parser.add_argument("--draws", type=int, default=3, help="calibration seeds first..first+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first calibration seed")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-len", type=int, default=128)
-    parser.add_argument("--calib-data", default="builtin", help="builtin, lambada (book passages), ...")
+    parser.add_argument("--calib-data", default="builtin",
+                        help="builtin (the field's table), self (the default recipe's own), lambada (book passages), ...")
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--recover", action="store_true", help="also the quick LoRA preset after each prune")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA) if common.SHARED_DATA.is_dir() else None)
@@ -167,7 +169,7 @@ def main():
         amounts = sorted(set(amounts) | {r["amount"] for r in runs})
     for amount in amounts:
         for name in methods:
-            for seed in range(args.draws):
+            for seed in range(args.first_seed, args.first_seed + args.draws):
                 row = one_run(model, tok, name, amount, seed, args, dense)
                 runs.append(row)
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

@@ -37,7 +37,8 @@ RECIPE_NOTES = {
     "default": ("this project (bench/quality.py, bench/methods.py)",
                 "MLP channels only, ranked by first-order Taylor on down_proj alone; each pruned down_proj "
                 "refitted (kept columns and a bias) by damped least squares to the dense layer's output on "
-                "the pruned model's own propagated calibration inputs"),
+                "the pruned model's own propagated calibration inputs; calibrated by default on text the model "
+                "samples itself (self-calibration, Williams et al. 2025)"),
     "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
                    "summed over each group, no compensation"),

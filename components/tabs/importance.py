@@ -10,7 +10,7 @@ from components import controls, figures, handlers
 from components import lesson_text as text
 from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
-from pruner.data import CalibrationSpec
+from pruner.data import CalibrationSpec, text_origin
 from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
 from pruner.recipes import RECIPES
 
@@ -24,7 +24,9 @@ def layout() -> Tab:
     t = Tab()
     explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
             "(vector- or element-wise), second order with the Fisher diagonal (float32), or "
-            "magnitude / random baselines; member scores are aggregated over the group.")
+            "magnitude / random baselines; member scores are aggregated over the group. The calibration "
+            "text is by default **written by the model itself** (`self`: sampled from its start-of-text "
+            "token, seeded), which needs no data and measured better than the built-in text (README).")
     calib = CalibrationSpec()
     with gr.Row():
         t.criterion = controls.dropdown(ScoreConfig, "criterion", SCORE_START.criterion, choices=list(CRITERIA))
@@ -100,7 +102,9 @@ def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind
     top[["min", "median", "max"]] = top[["min", "median", "max"]].map(lambda v: f"{v:.4g}")
     return (attn, mlp, top, *handlers.layer_views(session, zoom_kind, zoom_layer),
             f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
-            f"{calib.samples} x {calib.seq_len} calibration tokens ({calib.source})." + handlers.cache_note(hit))
+            f"{calib.samples} x {calib.seq_len} calibration tokens ({calib.source}"
+            + (f": {text_origin(calib.source)}" if calib.source in ("self", "builtin") else "") + ")."
+            + handlers.cache_note(hit))
 
 
 @friendly(3)
