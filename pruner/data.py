@@ -36,6 +36,7 @@ TEXT_CORPORA = {
 }
 LAMBADA_FILE = "llm-foundry-icl/lambada_openai.jsonl"
 SELF_SOURCE = "self"          # calibration text the model samples itself (`self_generated_text`)
+SELF_BATCH = 64               # documents sampled at once (the seed's text depends on it: fixed)
 
 
 class DataUnavailableError(RuntimeError):
@@ -227,8 +228,13 @@ class CalibrationSpec:
                                model)
 
 
+def self_document_length(seq_len: int) -> int:
+    """New tokens per self-generated document for windows of `seq_len`: 1.25 windows."""
+    return seq_len + seq_len // 4
+
+
 def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed: int = 0,
-                        batch_size: int = 64) -> str:
+                        batch_size: int = SELF_BATCH) -> str:
     """`n_docs` texts the model samples itself from its start-of-text token (temperature 1,
     top-p 0.95, top-k 50; each ends at end-of-text or `max_new_tokens`), joined by blank lines;
     seeded without touching the global random state.
@@ -269,7 +275,7 @@ def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIB
             raise ValueError("self-generated calibration needs the model that writes it")
         # twice the tokens the windows need, in documents of 1.25 windows: windows start anywhere,
         # as in any other text, and overlap little (README, "Calibration text")
-        text = self_generated_text(model, tokenizer, 2 * num_samples, seq_len + seq_len // 4, seed)
+        text = self_generated_text(model, tokenizer, 2 * num_samples, self_document_length(seq_len), seed)
     else:
         text = read_text_source(source, data_dir_path)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]

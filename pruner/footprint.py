@@ -76,6 +76,30 @@ def copy_peak(model, measure_tokens: int = 128) -> int:
     return weight_bytes(model) + forward_bytes(model, measure_tokens)
 
 
+def self_calibration_peak(model, samples: int, seq_len: int) -> int:
+    """Writing `self` calibration text (pruner.data.self_generated_text): one batch of documents'
+    key / value cache in every layer at full length, and a step's float32 logits with the
+    sampler's copies (softmax, top-k / top-p sorting: 4 per logit)."""
+    from .data import SELF_BATCH, self_document_length
+
+    layers, hidden, _, vocab = _shape(model)
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_width = (getattr(cfg, "num_key_value_heads", None) or heads) * (getattr(cfg, "head_dim", None) or hidden // heads)
+    elem = next(model.parameters()).element_size()
+    docs = min(SELF_BATCH, 2 * samples)
+    cache = 2 * layers * docs * (1 + self_document_length(seq_len)) * kv_width * elem
+    return int(cache + docs * vocab * 4 * 4 + forward_bytes(model, docs, logits_tokens=0))
+
+
+def calibration_peak(model, source: str, samples: int, seq_len: int) -> int:
+    """What making the calibration tokens holds at its peak: nothing to speak of for text, the
+    generation's for `self`."""
+    from .data import SELF_SOURCE
+
+    return self_calibration_peak(model, samples, seq_len) if source == SELF_SOURCE else 0
+
+
 def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached: bool,
                low_memory: bool = True, refit: bool = False) -> int:
     """A pruned copy (at most the original's size while it is sliced) and, unless the scores are

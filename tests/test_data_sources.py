@@ -124,3 +124,17 @@ def test_self_generated_calibration_is_seeded_and_leaves_the_global_rng_alone(vo
     assert all(tuple(row) in windows for row in a.tolist())
     with pytest.raises(ValueError, match="needs the model"):
         calibration_ids(tokenizer, "self", 4, 16)
+
+
+def test_writing_self_calibration_is_counted_in_the_admitted_peak():
+    from pruner import footprint
+
+    from conftest import tiny_model
+
+    model = tiny_model(layers=3, hidden=32, n_heads=4, n_kv=2, head_dim=8, inter=48, vocab=96)
+    # 2 x 4 documents in one batch, 1 + 20 positions, keys and values of 2 KV heads x 8 dims in 3
+    # layers (float32); a step's logits x 4; a forward over 8 tokens (no logits)
+    cache = 2 * 3 * 8 * 21 * (2 * 8) * 4
+    assert footprint.self_calibration_peak(model, 4, 16) == cache + 8 * 96 * 4 * 4 + 8 * (8 * 32 + 4 * 48) * 4
+    assert footprint.calibration_peak(model, "self", 4, 16) == footprint.self_calibration_peak(model, 4, 16)
+    assert footprint.calibration_peak(model, "builtin", 4, 16) == 0
