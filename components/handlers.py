@@ -22,7 +22,7 @@ from pruner import PruneConfig, ScoreConfig, load_model, make_plan, prune_model,
 from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.arch import arch_of
-from pruner.data import (CALIBRATION_LEN, CALIBRATION_SAMPLES, SELF_SOURCE, CalibrationSpec, DataUnavailableError,
+from pruner.data import (SELF_SOURCE, CalibrationSpec, DataUnavailableError,
                          text_origin)
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, stream
@@ -287,7 +287,8 @@ def run_score(store: Store, session: Session, config: ScoreConfig, calib: Calibr
     scores, hit, key = store.compute("scores", spec, compute)
     session.remember(key, "scores", spec, compute)
     session.scores, session.calibration = scores, calibration(store, session, calib)
-    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "calibration": calib.source,
+    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "spec": calib,
+                              "calibration": calib.source,
                               "samples": calib.samples, "seq_len": calib.seq_len, "key": key}
     session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": calib.source,
                               "samples": calib.samples, "seq_len": calib.seq_len, "kinds": list(kinds)}
@@ -412,9 +413,8 @@ def _scores_for(store: Store, session: Session, score_config: ScoreConfig, confi
     s = session.score_settings
     if not set(kinds) <= have or s.get("criterion") != canonical(score_config.criterion) \
             or s.get("aggregation") != score_config.aggregation:
-        calib = CalibrationSpec(s.get("calibration", "builtin"), s.get("samples", CALIBRATION_SAMPLES),
-                                s.get("seq_len", CALIBRATION_LEN))
-        run_score(store, session, replace(score_config, kinds=tuple(kinds)), calib)
+        # the Score step's calibration, or the page's default when Prune comes first
+        run_score(store, session, replace(score_config, kinds=tuple(kinds)), s.get("spec") or CalibrationSpec())
     return session.scores
 
 
@@ -597,9 +597,7 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
     criterion, aggregation = score_config.criterion, score_config.aggregation
     scores = _scores_for(store, session, score_config, config)
     calibrated = needs_calibration(score_config, config)
-    s = session.score_settings
-    calib = {"source": s.get("calibration"), "samples": s.get("samples"), "seq_len": s.get("seq_len"),
-             "seed": 0} if calibrated else None
+    calib = (session.score_settings.get("spec") or CalibrationSpec()).record() if calibrated else None
     spec = {"model": session.original_key, "criterion": criterion, "aggregation": aggregation,
             "calibration": calib, "prune": asdict(config)}
     original = session.original(store)
