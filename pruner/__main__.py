@@ -193,8 +193,11 @@ def _load(args):
 
 def _calib_ids(args, tokenizer, model):
     """The calibration tokens the flags describe (`self`: sampled by `model`)."""
-    from .data import calibration_ids
+    from .data import SELF_SOURCE, calibration_ids
 
+    if args.calib_data == SELF_SOURCE:
+        print(f"calibration: the model writes {2 * args.calib_samples} short documents (self, seed {args.seed}); "
+              f"{args.calib_samples} x {args.calib_len} tokens are drawn from them", file=sys.stderr, flush=True)
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
                            args.seed, args.data_dir, model)
 
