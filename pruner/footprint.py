@@ -80,15 +80,15 @@ def self_calibration_peak(model, samples: int, seq_len: int) -> int:
     """Writing `self` calibration text (pruner.data.self_generated_text): one batch of documents'
     key / value cache in every layer at full length, and a step's float32 logits with the
     sampler's copies (softmax, top-k / top-p sorting: 4 per logit)."""
+    from .arch import arch_of
     from .data import SELF_BATCH, self_document_length
 
-    layers, hidden, _, vocab = _shape(model)
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    kv_width = (getattr(cfg, "num_key_value_heads", None) or heads) * (getattr(cfg, "head_dim", None) or hidden // heads)
+    _, _, _, vocab = _shape(model)
+    arch = arch_of(model)
+    kv_widths = sum(n_kv * head_dim for _, n_kv, head_dim in map(arch.attention_shape, layers_of(model)))
     elem = next(model.parameters()).element_size()
     docs = min(SELF_BATCH, 2 * samples)
-    cache = 2 * layers * docs * (1 + self_document_length(seq_len)) * kv_width * elem
+    cache = 2 * docs * (1 + self_document_length(seq_len)) * kv_widths * elem
     return int(cache + docs * vocab * 4 * 4 + forward_bytes(model, docs, logits_tokens=0))
 
 
