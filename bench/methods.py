@@ -10,6 +10,7 @@ on the same windows.
 
     python bench/methods.py --data-dir ../shared/data                        # the issue's full grid
     python bench/methods.py --data-dir ../shared/data --draws 1 --windows 64  # a quick look
+    python bench/methods.py --render --out bench/results/methods_quick_grid.json # table + figure again
 
 Writes bench/results/methods.json (every run, as it goes), methods.md (the table) and
 methods.plotly.json (perplexity / dense against share removed, one line per method); the last
@@ -121,18 +122,36 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
 
 def figure(runs: list[dict], methods: list[str], dense: float) -> dict:
     """Plotly JSON: perplexity / dense against the share of parameters removed, one line per method."""
+    import plotly
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    stats = summarize(runs, "ratio")
-    for m in methods:
-        points = sorted((a, s["mean"]) for (mm, a), s in stats.items() if mm == m)
-        if points:
-            fig.add_scatter(x=[0.0] + [a for a, _ in points], y=[1.0] + [v for _, v in points],
-                            mode="lines+markers", name=m)
+    untuned, quick = summarize(runs, "ratio"), summarize(runs, "ratio_quick")
+    colors = plotly.colors.qualitative.Plotly
+    for i, m in enumerate(methods):
+        for stats, label, dash in ((untuned, "", "solid"), (quick, " + quick LoRA", "dot")):
+            points = sorted((a, s["mean"]) for (mm, a), s in stats.items() if mm == m)
+            if points:
+                fig.add_scatter(x=[0.0] + [a for a, _ in points], y=[1.0] + [v for _, v in points],
+                                mode="lines+markers", name=m + label,
+                                line={"color": colors[i % len(colors)], "dash": dash})
+    title = "untuned (solid) and after the quick LoRA preset (dotted)" if quick else "untuned"
     fig.update_layout(xaxis_title="share of parameters removed", yaxis_title="WikiText-2 perplexity / dense",
-                      yaxis_type="log", title="The field side by side, untuned (bench/methods.py)")
+                      yaxis_type="log", title=f"The field side by side, {title} (bench/methods.py)")
     return json.loads(fig.to_json())
+
+
+def render(out: Path) -> None:
+    """The table (.md) and figure (.plotly.json) of the runs in `out`, with the settings they ran with."""
+    data = json.loads(out.read_text())
+    args = argparse.Namespace(**{"calib_data": "builtin", **data["args"]})
+    runs = data["runs"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    amounts = sorted({r["amount"] for r in runs})
+    text = table(runs, methods, amounts, args, data["dense_ppl"])
+    out.with_suffix(".md").write_text(text)
+    out.with_name(out.stem + ".plotly.json").write_text(json.dumps(figure(runs, methods, data["dense_ppl"])) + "\n")
+    print(text)
 
 
 def main():
@@ -151,7 +170,11 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "methods.json"))
     parser.add_argument("--merge", action="store_true",
                         help="keep the other methods' runs in --out (same settings) and re-run only --methods")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the table and figure of the runs already in --out (no model is run)")
     args = parser.parse_args()
+    if args.render:
+        return render(Path(args.out))
     methods, amounts = args.methods.split(","), [float(a) for a in args.amounts.split(",")]
     model, tok = load_model("default", device="cpu")[:2]
     dense = evaluate(model, tok, args.windows, args.data_dir)
@@ -160,8 +183,9 @@ def main():
     every = methods
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
-        same = {k: old["args"].get(k, "builtin") for k in ("draws", "calib_samples", "calib_len", "calib_data",
-                                                             "windows", "recover")}
+        defaults = {"calib_data": "builtin", "first_seed": 0}       # files written before these options
+        same = {k: old["args"].get(k, defaults.get(k)) for k in ("draws", "first_seed", "calib_samples", "calib_len",
+                                                                 "calib_data", "windows", "recover")}
         if same != {k: vars(args)[k] for k in same}:
             raise SystemExit(f"--merge needs the same settings as {out}: {same}")
         runs = [r for r in old["runs"] if r["method"] not in methods]

@@ -926,10 +926,12 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
-    tables = [path for path in (results / "methods_draws.md", results / "methods_50.md", results / "methods_quick.md",
-                                  results / "methods.md")
+    grid = results / "methods_quick_grid.md"        # every recipe at 20% / 50%, untuned and quick LoRA
+    tables = [path for path in ((grid, results / "methods_draws.md", results / "methods_50.md") if grid.is_file()
+                                else (results / "methods_draws.md", results / "methods_50.md",
+                                      results / "methods_quick.md", results / "methods.md"))
               if path.is_file()]
-    figure = results / "methods.plotly.json"
+    figure = results / ("methods_quick_grid.plotly.json" if grid.is_file() else "methods.plotly.json")
     if not tables:
         return "Run `python bench/methods.py` to measure the field's methods side by side.", None
     text = "\n\n".join(path.read_text() for path in tables)

@@ -509,7 +509,8 @@ def plan_for_params(model, scores: pd.DataFrame, config: PruneConfig, n_remove: 
                 sub.attn_share, sub.prune_attn, sub.prune_mlp = None, only_attn, not only_attn
                 plan, ratio = plan_for_params(model, scores, sub, n, original_counts, sensitivity)
                 parts, ratios = _merge(parts, plan), ratios + [ratio]
-            n = n_remove - params_removed(model, scores, parts)       # what the MLPs still owe
+            if only_attn:
+                n = n_remove - params_removed(model, scores, parts)   # what the MLPs still owe
         return parts, max(ratios, default=0.0)
     shape = model_shape(model)
 

@@ -114,6 +114,31 @@ def test_the_methods_table_reports_mean_range_and_what_could_not_run():
     assert "| `default` | not run | cannot reach |" in text
 
 
+def test_the_methods_results_render_again_from_their_runs(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from methods import render
+
+    runs = [{"method": "flap", "amount": 0.2, "seed": s, "ratio": r, "ratio_quick": q}
+            for s, r, q in ((0, 3.0, 2.0), (1, 5.0, 2.5))]
+    runs.append({"method": "default", "amount": 0.5, "seed": 0, "error": "cannot remove"})
+    args = {"draws": 2, "calib_samples": 32, "calib_len": 128, "windows": 256, "recover": True}
+    out = tmp_path / "grid.json"
+    out.write_text(json.dumps({"dense_ppl": 50.0, "args": args, "runs": runs}))
+    render(out)
+    text = (tmp_path / "grid.md").read_text()
+    assert "tokens of builtin" in text                      # files written before --calib-data existed
+    assert "| `flap` | 4.00x (3.00-5.00) | 2.25x (2.00-2.50) | not run | not run |" in text
+    assert "| `default` | not run | not run | cannot reach | cannot reach |" in text
+    figure = json.loads((tmp_path / "grid.plotly.json").read_text())
+    lines = {t["name"]: t for t in figure["data"]}
+    assert lines["flap"]["y"] == [1.0, 4.0] and lines["flap + quick LoRA"]["y"] == [1.0, 2.25]
+    assert lines["flap + quick LoRA"]["line"]["dash"] == "dot"
+
+
 def test_flap_standardizes_channels_then_averages_each_head(calib):
     """FLAP's z: channel values (attention: squared, as FLAP's code does) standardized over the
     layer's channels with the sample std, then averaged over each group's channels."""
