@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from .arch import arch_of
 from .models import layers_of
 from .resources import reusing_freed_memory
 
@@ -143,7 +142,3 @@ def refit_solution(weight: torch.Tensor, bias: torch.Tensor | None, kept: list[i
     rhs[:, k] = w.double() @ s + n * b
     solution = torch.linalg.solve(system, rhs.T).T                                 # (out, k + 1)
     return solution[:, :k], solution[:, k]
-
-
-def down_proj(model, layer: int):
-    return layers_of(model)[layer].get_submodule(arch_of(model).down)

@@ -9,9 +9,15 @@ import torch
 
 from pruner.prune import Plan, PruneConfig, apply_plan, prune_model
 from pruner.importance import ScoreConfig
-from pruner.refit import LayerStream, down_proj, refit_solution
+from pruner.arch import arch_of
+from pruner.models import layers_of
+from pruner.refit import LayerStream, refit_solution
 
 from conftest import tiny_model
+
+
+def down_proj(model, layer: int):
+    return layers_of(model)[layer].get_submodule(arch_of(model).down)
 
 
 def sums(h):
