@@ -926,12 +926,11 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
-    grid = results / "methods_quick_grid.md"        # every recipe at 20% / 50%, untuned and quick LoRA
-    tables = [path for path in ((grid, results / "methods_draws.md", results / "methods_50.md") if grid.is_file()
-                                else (results / "methods_draws.md", results / "methods_50.md",
-                                      results / "methods_quick.md", results / "methods.md"))
-              if path.is_file()]
-    figure = results / ("methods_quick_grid.plotly.json" if grid.is_file() else "methods.plotly.json")
+    # every recipe at 20% and 50%, untuned and after the quick LoRA, three draws; then the
+    # candidates measured on the way to the default (untuned)
+    tables = [path for path in (results / "methods_quick_grid.md", results / "methods_draws.md",
+                                results / "methods_50.md") if path.is_file()]
+    figure = results / "methods_quick_grid.plotly.json"
     if not tables:
         return "Run `python bench/methods.py` to measure the field's methods side by side.", None
     text = "\n\n".join(path.read_text() for path in tables)
