@@ -13,7 +13,8 @@ on the same windows.
     python bench/methods.py --render --out bench/results/methods_quick_grid.json # table + figure again
 
 Writes bench/results/methods.json (every run, as it goes), methods.md (the table) and
-methods.plotly.json (perplexity / dense against share removed, one line per method); the last
+methods.plotly.json (perplexity / dense against share removed, one line per method, dotted after
+the quick LoRA with --recover); the last
 stdout line is one JSON object {method: {amount: mean ratio untuned}}.
 """
 
