@@ -200,10 +200,7 @@ def main():
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
                 out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "notes": RECIPE_NOTES,
                                            "runs": runs}, indent=2) + "\n")
-    text = table(runs, every, amounts, args, dense)
-    out.with_suffix(".md").write_text(text)
-    out.with_name(out.stem + ".plotly.json").write_text(json.dumps(figure(runs, every, dense)) + "\n")
-    print(text)
+    render(out)                                          # the table and figure of every run in --out
     print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}
                       for m in every}))
 

@@ -287,9 +287,7 @@ def run_score(store: Store, session: Session, config: ScoreConfig, calib: Calibr
     scores, hit, key = store.compute("scores", spec, compute)
     session.remember(key, "scores", spec, compute)
     session.scores, session.calibration = scores, calibration(store, session, calib)
-    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "spec": calib,
-                              "calibration": calib.source,
-                              "samples": calib.samples, "seq_len": calib.seq_len, "key": key}
+    session.score_settings = {"criterion": criterion, "aggregation": aggregation, "spec": calib, "key": key}
     session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": calib.source,
                               "samples": calib.samples, "seq_len": calib.seq_len, "kinds": list(kinds)}
     return scores, hit
@@ -405,6 +403,11 @@ def amount_advice(top: float, wanted: float, info: dict) -> str:
             "Widen the layer ranges, give attention a share, or count the amount in groups.")
 
 
+def _calibration_of(session: Session) -> CalibrationSpec:
+    """The Score step's calibration, or the page's default when Prune comes first."""
+    return session.score_settings.get("spec") or CalibrationSpec()
+
+
 def _scores_for(store: Store, session: Session, score_config: ScoreConfig, config: PruneConfig):
     """Scores of the kinds this plan needs: the Score step's when it used the same criterion and
     aggregation, else scored now on the same calibration tokens."""
@@ -413,8 +416,7 @@ def _scores_for(store: Store, session: Session, score_config: ScoreConfig, confi
     s = session.score_settings
     if not set(kinds) <= have or s.get("criterion") != canonical(score_config.criterion) \
             or s.get("aggregation") != score_config.aggregation:
-        # the Score step's calibration, or the page's default when Prune comes first
-        run_score(store, session, replace(score_config, kinds=tuple(kinds)), s.get("spec") or CalibrationSpec())
+        run_score(store, session, replace(score_config, kinds=tuple(kinds)), _calibration_of(session))
     return session.scores
 
 
@@ -597,7 +599,7 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
     criterion, aggregation = score_config.criterion, score_config.aggregation
     scores = _scores_for(store, session, score_config, config)
     calibrated = needs_calibration(score_config, config)
-    calib = (session.score_settings.get("spec") or CalibrationSpec()).record() if calibrated else None
+    calib = _calibration_of(session).record() if calibrated else None
     spec = {"model": session.original_key, "criterion": criterion, "aggregation": aggregation,
             "calibration": calib, "prune": asdict(config)}
     original = session.original(store)
