@@ -50,7 +50,7 @@ def main() -> None:
     config, notes = prune_config.normalized(session.original(store).model)
     handlers.run_prune(store, session, score_config, config, notes=notes)
     handlers.magnitude_contrast(store, session, 0.2)
-    settings = preset("quick", max_steps=4, learning_rate=1.5e-3, distill_weight=1.0)
+    settings = preset("quick", max_steps=4)
     with store.admit("recovery", handlers.recovery_peak(store, session, settings)):
         recovery, *_ = handlers.start_recovery(store, session, settings, "lambada", "quick")
         for _ in recovery.train():

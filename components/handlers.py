@@ -816,16 +816,26 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
     return recovery, False, key, note
 
 
+def recovery_settings(preset_name: str, steps, lr, distill, ce_weight=None, rank=None) -> LoraSettings:
+    """A preset with the page's values; a next-token weight or rank left out (a session saved before
+    they were on the page, an API call without them) keeps the preset's."""
+    extra = {k: v for k, v in (("ce_weight", None if ce_weight is None else float(ce_weight)),
+                               ("r", None if rank is None else int(rank))) if v is not None}
+    return preset(preset_name, max_steps=int(steps), learning_rate=float(lr), distill_weight=float(distill),
+                  **extra)
+
+
 def recovery_peak(store: Store, session: Session, settings: LoraSettings) -> int:
     """The transient peak of a recovery (the LoRA copy and its training) for admission."""
     return footprint.recover_peak(_pruned_model(store, session), settings.batch_size, settings.seq_len,
-                                  settings.distill_weight > 0)
+                                  settings.distill_weight > 0, settings.r)
 
 
 def finish_recovery(store: Store, session: Session, recovery) -> None:
     """A recovery that ran all its steps is shared with the class; a stopped one stays this visitor's
     (under a key of its own). Either is held by the store, so its memory counts in the budget."""
     recovery.teacher = None     # the shared original is not part of the result
+    recovery.optimizer = None   # nor AdamW's two moments per adapter weight: a finished recovery never trains again
     finished = recovery.step >= recovery.settings.max_steps
     key = recovery.cache_key if finished else f"recovery:{session.key}:{recovery.step}"
     store.put(key, "recovery", recovery)
@@ -833,7 +843,8 @@ def finish_recovery(store: Store, session: Session, recovery) -> None:
     if finished:        # a finished recovery is replayable (same settings, data and seed)
         s = recovery.settings
         session.steps["recover"] = {"preset": recovery.preset_name, "steps": s.max_steps, "lr": s.learning_rate,
-                                    "distill": s.distill_weight, "data": session.recovery_data}
+                                    "distill": s.distill_weight, "ce": s.ce_weight, "rank": s.r,
+                                    "data": session.recovery_data}
     else:
         session.steps.pop("recover", None)
 
@@ -898,8 +909,8 @@ def replay(registry: SessionRegistry, store: Store, key: str, steps: dict, progr
     if "recover" in steps:
         say(0.6, "recovering with LoRA")
         r = steps["recover"]
-        settings = preset(r["preset"], max_steps=int(r["steps"]), learning_rate=float(r["lr"]),
-                          distill_weight=float(r["distill"]))
+        settings = recovery_settings(r["preset"], r["steps"], r["lr"], r["distill"],
+                                     r.get("ce"), r.get("rank"))
         with store.admit("recovery", recovery_peak(store, session, settings), progress):
             recovery, hit, _, _ = start_recovery(store, session, settings, r["data"], r["preset"])
             if not hit:

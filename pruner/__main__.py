@@ -54,7 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 # LoraSettings fields whose CLI flags are generated from their options
-RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "distill_weight", "time_budget_s"]
+RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "ce_weight", "distill_weight",
+                 "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options
 PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
                "refit", "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]

@@ -76,7 +76,8 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
     if recipe.get("recovery"):
         r = recipe["recovery"]
         lines.append(f"- recovery: LoRA r={r.get('r')} for {r.get('steps')} steps at lr {r.get('learning_rate')} "
-                     f"on `{r.get('data')}` data, distillation weight {r.get('distill_weight')}, merged")
+                     f"on `{r.get('data')}` data, next-token weight {r.get('ce_weight', 1.0)}, "
+                     f"distillation weight {r.get('distill_weight')}, merged")
     for note in recipe.get("notes") or []:
         lines.append(f"- note: {note}")
     if stats:

@@ -116,13 +116,29 @@ def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached:
     return copy_peak(model, 8 * 128) + scoring + extra
 
 
-def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
+def adapter_bytes(model, rank: int) -> int:
+    """LoRA adapters of rank `rank` on every projection of every layer (an r x in and an out x r
+    matrix each) with their gradients and AdamW's two moments: 16 bytes per float32 parameter."""
+    import torch
+    from .arch import arch_of
+
+    targets = set(arch_of(model).lora_targets())
+    params = sum(rank * (m.in_features + m.out_features) for layer in layers_of(model)
+                 for name, m in layer.named_modules()
+                 if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+    return 16 * params
+
+
+def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int = 8) -> int:
     """LoRA on a copy of the pruned model: the copy; the activations kept for backward (the
     layers' own, plus LoRA's dropped-out copy of every adapted input and its mask); float32 logits
     of `recover.LOSS_CHUNK` positions at a time with the loss's copies (the teacher's too when
-    distilling); adapters and optimizer (5%). Activations x1.4: the heap's fragmentation under
-    training (a standalone quick-preset run on the default model measured 0.94 of this, with a 4 MiB
-    allocator threshold; bench/step_peaks.py not yet re-run with it)."""
+    distilling); the adapters with gradients and optimizer state (`adapter_bytes`: 37 / 149 / 298 MiB
+    at rank 8 / 32 / 64 on the default model before pruning; the former flat 5% of the weights was
+    26 MiB). Activations x1.4: the heap's
+    fragmentation under training (a standalone quick-preset run on the default model measured 0.94
+    of this at rank 8, with a 4 MiB allocator threshold; bench/step_peaks.py measures it beside the
+    estimate)."""
     from .recover import LOSS_CHUNK
 
     layers, hidden, inter, vocab = _shape(pruned)
@@ -131,7 +147,7 @@ def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool) -> int:
     body = layers * tokens * (14 * hidden + 5 * inter) * elem
     lora = layers * tokens * (6 * hidden + inter) * (elem + 1)
     logits = (8 if distill else 3) * LOSS_CHUNK * vocab * 4
-    return int(1.05 * weight_bytes(pruned) + 1.4 * (body + lora) + logits)
+    return int(weight_bytes(pruned) + adapter_bytes(pruned, rank) + 1.4 * (body + lora) + logits)
 
 
 def merge_peak(pruned) -> int:

@@ -83,6 +83,10 @@ def test_distillation_loss_matches_hand_kl():
     hand_kl = (pt.exp() * (pt - ps)).sum(-1).mean() * 4
     assert kl.item() == pytest.approx(hand_kl.item(), rel=1e-5)
     assert total.item() == pytest.approx(ce.item() + 0.5 * hand_kl.item(), rel=1e-5)
+    hand_ce = torch.nn.functional.cross_entropy(s[:, :-1][keep], labels[:, 1:][keep])
+    weighted, ce_again, _ = lora_loss(s, labels, t, distill_weight=0.5, temperature=2.0, ce_weight=0.05)
+    assert ce_again.item() == pytest.approx(hand_ce.item(), rel=1e-5)        # reported unweighted
+    assert weighted.item() == pytest.approx(0.05 * hand_ce.item() + 0.5 * hand_kl.item(), rel=1e-5)
 
 
 def test_distillation_runs_with_teacher(vocab_model, tokenizer):
@@ -119,6 +123,12 @@ def test_schedule_and_settings():
     assert [round(lr_at(i, s), 3) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_at(10, s) == pytest.approx(0.1)
     assert preset("quick").distill_weight == 1.0 and preset("llm-pruner").grad_accum == 16
+    assert preset("quick").ce_weight < preset("quick").distill_weight       # KL-led: learn the original
+    assert preset("llm-pruner").ce_weight == 1.0 and preset("llm-pruner").distill_weight == 0.0
+    assert (preset("quick", r=8).r, preset("quick", r=8).alpha) == (8, 16)    # alpha / r kept
+    assert preset("quick", r=8, alpha=8).alpha == 8
+    with pytest.raises(ValueError, match="nothing to learn"):
+        LoraSettings(ce_weight=0.0, distill_weight=0.0).validate()
     with pytest.raises(ValueError):
         preset("slow")
     with pytest.raises(ValueError):
@@ -148,12 +158,13 @@ def test_chunked_loss_backward_matches_the_full_logits_loss(family):
 
     with torch.no_grad():
         t_logits = teacher(input_ids=ids, use_cache=False).logits
-    full, ce_full, kl_full = lora_loss(student(input_ids=ids, use_cache=False).logits, labels, t_logits, 0.7, 2.0)
+    full, ce_full, kl_full = lora_loss(student(input_ids=ids, use_cache=False).logits, labels, t_logits, 0.7, 2.0,
+                                       ce_weight=0.3)
     (full * 0.5).backward()
     expected = [p.grad.clone() for p in trainable]
     student.zero_grad(set_to_none=True)
 
-    total, ce, kl = lora_loss_backward(student, batch, teacher, 0.7, 2.0, multiplier=0.5, chunk=5)
+    total, ce, kl = lora_loss_backward(student, batch, teacher, 0.7, 2.0, multiplier=0.5, chunk=5, ce_weight=0.3)
     assert total.item() == pytest.approx(full.item(), rel=1e-5)
     assert ce.item() == pytest.approx(ce_full.item(), rel=1e-5) and kl.item() == pytest.approx(kl_full.item(), rel=1e-4)
     for p, g in zip(trainable, expected):
@@ -169,3 +180,16 @@ def test_a_lora_step_reuses_freed_memory_and_hands_it_back(vocab_model, tokenize
     phases = ALLOCATOR.phases
     rec.train_step()
     assert ALLOCATOR.phases == phases + 1 and ALLOCATOR.reusers == 0
+
+
+@pytest.mark.parametrize("rank", [1, 8])
+def test_adapter_memory_estimate_counts_what_peft_trains(vocab_model, tokenizer, rank):
+    """footprint.adapter_bytes: 16 bytes (weight, gradient, two AdamW moments, float32) per LoRA
+    parameter peft actually creates at this rank, on every projection of every layer."""
+    from pruner import footprint
+
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, small(r=rank, alpha=2 * rank, max_steps=1))
+    assert footprint.adapter_bytes(vocab_model, rank) == 16 * rec.trainable_params
+    peak = footprint.recover_peak(vocab_model, 2, 32, False, rank)
+    assert peak - footprint.recover_peak(vocab_model, 2, 32, False, 1) == \
+        footprint.adapter_bytes(vocab_model, rank) - footprint.adapter_bytes(vocab_model, 1)

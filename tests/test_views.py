@@ -142,7 +142,7 @@ def test_contrast_sentence_comes_from_the_measurement():
     assert row["change (structured)"] == "-20.0%" and row["change (unstructured 20%)"] == "+0.0%"
 
 
-def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny_folder, monkeypatch):
+def test_recovery_falls_back_to_the_originals_answers_and_is_kept_without_its_optimizer(tiny_folder, monkeypatch):
     from pruner.data import DataUnavailableError
     from pruner.prune import PruneConfig
     from pruner.recover import Example
@@ -164,6 +164,15 @@ def test_recovery_falls_back_to_the_originals_answers_without_book_passages(tiny
                                                                             distill_weight=0.0), "lambada", "quick")
     assert asked == ["lambada", "self"] and not hit
     assert "'lambada' data is not available here" in note and session.recovery_data == "self"
+    from components.store import size_of
+
+    for _ in recovery.train():
+        pass
+    with_moments = size_of(recovery)
+    handlers.finish_recovery(store, session, recovery)      # kept for Merge, without AdamW's moments
+    adapters = sum(p.numel() * p.element_size() for p in recovery.model.parameters() if p.requires_grad)
+    assert recovery.optimizer is None and with_moments - size_of(recovery) >= 2 * adapters   # + step counters
+    assert store.lookup(session.recovery_key) is recovery
 
 
 def test_an_embedding_heavy_model_gets_advice_before_any_work():
@@ -224,3 +233,14 @@ def test_dependency_graph_nodes_come_from_the_family_fused_or_not():
     assert nodes["q"] == nodes["k"] == nodes["v"] == "qkv_proj column 3"
     assert nodes["gate"] == nodes["up"] == "gate_up_proj column 3"
     assert nodes["attn_norm"] == "input_layernorm weight 3" and nodes["mlp_norm"] == "post_attention_layernorm weight 3"
+
+
+def test_recovery_settings_keep_the_presets_rank_and_weight_when_left_out():
+    """/recover without the next-token weight and rank (an older client, a saved session) gets the
+    preset's; with them, the rank keeps the preset's alpha / r."""
+    quick = preset("quick")
+    s = handlers.recovery_settings("quick", 5, 1e-3, 1.0)
+    assert (s.max_steps, s.learning_rate, s.distill_weight, s.r, s.alpha, s.ce_weight) == \
+        (5, 1e-3, 1.0, quick.r, quick.alpha, quick.ce_weight)
+    s = handlers.recovery_settings("quick", 5, 1e-3, 0.0, 1.0, 8)
+    assert (s.ce_weight, s.distill_weight, s.r, s.alpha) == (1.0, 0.0, 8, 8 * quick.alpha // quick.r)

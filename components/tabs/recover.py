@@ -10,7 +10,7 @@ from components import lesson_text as text
 from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from components.tabs.evaluate import session_models
-from pruner.recover import PRESET_DATA, PRESETS, LoraSettings, preset
+from pruner.recover import PRESET_DATA, PRESETS, LoraSettings
 
 RECOVERY_DATA = ["self", "builtin", "lambada", "alpaca"]
 
@@ -19,18 +19,21 @@ TITLE = "5 · Recover"
 
 def layout() -> Tab:
     t = Tab()
-    explain("LoRA (r=8, alpha=16 on q,k,v,o,gate,up,down, like LLM-Pruner) on a copy of the "
-            "pruned model.\n\n**Data.** `lambada` (the `quick` and `thorough` presets): book "
-            "passages (LAMBADA's test split, a benchmark this page does not report), from the "
-            "data folder, the hub, or the first 600 passages shipped with the app (offline); the "
-            "status names the source. `self`: the original model's own answers to 64 built-in "
+    explain("LoRA on every projection (q, k, v, o, gate, up, down, like LLM-Pruner, whose rank is 8; "
+            "alpha is twice the rank) on a copy of the pruned model.\n\n**Data.** `lambada` (the "
+            "`quick` and `thorough` presets): book passages (LAMBADA's test split, a benchmark "
+            "this page does not report), from the data folder, the hub, or the first 600 "
+            "passages shipped with the app (offline); the status names the source. `self`: the original model's own answers to 64 built-in "
             "instructions. The "
             "paper instead trains on Alpaca's 50k instructions (`alpaca`, from the hub) for 2 "
             "epochs. `builtin`: the project's calibration text (small).\n\n**Distillation.** "
             "With a weight above 0, every step also runs the original model on the same tokens "
             "and adds the KL divergence from its next-token distribution to the pruned model's, "
             "so the pruned model learns to match all of the original's probabilities, not only "
-            "the one token in the text.")
+            "the one token in the text. The **next-token weight** scales the ordinary loss on the "
+            "text itself: the `quick` preset keeps it small (0.05), so the pruned model learns the "
+            "original's distribution rather than the style of the training books, which measured "
+            "better on other text (WikiText-2).")
     quick = PRESETS["quick"]
     with gr.Row():
         t.preset = gr.Dropdown(sorted(PRESETS), value="quick", label="preset")
@@ -38,6 +41,8 @@ def layout() -> Tab:
                                   maximum=max(p.max_steps for p in PRESETS.values()))
         t.lr = gr.Number(quick.learning_rate, label="learning rate")
         t.distill = controls.slider(LoraSettings, "distill_weight", quick.distill_weight, step=0.1, maximum=2.0)
+        t.ce = controls.slider(LoraSettings, "ce_weight", quick.ce_weight, step=0.05, maximum=1.0)
+        t.rank = controls.slider(LoraSettings, "r", quick.r, step=1, maximum=64)
         t.data = gr.Dropdown(RECOVERY_DATA, value=PRESET_DATA["quick"], label="data",
                              info="the chosen preset's measured data is filled in")
     with gr.Row():
@@ -55,27 +60,29 @@ def layout() -> Tab:
 
 def wire(ui) -> None:
     t = ui.recover
-    t.preset.change(preset_controls, t.preset, [t.steps, t.lr, t.distill, t.data], api_visibility="private")
-    t.recover_btn.click(run_recover, [t.preset, t.steps, t.lr, t.distill, t.data], [t.loss_fig, t.status],
-                        api_name="recover", **HEAVY)
+    t.preset.change(preset_controls, t.preset, [t.steps, t.lr, t.distill, t.data, t.ce, t.rank],
+                    api_visibility="private")
+    t.recover_btn.click(run_recover, [t.preset, t.steps, t.lr, t.distill, t.data, t.ce, t.rank],
+                        [t.loss_fig, t.status], api_name="recover", **HEAVY)
     t.stop_btn.click(stop_recover, None, t.status, api_name="stop_recover")
     t.merge_btn.click(run_merge, None, t.status, api_name="merge", **HEAVY).then(
         session_models, None, ui.evaluate.which, api_visibility="private")
 
 
 def preset_controls(name):
-    """A recovery preset's steps, learning rate, distillation weight and the data it was measured on."""
+    """A recovery preset's steps, learning rate, distillation weight, the data it was measured on,
+    next-token weight and LoRA rank."""
     s = PRESETS[name]
-    return s.max_steps, s.learning_rate, s.distill_weight, PRESET_DATA.get(name, "self")
+    return s.max_steps, s.learning_rate, s.distill_weight, PRESET_DATA.get(name, "self"), s.ce_weight, s.r
 
 
 @friendly(2)
 @persisted
 @gpu
-def run_recover(preset_name, steps, lr, distill, data_source, request: gr.Request,
-                progress=gr.Progress(track_tqdm=True)):
+def run_recover(preset_name, steps, lr, distill, data_source, ce_weight=None, rank=None,
+                request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    settings = preset(preset_name, max_steps=int(steps), learning_rate=float(lr), distill_weight=float(distill))
+    settings = handlers.recovery_settings(preset_name, steps, lr, distill, ce_weight, rank)
     with STORE.admit("recovery", handlers.recovery_peak(STORE, session, settings), progress):
         recovery, hit, _, note = handlers.start_recovery(STORE, session, settings, data_source, preset_name,
                                                          progress)
