@@ -377,6 +377,7 @@ def cmd_recover(args) -> dict:
                  if v is not None}
     if teacher is None:
         overrides["distill_weight"] = 0.0
+        overrides.setdefault("ce_weight", 1.0)      # without a teacher the next-token loss is the whole objective
     settings = preset(args.preset, **overrides)
     args.data = args.data or PRESET_DATA.get(args.preset, "self")
     print(f"preparing '{args.data}' recovery data ...", file=sys.stderr, flush=True)
