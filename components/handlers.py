@@ -819,8 +819,11 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
 def recovery_settings(preset_name: str, steps, lr, distill, ce_weight=None, rank=None) -> LoraSettings:
     """A preset with the page's values; a next-token weight or rank left out (a session saved before
     they were on the page, an API call without them) keeps the preset's."""
-    extra = {k: v for k, v in (("ce_weight", None if ce_weight is None else float(ce_weight)),
-                               ("r", None if rank is None else int(rank))) if v is not None}
+    extra = {}
+    if ce_weight is not None:
+        extra["ce_weight"] = float(ce_weight)
+    if rank is not None:
+        extra["r"] = int(rank)
     return preset(preset_name, max_steps=int(steps), learning_rate=float(lr), distill_weight=float(distill),
                   **extra)
 

@@ -57,7 +57,7 @@ NOTICE = {
                 "to step; read the trend (the dotted line: mean of the last 5 steps) and the KL to the original, "
                 "which measures how far the pruned model's predictions are from the dense one's; the `quick` "
                 "preset's loss is mostly that KL (the next-token loss on the books weighs 0.05). LoRA trains "
-                "small low-rank matrices beside each projection (about 9% of the pruned model's parameters at "
+                "small low-rank matrices beside each projection (about 8% of the pruned model's parameters at "
                 "the quick preset's rank 32), not the weights. "
                 "*Ask:* what does the distillation term teach that plain next-token loss does not?"),
     "compare": ("**What to notice.** Greedy decoding from the same prompt: where the pruned model's text first "

@@ -135,10 +135,9 @@ def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int
     of `recover.LOSS_CHUNK` positions at a time with the loss's copies (the teacher's too when
     distilling); the adapters with gradients and optimizer state (`adapter_bytes`: 37 / 149 / 298 MiB
     at rank 8 / 32 / 64 on the default model before pruning; the former flat 5% of the weights was
-    26 MiB). Activations x1.4: the heap's
-    fragmentation under training (a standalone quick-preset run on the default model measured 0.94
-    of this at rank 8, with a 4 MiB allocator threshold; bench/step_peaks.py measures it beside the
-    estimate)."""
+    26 MiB). Activations x1.4: the heap's fragmentation under training (a standalone quick-preset
+    run on the default model measured 0.94 of this at rank 8, with a 4 MiB allocator threshold;
+    bench/step_peaks.py measures it beside the estimate)."""
     from .recover import LOSS_CHUNK
 
     layers, hidden, inter, vocab = _shape(pruned)
