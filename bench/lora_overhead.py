@@ -1,8 +1,11 @@
 """Our LoRA recovery step vs a bare peft + torch loop on the same batches, side by side.
 
 Both: LoRA r=8 / alpha=16 / dropout 0.05 on the seven projections, AdamW, grad-norm clip 1.0,
-batch 4 x 128 tokens of the built-in text, no distillation. Last line: JSON {"ratio": ...};
-target <= 1.1.
+batch 4 x 128 tokens of the built-in text, no distillation, float32 arithmetic (ours with
+`mixed_precision` off, so both do the same sums). Last line: JSON {"ratio": ...}; target <= 1.1.
+A third loop, ours with `mixed_precision` on, is timed in the same rounds: its step / our float32
+step is the bfloat16 speed-up where the CPU multiplies bfloat16 natively ("mixed_speedup"; 1.0
+where it does not, since then nothing changes).
 """
 
 import argparse
@@ -10,6 +13,7 @@ import copy
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -27,9 +31,10 @@ def main():
 
     model, tok = load_model("default")
     settings = LoraSettings(batch_size=4, seq_len=128, max_steps=args.steps + 1, warmup_steps=1,
-                            learning_rate=1e-4, seed=0)
+                            learning_rate=1e-4, seed=0, mixed_precision=False)
     examples = text_examples("builtin", tok, 128)
     ours = LoraRecovery(model, tok, examples, settings)
+    mixed = LoraRecovery(model, tok, examples, replace(settings, mixed_precision=True))
     # the bare loop gets exactly the batches ours draws, in the same order (same seeded shuffle),
     # so both steps see the same token counts
     same_order = batches(tokenize_examples(examples, tok, 128), settings.batch_size, settings.seed)
@@ -50,8 +55,9 @@ def main():
         opt.zero_grad(set_to_none=True)
 
     bare_step(bare_batches[0])
-    ours.train_step()                                  # warm-up both
-    t_ours, t_bare = [], []
+    ours.train_step()                                  # warm-up all three
+    mixed.train_step()
+    t_ours, t_bare, t_mixed = [], [], []
     for i in range(1, args.steps + 1):
         t = time.perf_counter()
         bare_step(bare_batches[i])
@@ -59,10 +65,16 @@ def main():
         t = time.perf_counter()
         ours.train_step()
         t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mixed.train_step()
+        t_mixed.append(time.perf_counter() - t)
     ratio = statistics.median(t_ours) / statistics.median(t_bare)
-    print(f"ours {statistics.median(t_ours):.2f}s/step  bare peft loop {statistics.median(t_bare):.2f}s/step")
+    speedup = statistics.median(t_ours) / statistics.median(t_mixed)
+    print(f"ours {statistics.median(t_ours):.2f}s/step  bare peft loop {statistics.median(t_bare):.2f}s/step  "
+          f"ours in bfloat16 {statistics.median(t_mixed):.2f}s/step ({mixed.autocast_dtype or 'not native here'})")
     print(json.dumps({"ratio": round(ratio, 3), "ours_s": statistics.median(t_ours),
-                      "bare_s": statistics.median(t_bare)}))
+                      "bare_s": statistics.median(t_bare), "mixed_s": statistics.median(t_mixed),
+                      "mixed_speedup": round(speedup, 3)}))
 
 
 if __name__ == "__main__":

@@ -816,14 +816,17 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
     return recovery, False, key, note
 
 
-def recovery_settings(preset_name: str, steps, lr, distill, ce_weight=None, rank=None) -> LoraSettings:
-    """A preset with the page's values; a next-token weight or rank left out (a session saved before
-    they were on the page, an API call without them) keeps the preset's."""
+def recovery_settings(preset_name: str, steps, lr, distill, ce_weight=None, rank=None,
+                      full_finetune=None) -> LoraSettings:
+    """A preset with the page's values; a next-token weight, rank or full fine-tuning switch left
+    out (a session saved before they were on the page, an API call without them) keeps the preset's."""
     extra = {}
     if ce_weight is not None:
         extra["ce_weight"] = float(ce_weight)
     if rank is not None:
         extra["r"] = int(rank)
+    if full_finetune is not None:
+        extra["full_finetune"] = bool(full_finetune)
     return preset(preset_name, max_steps=int(steps), learning_rate=float(lr), distill_weight=float(distill),
                   **extra)
 
@@ -831,7 +834,7 @@ def recovery_settings(preset_name: str, steps, lr, distill, ce_weight=None, rank
 def recovery_peak(store: Store, session: Session, settings: LoraSettings) -> int:
     """The transient peak of a recovery (the LoRA copy and its training) for admission."""
     return footprint.recover_peak(_pruned_model(store, session), settings.batch_size, settings.seq_len,
-                                  settings.distill_weight > 0, settings.r)
+                                  settings.distill_weight > 0, settings.r, settings.full_finetune)
 
 
 def finish_recovery(store: Store, session: Session, recovery) -> None:
@@ -847,6 +850,7 @@ def finish_recovery(store: Store, session: Session, recovery) -> None:
         s = recovery.settings
         session.steps["recover"] = {"preset": recovery.preset_name, "steps": s.max_steps, "lr": s.learning_rate,
                                     "distill": s.distill_weight, "ce": s.ce_weight, "rank": s.r,
+                                    "full": s.full_finetune,
                                     "data": session.recovery_data}
     else:
         session.steps.pop("recover", None)
@@ -913,7 +917,7 @@ def replay(registry: SessionRegistry, store: Store, key: str, steps: dict, progr
         say(0.6, "recovering with LoRA")
         r = steps["recover"]
         settings = recovery_settings(r["preset"], r["steps"], r["lr"], r["distill"],
-                                     r.get("ce"), r.get("rank"))
+                                     r.get("ce"), r.get("rank"), r.get("full", False))    # saved before: LoRA
         with store.admit("recovery", recovery_peak(store, session, settings), progress):
             recovery, hit, _, _ = start_recovery(store, session, settings, r["data"], r["preset"])
             if not hit:
@@ -1164,8 +1168,8 @@ def export(store: Store, session: Session, which: str, progress=None) -> tuple[s
             if recovery is not None:
                 if progress:
                     progress(0.85, desc="saving the LoRA adapter")
-                recovery.save_adapter(folder / "adapter")
-                adapter = zip_folder(folder, "adapter", "lora-adapter")
+                if recovery.save_adapter(folder / "adapter") is not None:      # None: fully fine-tuned
+                    adapter = zip_folder(folder, "adapter", "lora-adapter")
         return {"archive": archive, "recipe": str(recipe_path), "adapter": adapter, "loader": loader}
 
     files, hit = _written(store, "export", {"model": keys[which], "recipe": recipe}, compute, "archive")

@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 # LoraSettings fields whose CLI flags are generated from their options
 RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "ce_weight", "distill_weight",
-                 "time_budget_s"]
+                 "full_finetune", "mixed_precision", "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options
 PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "compensate", "recompute_means",
                "refit", "allocation", "layer_spread", "round_to", "iterative_steps", "prune_attn", "prune_mlp"]
@@ -394,13 +394,14 @@ def cmd_recover(args) -> dict:
     size_before = count_params(model)["params"]
     before_recipe = (getattr(model.config, "pruning", None) or {}).get("recipe") or {"base_model": args.model}
     rec = LoraRecovery(model, tokenizer, examples, settings, teacher, in_place=True)    # we own the model
-    print(f"{len(examples)} examples, {rec.trainable_params:,} LoRA parameters, "
+    print(f"{len(examples)} examples, {rec.trainable_params:,} "
+          f"{'trained weights (full fine-tuning)' if settings.full_finetune else 'LoRA parameters'}, "
           f"{settings.max_steps} steps", file=sys.stderr)
     for f in rec.train():
         print(f"step {f['step']:4d}  loss {f['loss']:.4f}  ce {f['ce']:.4f}  kl {f['kl']:.4f}  "
               f"lr {f['lr']:.2e}  {f['elapsed']:.0f}s", flush=True)
     if args.out:
-        rec.save_adapter(f"{args.out}/adapter")          # before the in-place merge consumes it
+        adapter = rec.save_adapter(f"{args.out}/adapter")    # before the in-place merge consumes it
     merged = rec.merge(in_place=True)
     after = ppl(merged)
     if before is not None:
@@ -410,7 +411,7 @@ def cmd_recover(args) -> dict:
         protocol = f"WikiText-2, first {args.ppl_windows} windows of 128 tokens, before / after recovery"
         save(merged, args.out, tokenizer, recipe=with_recovery(before_recipe, settings, rec.step, args.data),
              stats=card_stats(sizes, before, after, protocol if before is not None else None))
-        print(f"saved merged model to {args.out} and the adapter to {args.out}/adapter")
+        print(f"saved the merged model to {args.out}" + (f" and the adapter to {adapter}" if adapter else ""))
     gguf = _write_gguf(args, merged, tokenizer) if args.gguf else None
     return {"steps": rec.step, "final_loss": rec.history[-1]["loss"] if rec.history else None,
             "ppl_before": before, "ppl_after": after, "examples": len(examples),

@@ -49,7 +49,7 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
     lines += ["library_name: transformers", "pipeline_tag: text-generation",
               "tags:", "- pruned", "- llm-pruner", "- structural-pruning", "- pruning-studio"]
     if recipe.get("recovery"):
-        lines.append("- lora")
+        lines.append("- fine-tuned" if recipe["recovery"].get("full_finetune") else "- lora")
     lines += ["---", "", f"# {Path(str(base)).name or base} pruned with LLM-Pruner's structural pruning", ""]
     lines.append(f"Pruned from `{base}` with [Pruning Studio](https://arxiv.org/abs/2305.11627) "
                  "(LLM-Pruner: coupled structures removed whole, so the matrices really shrink).")
@@ -75,7 +75,9 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
     lines.append(f"- bias compensation: {bool(prune.get('compensate'))}")
     if recipe.get("recovery"):
         r = recipe["recovery"]
-        lines.append(f"- recovery: LoRA r={r.get('r')} for {r.get('steps')} steps at lr {r.get('learning_rate')} "
+        how = ("full fine-tuning (every weight but the embeddings)" if r.get("full_finetune")
+               else f"LoRA r={r.get('r')}")
+        lines.append(f"- recovery: {how} for {r.get('steps')} steps at lr {r.get('learning_rate')} "
                      f"on `{r.get('data')}` data, next-token weight {r.get('ce_weight', 1.0)}, "
                      f"distillation weight {r.get('distill_weight')}, merged")
     for note in recipe.get("notes") or []:

@@ -129,24 +129,38 @@ def adapter_bytes(model, rank: int) -> int:
     return 16 * params
 
 
-def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int = 8) -> int:
+def full_finetune_bytes(model) -> int:
+    """Full fine-tuning: a gradient and AdamW's two moments for every weight outside the
+    embeddings (and a head tied to them), in the weights' own dtype, and the half-size copy
+    bfloat16 autocast keeps of each trained weight through the forward (`mixed_precision`):
+    14 bytes per float32 weight."""
+    frozen = {id(p) for p in model.get_input_embeddings().parameters()}
+    return int(3.5 * sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in frozen))
+
+
+def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int = 8,
+                 full_finetune: bool = False) -> int:
     """LoRA on a copy of the pruned model: the copy; the activations kept for backward (the
     layers' own, plus LoRA's dropped-out copy of every adapted input and its mask); float32 logits
     of `recover.LOSS_CHUNK` positions at a time with the loss's copies (the teacher's too when
     distilling); the adapters with gradients and optimizer state (`adapter_bytes`: 37 / 149 / 298 MiB
     at rank 8 / 32 / 64 on the default model before pruning; the former flat 5% of the weights was
-    26 MiB). Activations x1.4: the heap's fragmentation under training (a standalone quick-preset
-    run on the default model measured 0.94 of this at rank 8, with a 4 MiB allocator threshold;
-    bench/step_peaks.py measures it beside the estimate)."""
+    26 MiB), or with `full_finetune` every trained weight's gradient and moments instead
+    (`full_finetune_bytes`: 1.0 GiB on the default model pruned by 20%) and no adapted inputs.
+    Activations x1.4: the heap's fragmentation under training (a standalone quick-preset run on
+    the default model measured 0.94 of this at rank 8, with a 4 MiB allocator threshold;
+    bench/step_peaks.py measures it beside the estimate). Counted at the weights' precision even
+    where the steps run in bfloat16 (`LoraSettings.mixed_precision`), which keeps half of it."""
     from .recover import LOSS_CHUNK
 
     layers, hidden, inter, vocab = _shape(pruned)
     elem = next(pruned.parameters()).element_size()
     tokens = batch_size * seq_len
     body = layers * tokens * (14 * hidden + 5 * inter) * elem
-    lora = layers * tokens * (6 * hidden + inter) * (elem + 1)
+    lora = 0 if full_finetune else layers * tokens * (6 * hidden + inter) * (elem + 1)
     logits = (8 if distill else 3) * LOSS_CHUNK * vocab * 4
-    return int(weight_bytes(pruned) + adapter_bytes(pruned, rank) + 1.4 * (body + lora) + logits)
+    trained = full_finetune_bytes(pruned) if full_finetune else adapter_bytes(pruned, rank)
+    return int(weight_bytes(pruned) + trained + 1.4 * (body + lora) + logits)
 
 
 def merge_peak(pruned) -> int:

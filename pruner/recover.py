@@ -14,6 +14,7 @@ The original and pruned models are never modified: training runs on a copy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -24,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from .models import decoder_body, head_logits
+from .models import decoder_body, head_logits, training_autocast_dtype
 from .data import ASSETS, DataUnavailableError, read_text_source
 from .options import Range, check, option
 from .resources import reusing_freed_memory
@@ -69,6 +70,13 @@ class LoraSettings:
     distill_weight: float = option(0.0, "weight of the KL to the original (teacher) next to the next-token loss",
                                    bounds=Range(0.0, None), flag="--distill", label="distillation weight")
     distill_temperature: float = option(1.0, "distillation temperature", bounds=Range(0, None, lo_closed=False))
+    full_finetune: bool = option(False, "train every weight of the pruned model except the embeddings "
+                                 "(and a head tied to them) instead of LoRA adapters: a gradient and AdamW's "
+                                 "two moments per weight, no adapter to save", label="full fine-tuning")
+    mixed_precision: bool = option(True, "compute the training's forward and backward in bfloat16 where the "
+                                   "weights are float32 and the device multiplies bfloat16 natively (a CPU "
+                                   "with AVX512-BF16 or AMX, an Ampere or newer GPU); weights, adapters, "
+                                   "optimizer and loss stay float32")
     train_on_inputs: bool = False      # False: the loss covers response tokens only
     seed: int = 0
 
@@ -79,30 +87,38 @@ class LoraSettings:
 
 
 PRESETS = {
-    # a class period on a 2-core CPU (<= 90 s): 24 steps x 4 x 128 tokens of book passages,
+    # a class period on a 2-core CPU (<= 90 s): 48 steps x 4 x 128 tokens of book passages,
     # distilled from the original on every position (bench/recovery_curve.py: book text + KL beats
     # the original's own answers + KL and needs no generation; CE alone on the answers overfits).
     # KL-led: the next-token loss on the books weighs 0.05 of the KL, rank 32, lr 3e-3, and every
     # step's gradient clipped to norm 0.05 (below the norm of a typical step, so each step is
-    # normalized). Measured on the default recipe's pruned model over three self-calibration draws
+    # normalized). 48 steps fit 90 s because the steps run in bfloat16 where the CPU multiplies it
+    # natively (`mixed_precision`: 1.5 s vs 1.9 s a step here, the same result at 24 steps: 1.836x
+    # vs 1.84x). Measured on the default recipe's pruned model over three self-calibration draws
     # (seeds 0-2, WikiText-2 first 256 windows; bench/methods.py --recover --calib-data self): the
-    # former CE + KL at rank 8, lr 1.5e-3, clip 1: 1.94 / 2.04 / 1.92x dense (mean 1.97x); this
-    # preset 1.84 / 1.99 / 1.92x (1.92x); the same with clip 1 1.86 / 2.02 / 2.00x (1.96x), in the
-    # same 50-58 s of training (bench/results/methods_quick_self*.json). Exploring on seed 0 alone:
-    # KL-led at rank 8 1.91x (1.5e-3), 1.86x (3e-3, 5e-3); rank 64 at 3e-3 1.82x (twice the adapter
-    # memory); rank 32 at 5e-3 1.92x. The books' own held-out passages get *worse* under the
-    # KL-led loss (1.33x vs 1.22x dense): the pruned model stops imitating the training text.
+    # former CE + KL at rank 8, lr 1.5e-3, clip 1, 24 steps: 1.94 / 2.04 / 1.92x dense (mean
+    # 1.97x); KL-led, 24 steps: 1.84 / 1.99 / 1.92x (1.92x); the same with clip 1 1.86 / 2.02 / 2.00x
+    # (1.96x); KL-led, 48 steps in bfloat16: see the README (bench/results/methods_quick_self*.json).
+    # Exploring on seed 0 alone (24 steps): KL-led at rank 8 1.91x (1.5e-3), 1.86x (3e-3, 5e-3);
+    # rank 64 at 3e-3 1.82x (twice the adapter memory); rank 32 at 5e-3 1.92x; full fine-tuning
+    # (no LoRA) at lr 3e-4 1.85x, with ten times the trainable memory. The books' own held-out
+    # passages get *worse* under the KL-led loss (1.33x vs 1.22x dense): the pruned model stops
+    # imitating the training text. Recovering on the model's own samples instead of books: 1.89x.
     # No LoRA dropout: over 24 steps it changes nothing measurable and costs 17% of the time.
-    "quick": LoraSettings(r=32, alpha=64, learning_rate=3e-3, batch_size=4, seq_len=128, max_steps=24,
+    "quick": LoraSettings(r=32, alpha=64, learning_rate=3e-3, batch_size=4, seq_len=128, max_steps=48,
                           warmup_steps=2, ce_weight=0.05, distill_weight=1.0, dropout=0.0,
                           max_grad_norm=0.05),
     # a longer run on book passages, distilled from the dense model on every position (<= 20
-    # minutes on a 2-core CPU, a minute or two on a GPU). Rank 64: on the default recipe's pruned
-    # model (self-generated calibration, seed 0, WikiText-2 first 256 windows) 1.62x dense after
-    # 360 steps (819 s) against 1.67x at rank 8; here the next-token loss stays whole: the KL-led
-    # loss of `quick` gave 1.70x at rank 32 over the same 360 steps (it wins short runs only).
-    "thorough": LoraSettings(r=64, alpha=128, learning_rate=1e-3, batch_size=4, seq_len=128, max_steps=360,
-                             warmup_steps=10, distill_weight=1.0),
+    # minutes on a 2-core CPU, a minute or two on a GPU), training every weight but the
+    # embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW state on the default model,
+    # which a 135M model affords; a LoRA is a flag away). On the default recipe's pruned model
+    # (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
+    # next-token loss + KL: LoRA rank 8, 360 steps: 1.67x dense; rank 64, 360 steps (819 s): 1.62x;
+    # rank 64, 600 steps in bfloat16 (1187 s): 1.59x; full fine-tuning at lr 3e-4, 360 steps in
+    # float32 (750 s): 1.59x (1e-4: 1.63x); **600 steps in bfloat16 (931 s): 1.55x**. The KL-led
+    # loss of `quick` gave 1.70x with LoRA rank 32 over 360 steps (it wins short runs only).
+    "thorough": LoraSettings(full_finetune=True, learning_rate=3e-4, batch_size=4, seq_len=128, max_steps=600,
+                             warmup_steps=15, distill_weight=1.0),
     # LLM-Pruner's post_training.py: lr 1e-4, batch 64 (4 x 16), cutoff 256, 2 epochs of alpaca
     "llm-pruner": LoraSettings(learning_rate=1e-4, batch_size=4, grad_accum=16, seq_len=256,
                                max_steps=1600, warmup_steps=100),
@@ -364,15 +380,21 @@ class LoraRecovery:
         base = model if in_place else copy.deepcopy(model)
         for p in base.parameters():
             p.requires_grad_(False)
-        targets = tuple(self.settings.target_modules)
-        if set(targets) == set(LLM_PRUNER_TARGETS):      # "every projection", in this family's names
-            from .arch import arch_of
+        if self.settings.full_finetune:
+            self.model = base
+            frozen = {id(p) for p in base.get_input_embeddings().parameters()}      # a tied head too
+            for p in base.parameters():
+                p.requires_grad_(id(p) not in frozen)
+        else:
+            targets = tuple(self.settings.target_modules)
+            if set(targets) == set(LLM_PRUNER_TARGETS):      # "every projection", in this family's names
+                from .arch import arch_of
 
-            targets = arch_of(model).lora_targets()
-        config = LoraConfig(r=self.settings.r, lora_alpha=self.settings.alpha,
-                            lora_dropout=self.settings.dropout, target_modules=list(targets),
-                            bias="none", task_type="CAUSAL_LM")
-        self.model = get_peft_model(base, config)
+                targets = arch_of(model).lora_targets()
+            config = LoraConfig(r=self.settings.r, lora_alpha=self.settings.alpha,
+                                lora_dropout=self.settings.dropout, target_modules=list(targets),
+                                bias="none", task_type="CAUSAL_LM")
+            self.model = get_peft_model(base, config)
         self.device = next(self.model.parameters()).device
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=self.settings.learning_rate,
@@ -386,6 +408,21 @@ class LoraRecovery:
         self._stop = False
         self._batches = batches(self.tokenized, self.settings.batch_size, self.settings.seed)
         self.trainable_params = sum(p.numel() for p in trainable)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bfloat16 where `mixed_precision` is on and float32 weights sit on a device that multiplies
+        it natively (this project's CPU: 1.5 s instead of 1.9 s a quick-preset step, the same result
+        at 24 steps: 1.836x vs 1.84x dense on the default recipe's pruned model), else None. Asked
+        at every step: on ZeroGPU the model moves to the GPU for each call."""
+        weight = next(self.model.parameters())
+        return training_autocast_dtype(weight.device, weight.dtype) if self.settings.mixed_precision else None
+
+    def _autocast(self):
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
     def stop(self) -> None:
         """End training after the step in progress."""
@@ -401,14 +438,16 @@ class LoraRecovery:
             group["lr"] = lr
         totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
         tokens = 0
+        device = next(self.model.parameters()).device       # where the model is now (ZeroGPU moves it)
         # the loss scale of float16 training (a tensor: scaler.scale also starts the scaler)
-        multiplier = (self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0) / s.grad_accum
+        multiplier = (self.scaler.scale(torch.ones((), device=device)) if self.scaler else 1.0) / s.grad_accum
         for _ in range(s.grad_accum):
             batch = collate(next(self._batches), self.tokenizer.pad_token_id or 0)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in batch.items()}
             teacher = self.teacher if s.distill_weight > 0 else None
-            loss, ce, kl = lora_loss_backward(self.model, batch, teacher, s.distill_weight,
-                                              s.distill_temperature, multiplier, ce_weight=s.ce_weight)
+            with self._autocast():
+                loss, ce, kl = lora_loss_backward(self.model, batch, teacher, s.distill_weight,
+                                                  s.distill_temperature, multiplier, ce_weight=s.ce_weight)
             totals["loss"] += loss.item() / s.grad_accum
             totals["ce"] += ce.item() / s.grad_accum
             totals["kl"] += kl.item() / s.grad_accum
@@ -441,8 +480,11 @@ class LoraRecovery:
                 break
         self.model.eval()
 
-    def save_adapter(self, directory) -> Path:
-        """peft's own format: adapter_config.json + adapter_model.safetensors."""
+    def save_adapter(self, directory) -> Path | None:
+        """peft's own format: adapter_config.json + adapter_model.safetensors; None after full
+        fine-tuning (no adapter: the merged model is the result)."""
+        if self.settings.full_finetune:
+            return None
         out = Path(directory).expanduser()
         self.model.save_pretrained(out)
         (out / "recovery.json").write_text(json.dumps(
@@ -451,9 +493,12 @@ class LoraRecovery:
         return out
 
     def merge(self, in_place: bool = False):
-        """A plain model with the LoRA deltas merged. The adapter model stays usable, unless
-        `in_place` (no copy: the adapter model is consumed; save the adapter first)."""
-        merged = (self.model if in_place else copy.deepcopy(self.model)).merge_and_unload()
+        """A plain model with the LoRA deltas merged (after full fine-tuning: the trained model).
+        The adapter model stays usable, unless `in_place` (no copy: the adapter model is consumed;
+        save the adapter first)."""
+        merged = self.model if in_place else copy.deepcopy(self.model)
+        if not self.settings.full_finetune:
+            merged = merged.merge_and_unload()
         merged.eval()
         for p in merged.parameters():
             p.requires_grad_(False)

@@ -74,3 +74,15 @@ def test_prune_with_a_method_preset(tiny_folder, tmp_path, capsys, preset, check
                  "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"), "--json"]) == 0
     out = last_json(capsys)
     assert check(out["recipe"]) and out["params_after"] < out["params_before"]
+
+
+def test_recover_with_full_finetuning_saves_no_adapter(tiny_folder, tmp_path, capsys):
+    """--full-finetune: the merged model is the trained one, no adapter folder, the card says so."""
+    out_dir = tmp_path / "tuned"
+    assert main(["recover", "--model", tiny_folder, "--teacher", tiny_folder, "--data", "builtin",
+                 "--steps", "2", "--seq-len", "32", "--ppl-windows", "0", "--full-finetune",
+                 "--out", str(out_dir), "--json"]) == 0
+    assert last_json(capsys)["steps"] == 2
+    assert (out_dir / "model.safetensors").is_file() and not (out_dir / "adapter").exists()
+    card = (out_dir / "README.md").read_text()
+    assert "- fine-tuned" in card and "recovery: full fine-tuning" in card and "- lora" not in card

@@ -193,3 +193,65 @@ def test_adapter_memory_estimate_counts_what_peft_trains(vocab_model, tokenizer,
     peak = footprint.recover_peak(vocab_model, 2, 32, False, rank)
     assert peak - footprint.recover_peak(vocab_model, 2, 32, False, 1) == \
         footprint.adapter_bytes(vocab_model, rank) - footprint.adapter_bytes(vocab_model, 1)
+
+
+def test_autocast_only_where_bfloat16_is_native(monkeypatch):
+    from pruner.models import training_autocast_dtype
+
+    cpu = torch.device("cpu")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert training_autocast_dtype(cpu, torch.float32) is None          # emulated: slower, so off
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert training_autocast_dtype(cpu, torch.float32) == torch.bfloat16
+    assert training_autocast_dtype(cpu, torch.bfloat16) is None         # 16-bit weights need none
+    assert training_autocast_dtype(torch.device("mps"), torch.float32) is None
+
+
+def test_mixed_precision_steps_match_float32_and_keep_float32_weights(vocab_model, tokenizer, monkeypatch):
+    """A bfloat16-autocast step gives the float32 step's loss to bfloat16 precision; the adapters,
+    their gradients and the merged model stay float32; mixed_precision=False turns it off."""
+    import pruner.recover as recover
+
+    monkeypatch.setattr(recover, "training_autocast_dtype", lambda device, dtype: torch.bfloat16)
+    exact = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=2, mixed_precision=False))
+    mixed = LoraRecovery(vocab_model, tokenizer, TEXT, small(max_steps=2))
+    assert exact.autocast_dtype is None and mixed.autocast_dtype == torch.bfloat16
+    a, b = exact.train_step(), mixed.train_step()
+    assert b["loss"] == pytest.approx(a["loss"], rel=2e-2) and b["loss"] != a["loss"]
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    assert next(mixed.merge().parameters()).dtype == torch.float32
+
+
+def test_full_finetuning_trains_every_weight_but_the_embeddings(vocab_model, tokenizer, tmp_path):
+    """full_finetune: no adapters; every weight outside the embeddings moves, the embeddings and
+    the original do not; the merged model is the trained one; no adapter to save; the memory
+    estimate counts a gradient, two AdamW moments and autocast's bfloat16 copy per trained weight."""
+    from pruner import footprint
+
+    before = {k: v.clone() for k, v in vocab_model.state_dict().items()}
+    settings = small(max_steps=2, full_finetune=True, learning_rate=1e-3)
+    rec = LoraRecovery(vocab_model, tokenizer, TEXT, settings)
+    list(rec.train())
+    assert type(rec.model) is type(vocab_model)                         # no peft wrapper
+    trained = dict(rec.model.named_parameters())
+    embedding = rec.model.get_input_embeddings().weight
+    assert rec.trainable_params == sum(p.numel() for p in rec.model.parameters()) - embedding.numel()
+    assert torch.equal(embedding, before["model.embed_tokens.weight"])
+    for name in ("model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+                 "model.norm.weight"):
+        assert not torch.equal(trained[name], before[name])
+    assert all(torch.equal(before[k], v) for k, v in vocab_model.state_dict().items())
+    ids = torch.randint(5, 1000, (2, 12))
+    merged = rec.merge()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, rec.model(input_ids=ids).logits)
+    assert not any(p.requires_grad for p in merged.parameters())
+    assert rec.save_adapter(tmp_path / "adapter") is None and not (tmp_path / "adapter").exists()
+    assert footprint.full_finetune_bytes(vocab_model) == 14 * rec.trainable_params
+    full = footprint.recover_peak(vocab_model, 2, 32, False, 8, full_finetune=True)
+    lora = footprint.recover_peak(vocab_model, 2, 32, False, 8)
+    # the same copy, body activations and logits; no adapters and no adapted inputs kept
+    shared_lora = lora - footprint.adapter_bytes(vocab_model, 8)
+    shared_full = full - footprint.full_finetune_bytes(vocab_model)
+    assert 0 < shared_lora - shared_full < 0.5 * lora

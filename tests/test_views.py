@@ -244,3 +244,6 @@ def test_recovery_settings_keep_the_presets_rank_and_weight_when_left_out():
         (5, 1e-3, 1.0, quick.r, quick.alpha, quick.ce_weight)
     s = handlers.recovery_settings("quick", 5, 1e-3, 0.0, 1.0, 8)
     assert (s.ce_weight, s.distill_weight, s.r, s.alpha) == (1.0, 0.0, 8, 8 * quick.alpha // quick.r)
+    assert handlers.recovery_settings("thorough", 5, 1e-3, 1.0).full_finetune      # the preset's
+    assert not handlers.recovery_settings("thorough", 5, 1e-3, 1.0, None, None, False).full_finetune
+    assert handlers.recovery_settings("quick", 5, 1e-3, 1.0, None, None, True).full_finetune
