@@ -381,6 +381,9 @@ class LoraRecovery:
         for p in base.parameters():
             p.requires_grad_(False)
         if self.settings.full_finetune:
+            if next(base.parameters()).dtype == torch.float16:
+                raise ValueError("full fine-tuning needs float32 or bfloat16 weights (AdamW on float16 weights "
+                                 "loses its small updates); use LoRA here (full_finetune off)")
             self.model = base
             frozen = {id(p) for p in base.get_input_embeddings().parameters()}      # a tied head too
             for p in base.parameters():

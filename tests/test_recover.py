@@ -255,3 +255,8 @@ def test_full_finetuning_trains_every_weight_but_the_embeddings(vocab_model, tok
     shared_lora = lora - footprint.adapter_bytes(vocab_model, 8)
     shared_full = full - footprint.full_finetune_bytes(vocab_model)
     assert 0 < shared_lora - shared_full < 0.5 * lora
+
+
+def test_full_finetuning_refuses_float16_weights(vocab_model, tokenizer):
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        LoraRecovery(vocab_model.half(), tokenizer, TEXT, small(full_finetune=True))

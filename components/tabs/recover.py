@@ -80,6 +80,12 @@ def preset_controls(name):
             s.full_finetune)
 
 
+def merge_hint(recovery) -> str:
+    if recovery.settings.full_finetune:
+        return " Press **Merge** to take the trained model."
+    return " Press **Merge** to fold LoRA into the weights."
+
+
 @friendly(2)
 @persisted
 @gpu
@@ -93,7 +99,7 @@ def run_recover(preset_name, steps, lr, distill, data_source, ce_weight=None, ra
         if hit:
             yield (figures.loss_figure(recovery.history),
                    f"Recovered: {recovery.step} steps, final loss {recovery.history[-1]['loss']:.3f}."
-                   + handlers.cache_note(True) + note + " Press **Merge** to fold LoRA into the weights.")
+                   + handlers.cache_note(True) + note + merge_hint(recovery))
             return
         original = session.original(STORE).model
         with handlers.accelerated(original, recovery.model):
@@ -110,7 +116,7 @@ def run_recover(preset_name, steps, lr, distill, data_source, ce_weight=None, ra
     done = "Finished all" if recovery.step >= recovery.settings.max_steps else "Stopped after"
     yield (figures.loss_figure(recovery.history),
            f"{done} {recovery.step} steps ({recovery.history[-1]['elapsed']:.0f}s) on "
-           f"'{session.recovery_data}' data.{note} Press **Merge** to fold LoRA into the weights.")
+           f"'{session.recovery_data}' data.{note}" + merge_hint(recovery))
 
 
 @friendly(1)
