@@ -41,13 +41,6 @@ STORE.on_evict = lambda entry: handlers.export_disk().forget(entry.value) if ent
 STORE.spill = Spill(handlers.export_disk())
 HEAVY = dict(concurrency_id="heavy", concurrency_limit=1)   # one slot shared by everything that runs a model
 
-
-def heavy(status) -> dict:
-    """An event that runs a model: the shared slot, and its progress drawn on its status line only.
-    Every output with a progress overlay runs its own per-frame timer in the browser, which on a
-    machine that also serves the page (a laptop, this project's 2-core CPU) takes CPU from torch."""
-    return dict(HEAVY, show_progress_on=status)
-
 try:  # Hugging Face Spaces (ZeroGPU): GPU work runs inside @spaces.GPU and returns CPU objects
     import spaces
 

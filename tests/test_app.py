@@ -251,20 +251,6 @@ def test_full_memory_evicts_then_refuses_with_a_reason(server, tiny_folder, monk
     assert "at its peak, more than" in text                   # could never fit: said at once
 
 
-def test_heavy_steps_draw_their_progress_on_the_status_line_only():
-    """Every step that runs a model shares the one heavy slot and shows its progress on one
-    component, its status line (an output), not on every figure: each overlay is a per-frame timer
-    in the browser, CPU a page served from the same machine takes from torch."""
-    import app
-
-    heavy = [f for f in app.demo.fns.values() if f.concurrency_id == "heavy"]
-    assert len(heavy) >= 12
-    for fn in heavy:
-        shown = fn.show_progress_on
-        assert shown is not None and len(shown) == 1, (fn.api_name, shown)
-        assert shown[0] in fn.outputs and type(shown[0]).__name__ == "Markdown", fn.api_name
-
-
 def test_server_stats_endpoint(server):
     stats = client(server).predict(api_name="/server_stats")
     assert {"hits", "misses", "hit_rate", "used_gb", "budget_gb", "sessions", "spills"} <= set(stats)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from components import handlers
 from components import lesson_text as text
-from components.server import STORE, friendly, gpu, heavy, session_of
+from components.server import HEAVY, STORE, friendly, gpu, session_of
 from components.tabs.common import Tab, explain, notice
 from pruner.generate import PAPER_PROMPT, GenerationSettings
 
@@ -43,8 +43,7 @@ def layout() -> Tab:
 def wire(ui) -> None:
     t = ui.compare
     event = t.generate_btn.click(run_compare, [t.prompt, t.max_tokens, t.sample, t.seed, t.chat],
-                                 [t.out_original, t.out_pruned, t.out_lora, t.speed], api_name="compare",
-                                 **heavy(t.speed))
+                                 [t.out_original, t.out_pruned, t.out_lora, t.speed], api_name="compare", **HEAVY)
     # cancelling stops the job between steps; the session keeps what was there before
     t.cancel.click(None, None, None, cancels=[event], api_visibility="private")
 

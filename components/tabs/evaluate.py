@@ -7,7 +7,7 @@ import gradio as gr
 
 from components import figures, handlers
 from components import lesson_text as text
-from components.server import STORE, friendly, gpu, heavy, persisted, session_of
+from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from pruner.tasks import TASKS
 
@@ -42,7 +42,7 @@ def layout() -> Tab:
 def wire(ui) -> None:
     t = ui.evaluate
     event = t.eval_btn.click(run_evaluate, [t.which, t.corpora, t.tasks, t.windows, t.limit],
-                             [t.table, t.fig, t.status], api_name="evaluate", **heavy(t.status))
+                             [t.table, t.fig, t.status], api_name="evaluate", **HEAVY)
     t.cancel.click(None, None, None, cancels=[event], api_visibility="private")
 
 

@@ -9,7 +9,7 @@ import gradio as gr
 
 from components import handlers
 from components import lesson_text as text
-from components.server import STORE, friendly, heavy, session_of
+from components.server import HEAVY, STORE, friendly, session_of
 from components.tabs.common import Tab, explain, notice
 from pruner.generate import PAPER_PROMPT
 
@@ -49,9 +49,9 @@ def layout() -> Tab:
 def wire(ui) -> None:
     t = ui.export
     t.export_btn.click(run_export, t.which, [t.model_file, t.recipe_file, t.adapter_file, t.note],
-                       api_name="export", **heavy(t.note))
+                       api_name="export", **HEAVY)
     t.gguf_btn.click(run_export_gguf, [t.which, t.gguf_precision], [t.gguf_file, t.gguf_note],
-                     api_name="export_gguf", **heavy(t.gguf_note))
+                     api_name="export_gguf", **HEAVY)
     t.push_btn.click(run_push, [t.which, t.repo_id, t.token], t.push_status, api_name="push")
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from components import controls, figures, handlers
 from components import lesson_text as text
-from components.server import STORE, friendly, gpu, heavy, persisted, session_of
+from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from pruner.data import CalibrationSpec, text_origin
 from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
@@ -77,14 +77,14 @@ def wire(ui) -> None:
     t.score_btn.click(run_score, [t.criterion, t.aggregation, t.calib, t.samples, t.seq_len, t.scale, t.zoom_kind,
                                   t.zoom_layer],
                       [t.attn_map, t.mlp_map, t.score_summary, t.layer_fig, t.hist_fig, t.score_status],
-                      api_name="score", **heavy(t.score_status))
+                      api_name="score", **HEAVY)
     t.zoom_kind.change(zoom, [t.zoom_kind, t.zoom_layer], views, api_name="zoom")
     t.zoom_layer.release(zoom, [t.zoom_kind, t.zoom_layer], views, api_visibility="private")
     t.scale.change(redraw, t.scale, [t.attn_map, t.mlp_map, t.score_status], api_name="redraw")
     t.compare_btn.click(compare_scores, [t.criterion, t.aggregation, t.crit_b, t.agg_b, t.calib, t.samples,
                                          t.seq_len, t.compare_kind, t.scale],
                         [t.map_a, t.map_b, t.corr_fig, t.disagree, t.compare_status], api_name="compare_scores",
-                        **heavy(t.compare_status))
+                        **HEAVY)
 
 
 @friendly(6)

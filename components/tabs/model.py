@@ -8,7 +8,7 @@ import pandas as pd
 
 from components import handlers
 from components import lesson_text as text
-from components.server import (REGISTRY, STORE, friendly, gpu, heavy, message_of, persisted, session_of,
+from components.server import (HEAVY, REGISTRY, STORE, friendly, gpu, message_of, persisted, session_of,
                                visitor_of)
 from components.tabs.common import Tab, explain, notice
 from components.tabs.prune import amount_updates
@@ -50,8 +50,7 @@ def wire(ui) -> None:
                     ui.export.note, ui.export.gguf_note, ui.export.push_status]
     t.load_btn.click(load_model, [t.source_kind, t.custom],
                      [t.facts, s.layer, s.structure_fig, s.structure_table, p.attn_start, p.attn_end,
-                      p.mlp_start, p.mlp_end, p.compensate, p.refit, t.status], api_name="load_model",
-                     **heavy(t.status)
+                      p.mlp_start, p.mlp_end, p.compensate, p.refit, t.status], api_name="load_model", **HEAVY
                      ).then(after_load, [s.layer, s.graph_kind, s.graph_group, p.unit, p.one_ratio, p.attn_share,
                                          p.attn_start, p.attn_end, p.mlp_start, p.mlp_end, p.amount],
                             [ui.importance.zoom_layer, s.graph_fig, s.graph_text, ui.evaluate.which, p.amount,

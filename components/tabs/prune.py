@@ -9,7 +9,7 @@ import pandas as pd
 
 from components import controls, figures, handlers
 from components import lesson_text as text
-from components.server import STORE, form, friendly, gpu, heavy, persisted, session_of
+from components.server import HEAVY, STORE, form, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from components.tabs.evaluate import session_models
 from pruner.importance import ScoreConfig
@@ -134,13 +134,11 @@ def wire(ui) -> None:
         control.change(amount_bounds, bounds_inputs, bounds_outputs, api_visibility="private")
     t.attn_share.release(amount_bounds, bounds_inputs, bounds_outputs, api_visibility="private")
     inputs = form_inputs(ui)
-    t.preview_btn.click(preview_prune, inputs, [t.attn_map, t.mlp_map, t.status], api_name="preview",
-                        **heavy(t.status))
+    t.preview_btn.click(preview_prune, inputs, [t.attn_map, t.mlp_map, t.status], api_name="preview", **HEAVY)
     t.prune_event = t.prune_btn.click(run_prune, inputs, [t.before_after, t.widths_fig, t.attn_map, t.mlp_map,
-                                                          t.status], api_name="prune", **heavy(t.status))
+                                                          t.status], api_name="prune", **HEAVY)
     t.prune_event.then(session_models, None, ui.evaluate.which, api_visibility="private")
-    t.contrast_btn.click(run_contrast, t.amount, [t.contrast_table, t.contrast_status], api_name="contrast",
-                         **heavy(t.contrast_status))
+    t.contrast_btn.click(run_contrast, t.amount, [t.contrast_table, t.contrast_status], api_name="contrast", **HEAVY)
     t.cancel.click(None, None, None, cancels=[t.prune_event], api_visibility="private")
 
 

@@ -7,7 +7,7 @@ import gradio as gr
 
 from components import controls, figures, handlers
 from components import lesson_text as text
-from components.server import STORE, friendly, gpu, heavy, persisted, session_of
+from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from components.tabs.evaluate import session_models
 from pruner.recover import PRESET_DATA, PRESETS, LoraSettings
@@ -66,9 +66,9 @@ def wire(ui) -> None:
     t.preset.change(preset_controls, t.preset, [t.steps, t.lr, t.distill, t.data, t.ce, t.rank, t.full],
                     api_visibility="private")
     t.recover_btn.click(run_recover, [t.preset, t.steps, t.lr, t.distill, t.data, t.ce, t.rank, t.full],
-                        [t.loss_fig, t.status], api_name="recover", **heavy(t.status))
+                        [t.loss_fig, t.status], api_name="recover", **HEAVY)
     t.stop_btn.click(stop_recover, None, t.status, api_name="stop_recover")
-    t.merge_btn.click(run_merge, None, t.status, api_name="merge", **heavy(t.status)).then(
+    t.merge_btn.click(run_merge, None, t.status, api_name="merge", **HEAVY).then(
         session_models, None, ui.evaluate.which, api_visibility="private")
 
 
