@@ -22,7 +22,7 @@ import common
 from pruner import calibration_ids, load_model, prune_model
 from pruner.evaluate import perplexity
 from pruner.recipes import recipe
-from pruner.recover import PRESET_DATA, LoraRecovery, preset, recovery_examples
+from pruner.recover import EXAMPLE_POOL, PRESET_DATA, LoraRecovery, example_limit, preset, recovery_examples
 
 # the settings the first five curves were measured with (the quick preset before it became KL-led:
 # r 8, lr 1.5e-3, the next-token loss whole), on the quick preset's batches of 4 x 128 tokens
@@ -93,10 +93,11 @@ def curve(name, source, settings, pruned, dense, tok, args, checkpoints, ppl, de
           to_end=False):
     """Train on a copy of `pruned`; measure at each checkpoint (or once, after max_steps)."""
     start = time.perf_counter()
-    if source not in cache:              # the dashboard also prepares each source once per server
-        cache[source] = (recovery_examples(source, tok, settings.seq_len, dense, args.data_dir),
-                         time.perf_counter() - start)
-    examples, prep = cache[source]
+    limit = example_limit(settings) if to_end else EXAMPLE_POOL     # a preset reads what the CLI reads
+    if (source, limit) not in cache:     # the dashboard also prepares each source once per server
+        cache[source, limit] = (recovery_examples(source, tok, settings.seq_len, dense, args.data_dir, limit),
+                                time.perf_counter() - start)
+    examples, prep = cache[source, limit]
     teacher = dense if settings.distill_weight > 0 else None
     rec = LoraRecovery(pruned, tok, examples, settings, teacher)
     if not to_end:                        # schedule over the budget: steps from the first steps' pace

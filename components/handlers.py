@@ -33,7 +33,7 @@ from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOW
                              SPEED_TOKENS, Speed, decode_speeds, is_quick_perplexity, quick_perplexity)
 from pruner.prune import MAX_SHARE, default_layer_range, needs_calibration, prunable_share, score_kinds
 from pruner.recipes import RECIPES, recipe_record, with_recovery
-from pruner.recover import LoraRecovery, LoraSettings, preset, recovery_examples
+from pruner.recover import LoraRecovery, LoraSettings, example_limit, preset, recovery_examples
 from pruner.stats import count_params
 
 from pruner import footprint
@@ -784,9 +784,10 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
                          + (" (the original model answers the built-in prompts)" if source == "self" else ""))
             with accelerated(original.model):
                 return recovery_examples(source, original.tokenizer, settings.seq_len, original.model,
-                                         data_dir(), limit=2000)
+                                         data_dir(), limit=example_limit(settings))
         return store.compute("examples", {"model": session.original_key, "data": source,
-                                          "seq_len": settings.seq_len}, make)[0]
+                                          "seq_len": settings.seq_len, "limit": example_limit(settings)},
+                             make)[0]
 
     try:
         data = examples(data_source)

@@ -366,7 +366,7 @@ def cmd_recover(args) -> dict:
     from .models import load_model
     from .card import card_stats
     from .recipes import with_recovery
-    from .recover import LoraRecovery, preset, recovery_examples
+    from .recover import LoraRecovery, example_limit, preset, recovery_examples
     from .stats import count_params
 
     model, tokenizer = _load(args)
@@ -382,7 +382,7 @@ def cmd_recover(args) -> dict:
     args.data = args.data or PRESET_DATA.get(args.preset, "self")
     print(f"preparing '{args.data}' recovery data ...", file=sys.stderr, flush=True)
     examples = recovery_examples(args.data, tokenizer, settings.seq_len, teacher, args.data_dir,
-                                 seed=args.seed)
+                                 limit=example_limit(settings), seed=args.seed)
 
     def ppl(m):
         if not args.ppl_windows:

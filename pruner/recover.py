@@ -19,9 +19,10 @@ import copy
 import json
 import math
 import time
+from array import array
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -115,8 +116,9 @@ PRESETS = {
     # (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
     # next-token loss + KL: LoRA rank 8, 360 steps: 1.67x dense; rank 64, 360 steps (819 s): 1.62x;
     # rank 64, 600 steps in bfloat16 (1187 s): 1.59x; full fine-tuning at lr 3e-4, 360 steps in
-    # float32 (750 s): 1.59x (1e-4: 1.63x); **600 steps in bfloat16 (931 s): 1.55x**. The KL-led
-    # loss of `quick` gave 1.70x with LoRA rank 32 over 360 steps (it wins short runs only).
+    # float32 (750 s): 1.59x (1e-4: 1.63x); 600 steps in bfloat16 (931 s): 1.55x, at lr 5e-4 1.65x;
+    # reading every book passage instead of repeating the first 2,000 (`example_limit`): 1.54x.
+    # The KL-led loss of `quick` gave 1.70x with LoRA rank 32 over 360 steps (it wins short runs only).
     "thorough": LoraSettings(full_finetune=True, learning_rate=3e-4, batch_size=4, seq_len=128, max_steps=600,
                              warmup_steps=15, distill_weight=1.0),
     # LLM-Pruner's post_training.py: lr 1e-4, batch 64 (4 x 16), cutoff 256, 2 epochs of alpaca
@@ -223,8 +225,19 @@ def self_generated_examples(teacher, tokenizer, prompts: list[str] | None = None
     return [e for e in examples if e.response]
 
 
+EXAMPLE_POOL = 2000     # examples a short run samples its batches from (the first of the text's pieces)
+
+
+def example_limit(settings: LoraSettings) -> int | None:
+    """How many examples a run reads: the first EXAMPLE_POOL, or all of them when the run would
+    see that pool more than once (`thorough`: 2,400 of 4 x 128 tokens; every book passage, 1.54x
+    against 1.55x with the pool repeated; LLM-Pruner's 2 epochs of Alpaca)."""
+    needed = settings.max_steps * settings.batch_size * settings.grad_accum
+    return None if needed > EXAMPLE_POOL else EXAMPLE_POOL
+
+
 def recovery_examples(source: str, tokenizer, seq_len: int, teacher=None, data_dir_path=None,
-                      limit: int | None = 2000, seed: int = 0, progress=None) -> list[Example]:
+                      limit: int | None = EXAMPLE_POOL, seed: int = 0, progress=None) -> list[Example]:
     """"self" (teacher-written answers), "alpaca" / an instruction .json(l), or text
     ("builtin", a .txt file, a hub dataset with a text column)."""
     if source == "self":
@@ -246,8 +259,10 @@ def _looks_like_instructions(path: Path) -> bool:
 # ----------------------------------------------------------------------------- batches
 
 def tokenize_examples(examples: list[Example], tokenizer, seq_len: int,
-                      train_on_inputs: bool = False) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per example; prompt tokens get label -100 unless train_on_inputs."""
+                      train_on_inputs: bool = False) -> list[tuple[array, array]]:
+    """(input_ids, labels) per example as int32 arrays (4 bytes a token, where a list of Python
+    ints takes up to 36: an 8-byte pointer and a 28-byte int; a run over a whole instruction set
+    holds every example); prompt tokens get label -100 unless train_on_inputs."""
     out = []
     eos = tokenizer.eos_token_id
     for ex in examples:
@@ -259,13 +274,13 @@ def tokenize_examples(examples: list[Example], tokenizer, seq_len: int,
         labels = (([-100] * len(prompt)) if not train_on_inputs else prompt[:]) + response
         labels = labels[:seq_len]
         if sum(1 for y in labels[1:] if y != -100) > 0:
-            out.append((ids, labels))
+            out.append((array("i", ids), array("i", labels)))
     if not out:
         raise ValueError("no recovery example has a trainable token; check the data and seq_len")
     return out
 
 
-def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+def collate(items: list[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict:
     """Right-padded (B, L) input_ids, attention_mask and labels (-100 on padding)."""
     width = max(len(ids) for ids, _ in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from pruner.recover import (Example, LoraRecovery, LoraSettings, collate, lora_loss, lr_at,
-                            preset, recovery_examples, self_generated_examples,
+from pruner.recover import (EXAMPLE_POOL, Example, LoraRecovery, LoraSettings, collate, example_limit,
+                            lora_loss, lr_at, preset, recovery_examples, self_generated_examples,
                             tokenize_examples)
 
 TEXT = [Example("", "the quick brown fox jumps over the lazy dog. " * 3)] * 4
@@ -66,7 +66,8 @@ def test_prompt_tokens_are_masked(tokenizer):
     items = tokenize_examples([Example("Say hi:", " hi there")], tokenizer, 64)
     ids, labels = items[0]
     n_prompt = len(tokenizer("Say hi:", add_special_tokens=False).input_ids)
-    assert labels[:n_prompt] == [-100] * n_prompt and labels[-1] == tokenizer.eos_token_id
+    assert list(labels[:n_prompt]) == [-100] * n_prompt and labels[-1] == tokenizer.eos_token_id
+    assert ids.itemsize == labels.itemsize == 4          # int32 arrays: 4 bytes a token, not a list's ~36
     batch = collate(items + [(ids[:3], labels[:3])], tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (2, len(ids)) and batch["attention_mask"][1].sum() == 3
     assert (batch["labels"][1, 3:] == -100).all()
@@ -116,6 +117,22 @@ def test_text_and_instruction_sources(tokenizer, tmp_path):
     path.write_text(json.dumps(rows))
     ex = recovery_examples(str(path), tokenizer, 64)
     assert ex[0].prompt.endswith("### Response:\n") and "### Input:\nbonjour" in ex[1].prompt
+
+
+def test_a_run_that_would_repeat_the_pool_reads_all_the_examples(tokenizer, tmp_path):
+    """Short runs sample their batches from the first EXAMPLE_POOL examples; a run that needs
+    more (steps x batch x accumulation) reads the whole text instead of repeating the pool."""
+    assert EXAMPLE_POOL == 2000
+    assert example_limit(preset("quick")) == EXAMPLE_POOL                   # 48 x 4 = 192 examples
+    assert example_limit(preset("quick", max_steps=500)) == EXAMPLE_POOL    # 2,000: the pool once
+    assert example_limit(preset("quick", max_steps=501)) is None
+    assert example_limit(preset("thorough")) is None                        # 600 x 4 = 2,400
+    assert example_limit(preset("llm-pruner")) is None                      # 1,600 x 4 x 16
+    path = tmp_path / "book.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    assert len(recovery_examples(str(path), tokenizer, 16, limit=5)) == 5
+    everything = recovery_examples(str(path), tokenizer, 16, limit=example_limit(preset("thorough")))
+    assert len(everything) > 100
 
 
 def test_schedule_and_settings():
