@@ -6,7 +6,7 @@ machine's speed drifts by half within an hour.
 Starts the real app on a free local port (offline, nothing cached), then load -> score -> preview
 -> prune -> contrast -> recover (the quick preset) -> merge -> compare -> evaluate -> export, each
 with the page's defaults, one after another. Prints each step's seconds; the last stdout line is
-one JSON object {step: seconds, ..., "total": seconds}, also written to --out.
+one JSON object {step: seconds, ..., "total": seconds}, also appended to --out's "runs".
 
     python bench/lesson_api.py                 # bench/results/lesson-api-timings.json
 """
@@ -50,7 +50,10 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=60)
     timings["total"] = round(sum(timings.values()), 1)
-    Path(args.out).write_text(json.dumps(timings, indent=2) + "\n")
+    out = Path(args.out)
+    runs = json.loads(out.read_text())["runs"] if out.exists() else []
+    runs.append({"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **timings})
+    out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(json.dumps(timings))
     return 0
 
