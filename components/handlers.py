@@ -776,6 +776,7 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
     settings.validate()
     original = session.original(store)
     note = ""
+    limit = example_limit(settings)         # the examples read and the cache key agree by construction
 
     def examples(source):
         def make():
@@ -784,10 +785,9 @@ def start_recovery(store: Store, session: Session, settings: LoraSettings, data_
                          + (" (the original model answers the built-in prompts)" if source == "self" else ""))
             with accelerated(original.model):
                 return recovery_examples(source, original.tokenizer, settings.seq_len, original.model,
-                                         data_dir(), limit=example_limit(settings))
+                                         data_dir(), limit=limit)
         return store.compute("examples", {"model": session.original_key, "data": source,
-                                          "seq_len": settings.seq_len, "limit": example_limit(settings)},
-                             make)[0]
+                                          "seq_len": settings.seq_len, "limit": limit}, make)[0]
 
     try:
         data = examples(data_source)
