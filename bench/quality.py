@@ -59,6 +59,10 @@ ROWS = [
      dict(criterion="taylor-mix", aggregation="last"), dict(attn_share=0.0, compensate=True), None),
     ("MLP only, last-only + compensation, means recomputed layer by layer",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, recompute_means=True), None),
+    ("MLP only, last-only + least-squares refit of each pruned down_proj",
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), None),
+    ("the default recipe: last-only + refit, 32 x 128 self-generated calibration",
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), ("self", 32, 128)),
 ]
 
 
@@ -90,7 +94,7 @@ def main():
     for i in chosen:
         name, skw, pkw, calib = ROWS[i]
         source, n, length = calib or ("builtin", 10, 64)
-        ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir)
+        ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir, model=model)
         start = time.perf_counter()
         res = prune_model(model, ids, ScoreConfig(**skw), PruneConfig(amount=args.target, **pkw))
         seconds = time.perf_counter() - start
