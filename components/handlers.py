@@ -625,6 +625,7 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
     value, hit, key = store.compute("pruned", spec, compute)
     session.remember(key, "pruned", spec, compute)
     result = value["result"]
+    notes = list(notes or []) + list(result.notes)
     if progress:
         progress(0.75, desc="measuring before / after (parameters, MACs, memory, tokens/s, perplexity)")
     with accelerated(original.model, value["model"]):

@@ -280,6 +280,9 @@ def cmd_prune(args) -> dict:
     result = prune_model(model, ids, score_config, config, progress, in_place=True)
     seconds = time.perf_counter() - start
     report = dict(result.report)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    notes = list(notes) + result.notes
     print(f"pruned in {seconds:.1f}s (preset {args.preset}: {config.strategy}, {config.scope}, "
           f"{args.criterion}/{args.aggregation}, attention share {config.attn_share}, "
           f"compensation {config.compensate}, allocation {config.allocation})")

@@ -754,6 +754,29 @@ class PruneResult:
     widths_before: pd.DataFrame
     widths_after: pd.DataFrame
     sensitivity: pd.DataFrame | None = None   # per-layer loss increases (allocation="sensitivity")
+    notes: list[str] = field(default_factory=list)   # what the plan could not do as asked
+
+
+def attention_params(model) -> int:
+    """Parameters in the attention groups of every layer (what pruning attention can remove)."""
+    from .groups import describe_groups
+
+    groups = describe_groups(model)
+    return int(groups.loc[groups.kind == "attn", "params"].sum())
+
+
+def attention_share_note(asked: float | None, attn_removed: int, removed: int) -> str | None:
+    """A note where attention's share of the removed parameters is far from the one asked (its
+    groups are coarse: on the default model one query head per KV group, 3 of 9, goes at once).
+    attn_removed: the attention groups' parameters before minus after (biases included)."""
+    if asked is None or removed <= 0:
+        return None
+    got = max(attn_removed, 0) / removed     # compensation's added o_proj biases alone: a few negative
+    if abs(got - asked) <= 0.02:
+        return None
+    return (f"attention's share of the removed parameters is {100 * got:.0f}%, not the {100 * asked:.0f}% "
+            "asked: its groups are too coarse for that budget, so the nearest plan gives that and the MLPs "
+            "remove the rest")
 
 
 def score_kinds(config: PruneConfig) -> tuple[str, ...]:
@@ -843,6 +866,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         raise ValueError(f"{score_config.criterion} scores whole decoder layers: use the layer strategy")
     steps = int(prune_config.iterative_steps)
     size_before, widths_before = model_size(model), layer_widths(model)
+    attn_before = attention_params(model) if prune_config.attn_share is not None else None
     params0 = size_before["params"]
     current, origin = model, list(range(n_layers0))
     given = None
@@ -897,6 +921,12 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
         ratios.append(float(ratio))
     if progress:
         progress(steps, steps, "measuring")
-    return PruneResult(current, plans, scores, ratios, prune_report(size_before, current),
-                       widths_before, layer_widths(current),
-                       pd.concat(sensitivities, ignore_index=True) if sensitivities else None)
+    report = prune_report(size_before, current)
+    notes = []
+    if attn_before is not None:
+        report["attn_params_removed"] = attn_before - attention_params(current)
+        note = attention_share_note(prune_config.attn_share, report["attn_params_removed"],
+                                    report["params_before"] - report["params_after"])
+        notes += [note] if note else []
+    return PruneResult(current, plans, scores, ratios, report, widths_before, layer_widths(current),
+                       pd.concat(sensitivities, ignore_index=True) if sensitivities else None, notes)

@@ -84,6 +84,31 @@ def test_attention_share_too_fine_for_its_groups_leaves_the_rest_to_the_mlps(cal
                                                      mlp_layers=(0, 4)))
     assert set(only_attn.removed_groups(scores).kind) == {"attn"} and not only_attn.mlp_keep
 
+
+def test_prune_says_when_attention_could_not_take_its_share(calib):
+    # the same 5% share: attention gives nothing, the result says so (0%, not 5%; not "-0%" for the
+    # o_proj biases compensation adds) and counts it
+    model = tiny_model(n_heads=8, n_kv=2, layers=4, inter=96)
+    config = PruneConfig(amount=0.2, attn_share=0.05, attn_layers=(0, 4), mlp_layers=(0, 4), compensate=True)
+    result = prune_model(model, calib, ScoreConfig("l1"), config)
+    assert result.widths_after.heads.equals(result.widths_before.heads)             # no head removed
+    assert result.widths_after.kv_heads.equals(result.widths_before.kv_heads)
+    assert result.report["attn_params_removed"] < 0                  # compensation's biases only: added
+    assert len(result.notes) == 1 and "is 0%, not the 5% asked" in result.notes[0]
+    # half the budget: one KV group of two in every layer is the nearest plan, 79% of what goes
+    def share(asked):
+        return prune_model(model, calib, ScoreConfig("l1"), PruneConfig(amount=0.2, attn_share=asked,
+                                                                        attn_layers=(0, 4), mlp_layers=(0, 4)))
+    half = share(0.5)
+    removed = half.report["params_before"] - half.report["params_after"]
+    assert half.report["attn_params_removed"] / removed == pytest.approx(0.792, abs=0.001)
+    assert half.notes == ["attention's share of the removed parameters is 79%, not the 50% asked: its groups "
+                          "are too coarse for that budget, so the nearest plan gives that and the MLPs remove "
+                          "the rest"]
+    assert share(0.8).notes == []                          # that plan is within 2 points of 80%: no note
+    assert prune_model(model, calib, ScoreConfig("l1"), PruneConfig(amount=0.2)).notes == []   # no share asked
+
+
 def test_fluctuation_matches_hand_formula(calib):
     model = tiny_model()
     df = score(model, calib, ScoreConfig("fluctuation"))
