@@ -625,7 +625,8 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
     value, hit, key = store.compute("pruned", spec, compute)
     session.remember(key, "pruned", spec, compute)
     result = value["result"]
-    notes = list(notes or []) + list(result.notes)
+    # the normalizing notes, then the plan's own (once: a replayed step passes its recorded notes back)
+    notes = list(dict.fromkeys([*(notes or []), *result.notes]))
     if progress:
         progress(0.75, desc="measuring before / after (parameters, MACs, memory, tokens/s, perplexity)")
     with accelerated(original.model, value["model"]):
