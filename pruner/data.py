@@ -228,9 +228,13 @@ class CalibrationSpec:
                                model)
 
 
-def self_document_length(seq_len: int) -> int:
-    """New tokens per self-generated document for windows of `seq_len`: 1.25 windows."""
-    return seq_len + seq_len // 4
+def self_document_length(seq_len: int, model=None) -> int:
+    """New tokens per self-generated document for windows of `seq_len`: 1.25 windows, and no
+    more than the `model`'s context holds after its start token (a tiny test model's 128
+    positions; sampling past them is undefined for any model)."""
+    length = seq_len + seq_len // 4
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(length, int(context) - 1) if context else length
 
 
 def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed: int = 0,
@@ -275,7 +279,8 @@ def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIB
             raise ValueError("self-generated calibration needs the model that writes it")
         # twice the tokens the windows need, in documents of 1.25 windows: windows start anywhere,
         # as in any other text, and overlap little (README, "Calibration text")
-        text = self_generated_text(model, tokenizer, 2 * num_samples, self_document_length(seq_len), seed)
+        text = self_generated_text(model, tokenizer, 2 * num_samples, self_document_length(seq_len, model),
+                                   seed)
     else:
         text = read_text_source(source, data_dir_path)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]

@@ -88,7 +88,7 @@ def self_calibration_peak(model, samples: int, seq_len: int) -> int:
     kv_widths = sum(n_kv * head_dim for _, n_kv, head_dim in map(arch.attention_shape, layers_of(model)))
     elem = next(model.parameters()).element_size()
     docs = min(SELF_BATCH, 2 * samples)
-    cache = 2 * docs * (1 + self_document_length(seq_len)) * kv_widths * elem
+    cache = 2 * docs * (1 + self_document_length(seq_len, model)) * kv_widths * elem
     return int(cache + docs * vocab * 4 * 4 + forward_bytes(model, docs, logits_tokens=0))
 
 

@@ -126,6 +126,24 @@ def test_self_generated_calibration_is_seeded_and_leaves_the_global_rng_alone(vo
         calibration_ids(tokenizer, "self", 4, 16)
 
 
+def test_self_generated_documents_stay_within_the_model_context(vocab_model, tokenizer, monkeypatch):
+    from pruner import data
+
+    assert data.self_document_length(128) == 160                       # 1.25 windows
+    context = vocab_model.config.max_position_embeddings               # 128 in the tiny model
+    assert data.self_document_length(128, vocab_model) == context - 1   # the start token + 127
+    assert data.self_document_length(16, vocab_model) == 20
+    asked, real = [], data.self_generated_text
+
+    def recording(model, tok, n_docs, length, seed):
+        asked.append(length)
+        return real(model, tok, n_docs, length, seed)
+
+    monkeypatch.setattr(data, "self_generated_text", recording)
+    ids = data.calibration_ids(tokenizer, "self", 2, 128, seed=0, model=vocab_model)
+    assert asked == [context - 1] and ids.shape == (2, 128)
+
+
 def test_writing_self_calibration_is_counted_in_the_admitted_peak():
     from pruner import footprint
 
