@@ -25,7 +25,7 @@ from pruner.arch import arch_of
 from pruner.data import (SELF_SOURCE, CalibrationSpec, DataUnavailableError,
                          text_origin)
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
-from pruner.generate import GenerationSettings, stream
+from pruner.generate import GenerationSettings, prompt_ids, stream
 from pruner.groups import describe_layer, family, group_slices
 from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
@@ -971,6 +971,9 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
     models = session.models(store)
     keys = session.model_keys()
     tokenizer = session.original(store).tokenizer
+    # checked before any model runs (too long for the page or the context: a clear message); the
+    # models share the original's tokenizer and context
+    prompt_tokens = prompt_ids(models["original"], tokenizer, prompt, settings).shape[1]
     texts = {name: "" for name in ("original", "pruned", "pruned + LoRA")}
     rates, cached = {}, []
     for name, model in models.items():
@@ -982,8 +985,8 @@ def compare_stream(store: Store, session: Session, prompt: str, settings: Genera
             yield texts, rates, cached
             continue
         last = None
-        with store.admit("generation", footprint.generate_peak([model], settings.max_new_tokens)), \
-                accelerated(model):
+        peak = footprint.generate_peak([model], settings.max_new_tokens, prompt_tokens)
+        with store.admit("generation", peak), accelerated(model):
             for last in stream(model, tokenizer, prompt, settings):
                 texts[name] = last["text"]
                 yield texts, rates, cached

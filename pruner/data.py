@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import hub
+from .models import context_length
 from .options import Range, check, option
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -233,8 +234,8 @@ def self_document_length(seq_len: int, model=None) -> int:
     more than the `model`'s context holds after its start token (a tiny test model's 128
     positions; sampling past them is undefined for any model)."""
     length = seq_len + seq_len // 4
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return min(length, int(context) - 1) if context else length
+    context = context_length(model) if model is not None else None
+    return min(length, context - 1) if context else length
 
 
 def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed: int = 0,

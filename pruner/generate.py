@@ -9,8 +9,11 @@ from typing import Iterator
 
 import torch
 
+from .models import context_length
+
 PAPER_PROMPT = "The Leaning Tower of Pisa is known for"
 MAX_NEW_TOKENS_LIMIT = 512
+MAX_PROMPT_TOKENS = 2048        # a pasted book would fill a Space's memory before any token is written
 
 
 @dataclass
@@ -46,6 +49,24 @@ def encode_prompt(tokenizer, prompt: str, use_chat: bool | None = None) -> torch
     return tokenizer(prompt, return_tensors="pt").input_ids
 
 
+def prompt_ids(model, tokenizer, prompt: str, settings: GenerationSettings) -> torch.Tensor:
+    """(1, n) prompt ids as `stream` feeds them, checked: at most MAX_PROMPT_TOKENS, and room left
+    in the model's context for `max_new_tokens` (positions past it are undefined for any model)."""
+    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_TOKENS * 16:     # before tokenizing megabytes
+        raise ValueError(f"the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_TOKENS} tokens "
+                         "are read here: shorten it")
+    ids = encode_prompt(tokenizer, prompt, settings.chat_template)
+    n, new = ids.shape[1], int(settings.max_new_tokens)
+    if n > MAX_PROMPT_TOKENS:
+        raise ValueError(f"the prompt is {n} tokens; at most {MAX_PROMPT_TOKENS} are read here: shorten it")
+    context = context_length(model)
+    if context is not None and n + new > context:
+        raise ValueError(f"the prompt ({n} tokens) and {new} new tokens exceed this model's context of "
+                         f"{context} positions: shorten the prompt or ask for at most {max(context - n, 0)} "
+                         "new tokens")
+    return ids
+
+
 def _generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     kw = dict(max_new_tokens=int(settings.max_new_tokens), do_sample=settings.do_sample,
               repetition_penalty=settings.repetition_penalty,
@@ -64,7 +85,7 @@ def stream(model, tokenizer, prompt: str, settings: GenerationSettings | None = 
     settings = settings or GenerationSettings()
     settings.validate()
     device = next(model.parameters()).device
-    ids = encode_prompt(tokenizer, prompt, settings.chat_template).to(device)
+    ids = prompt_ids(model, tokenizer, prompt, settings).to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     torch.manual_seed(settings.seed)
     outcome = {}

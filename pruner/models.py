@@ -356,6 +356,13 @@ def dispatch(model, device_map, max_memory: dict | None = None):
     return model
 
 
+def context_length(model) -> int | None:
+    """Positions the model reads (`max_position_embeddings`, also through a peft wrapper); None
+    where its config does not say."""
+    context = getattr(getattr(_unwrapped(model), "config", None), "max_position_embeddings", None)
+    return int(context) if context else None
+
+
 def layers_of(model):
     """The decoder layers (nn.ModuleList) of a supported model."""
     return model.model.layers

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .models import decoder_body, full_finetune_weights, head_logits, training_autocast_dtype
+from .models import context_length, decoder_body, full_finetune_weights, head_logits, training_autocast_dtype
 from .data import ASSETS, DataUnavailableError, read_text_source
 from .options import Range, check, option
 from .resources import reusing_freed_memory
@@ -207,8 +207,10 @@ def self_generated_examples(teacher, tokenizer, prompts: list[str] | None = None
                             temperature: float = 0.7, seed: int = 0, batch_size: int = 64,
                             progress=None) -> list[Example]:
     """The original model answers `prompts` (sampled, seeded): offline data that teaches the
-    pruned model to behave like its parent."""
+    pruned model to behave like its parent. Answers stop at the model's context (a tiny model's
+    128 positions); a batch whose longest prompt fills it gets none."""
     prompts = prompts or builtin_prompts()
+    context = context_length(teacher)
     formatted = [_chat_prompt(tokenizer, p) for p in prompts for _ in range(samples_per_prompt)]
     device = next(teacher.parameters()).device
     torch.manual_seed(seed)
@@ -219,11 +221,14 @@ def self_generated_examples(teacher, tokenizer, prompts: list[str] | None = None
         for start in range(0, len(formatted), batch_size):
             chunk = formatted[start: start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = teacher.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True,
-                                   temperature=temperature, top_p=0.9,
-                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            for prompt, row in zip(chunk, out[:, enc.input_ids.shape[1]:]):
-                examples.append(Example(prompt, tokenizer.decode(row, skip_special_tokens=True).strip()))
+            width = enc.input_ids.shape[1]                  # the batch's longest prompt, left-padded
+            room = max_new_tokens if context is None else min(max_new_tokens, context - width)
+            if room >= 1:
+                out = teacher.generate(**enc, max_new_tokens=room, do_sample=True,
+                                       temperature=temperature, top_p=0.9,
+                                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                for prompt, row in zip(chunk, out[:, width:]):
+                    examples.append(Example(prompt, tokenizer.decode(row, skip_special_tokens=True).strip()))
             if progress:
                 progress(min(start + batch_size, len(formatted)), len(formatted))
     finally:

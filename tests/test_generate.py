@@ -2,7 +2,8 @@
 
 import pytest
 
-from pruner.generate import MAX_NEW_TOKENS_LIMIT, GenerationSettings, encode_prompt, generate_text, stream
+from pruner.generate import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_TOKENS, GenerationSettings, encode_prompt,
+                             generate_text, prompt_ids, stream)
 
 
 def test_stream_grows_and_ends(vocab_model, tokenizer):
@@ -36,3 +37,23 @@ def test_empty_prompt(vocab_model, tokenizer, prompt):
 def test_too_many_tokens(vocab_model, tokenizer):
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_text(vocab_model, tokenizer, "Hi", GenerationSettings(max_new_tokens=MAX_NEW_TOKENS_LIMIT + 1))
+
+
+def test_prompt_and_new_tokens_fit_the_context(vocab_model, tokenizer):
+    """Positions past the model's context are undefined: a clear message, before generating."""
+    plain = GenerationSettings(max_new_tokens=3, chat_template=False)
+    n = encode_prompt(tokenizer, "Hello there", False).shape[1]
+    vocab_model.config.max_position_embeddings = n + 2
+    with pytest.raises(ValueError, match=f"context of {n + 2} positions.*at most 2 new tokens"):
+        generate_text(vocab_model, tokenizer, "Hello there", plain)
+    plain.max_new_tokens = 2
+    assert generate_text(vocab_model, tokenizer, "Hello there", plain)["tokens"] == 2
+
+
+def test_overlong_prompts_are_refused(vocab_model, tokenizer):
+    words = " ".join(["word"] * (MAX_PROMPT_TOKENS + 10))               # one token each, and a few more
+    assert len(words) < MAX_PROMPT_TOKENS * 16
+    with pytest.raises(ValueError, match=f"at most {MAX_PROMPT_TOKENS} are read"):
+        generate_text(vocab_model, tokenizer, words)
+    with pytest.raises(ValueError, match="characters"):                  # refused before tokenizing
+        prompt_ids(vocab_model, None, "x" * (MAX_PROMPT_TOKENS * 16 + 1), GenerationSettings())

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from pruner.recover import (EXAMPLE_POOL, Example, LoraRecovery, LoraSettings, collate, example_limit,
-                            lora_loss, lr_at, preset, recovery_examples, self_generated_examples,
+from pruner.recover import (EXAMPLE_POOL, Example, LoraRecovery, LoraSettings, _chat_prompt, collate,
+                            example_limit, lora_loss, lr_at, preset, recovery_examples, self_generated_examples,
                             tokenize_examples)
 
 TEXT = [Example("", "the quick brown fox jumps over the lazy dog. " * 3)] * 4
@@ -106,6 +106,31 @@ def test_self_generated_data(vocab_model, tokenizer):
     assert all("Say hello." in e.prompt or "Count to three." in e.prompt for e in examples)
     with pytest.raises(ValueError, match="teacher"):
         recovery_examples("self", tokenizer, 32)
+
+
+def test_self_generated_answers_stop_at_the_context(vocab_model, tokenizer):
+    """Answers get what the context leaves after the batch's longest prompt, and none once a
+    prompt fills it (sampling past a model's positions is undefined)."""
+    asked = []
+    generate = vocab_model.generate
+
+    def recording(**kw):
+        asked.append(kw["max_new_tokens"])
+        return generate(**kw)
+
+    vocab_model.generate = recording
+    prompts = ["Say hello.", "Count to three."]
+    width = max(len(tokenizer(_chat_prompt(tokenizer, p), add_special_tokens=False).input_ids)
+                for p in prompts)
+    vocab_model.config.max_position_embeddings = width + 3
+    self_generated_examples(vocab_model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    assert asked == [3]
+    vocab_model.config.max_position_embeddings = width
+    assert self_generated_examples(vocab_model, tokenizer, prompts, max_new_tokens=8, batch_size=2) == []
+    assert asked == [3]                                     # nothing generated
+    vocab_model.config.max_position_embeddings = 4096
+    self_generated_examples(vocab_model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    assert asked == [3, 8]
 
 
 def test_text_and_instruction_sources(tokenizer, tmp_path):

@@ -184,6 +184,17 @@ def test_an_embedding_heavy_model_gets_advice_before_any_work():
     assert "switched to a share of **groups**" in none
 
 
+def test_a_prompt_past_the_context_is_refused_before_any_model_runs(tiny_folder, monkeypatch):
+    from pruner.generate import GenerationSettings
+
+    store = Store(budget_bytes=4 * 2**30)
+    session, *_ = handlers.load(SessionRegistry(store), store, "v1", tiny_folder)
+    context = session.original(store).model.config.max_position_embeddings
+    monkeypatch.setattr(handlers, "stream", lambda *a, **k: pytest.fail("a model ran"))
+    with pytest.raises(ValueError, match=f"context of {context} positions"):
+        next(handlers.compare_stream(store, session, "word " * context, GenerationSettings(max_new_tokens=4)))
+
+
 def test_models_shown_together_are_timed_in_one_run_and_evaluate_reuses_the_quick_ppl(tiny_folder, monkeypatch):
     """The measurement protocol on the page: the Prune table's two speeds come from one
     side-by-side run, Compare times all the models it shows in one run, a redraw shows that same
