@@ -198,8 +198,8 @@ def main():
                 row = one_run(model, tok, name, amount, seed, args, dense)
                 runs.append(row)
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-                out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "notes": RECIPE_NOTES,
-                                           "runs": runs}, indent=2) + "\n")
+                out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "machine": common.machine(),
+                                           "notes": RECIPE_NOTES, "runs": runs}, indent=2) + "\n")
     render(out)                                          # the table and figure of every run in --out
     print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}
                       for m in every}))

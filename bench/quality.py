@@ -129,7 +129,7 @@ def main():
     out.with_suffix(".md").write_text(table + f"\n\nFirst {args.windows} windows x 128 tokens of WikiText-2 "
                                       "test; calibration 10 x 64 built-in tokens unless stated.\n")
     summary = {"ratio_no_tune": best["ratio"], "ratio_lora": (lora / dense) if lora else None,
-               "dense_ppl": dense, "best_row": best["recipe"], "rows": results}
+               "dense_ppl": dense, "best_row": best["recipe"], "machine": common.machine(), "rows": results}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({"ratio_no_tune": round(best["ratio"], 3),
                       "ratio_lora": round(lora / dense, 3) if lora else None}))
@@ -164,7 +164,8 @@ def calibration_draws(model, tok, args):
         print(f"{spec}: mean {summary['mean']:.3f}x dense, stdev {summary['stdev']:.3f}, "
               f"range {summary['min']:.3f}-{summary['max']:.3f} over {len(ratios)} draws", flush=True)
     out = Path(args.out).with_name("calibration_draws.json")
-    out.write_text(json.dumps({"dense_ppl": dense, "windows": args.windows, "draws": summaries}, indent=2) + "\n")
+    out.write_text(json.dumps({"dense_ppl": dense, "windows": args.windows, "machine": common.machine(),
+                               "draws": summaries}, indent=2) + "\n")
     print(json.dumps({"draws": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()
                                  if k != "ratios"} for d in summaries]}))
 

@@ -138,8 +138,8 @@ def save(rows, dense_ppl, out):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
-    out.with_suffix(".json").write_text(json.dumps({"dense_ppl": dense_ppl, "rows": rows}, indent=2,
-                                                   default=str) + "\n")
+    summary = {"dense_ppl": dense_ppl, "machine": common.machine(), "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = ["| configuration | data | seconds | steps | tokens | ppl | x dense |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['config']} | {r['data']} | {r['seconds']:.0f} | {r['steps']} | {r['tokens']:,} | "
               f"{r['ppl']:.2f} | {r['ratio']:.2f} |" for r in rows]

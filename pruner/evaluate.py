@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import find_text
+from .models import context_length
 from .resources import reusing_freed_memory
 from .tasks import Doc, find_task
 
@@ -86,7 +87,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def loglikelihoods(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16,
                    max_length: int | None = None, progress: bool = True, desc: str = "") -> list[float]:
     """Sum of continuation token log-probs for each (context, continuation)."""
-    max_length = max_length or int(getattr(model.config, "max_position_embeddings", 2048))
+    max_length = max_length or context_length(model) or 2048
     encoded = []
     for context, continuation in requests:
         ctx, cont = encode_pair(tokenizer, context, continuation)
