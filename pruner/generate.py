@@ -14,6 +14,7 @@ from .models import context_length
 PAPER_PROMPT = "The Leaning Tower of Pisa is known for"
 MAX_NEW_TOKENS_LIMIT = 512
 MAX_PROMPT_TOKENS = 2048        # a pasted book would fill a Space's memory before any token is written
+MAX_PROMPT_CHARS = 16 * MAX_PROMPT_TOKENS      # refused before tokenizing (English: ~4 characters a token)
 
 
 @dataclass
@@ -52,18 +53,18 @@ def encode_prompt(tokenizer, prompt: str, use_chat: bool | None = None) -> torch
 def prompt_ids(model, tokenizer, prompt: str, settings: GenerationSettings) -> torch.Tensor:
     """(1, n) prompt ids as `stream` feeds them, checked: at most MAX_PROMPT_TOKENS, and room left
     in the model's context for `max_new_tokens` (positions past it are undefined for any model)."""
-    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_TOKENS * 16:     # before tokenizing megabytes
-        raise ValueError(f"the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_TOKENS} tokens "
-                         "are read here: shorten it")
+    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} characters "
+                         f"and {MAX_PROMPT_TOKENS} tokens are read here: shorten it")
     ids = encode_prompt(tokenizer, prompt, settings.chat_template)
     n, new = ids.shape[1], int(settings.max_new_tokens)
     if n > MAX_PROMPT_TOKENS:
         raise ValueError(f"the prompt is {n} tokens; at most {MAX_PROMPT_TOKENS} are read here: shorten it")
     context = context_length(model)
     if context is not None and n + new > context:
+        fix = "shorten the prompt" + (f" or ask for at most {context - n} new tokens" if n < context else "")
         raise ValueError(f"the prompt ({n} tokens) and {new} new tokens exceed this model's context of "
-                         f"{context} positions: shorten the prompt or ask for at most {max(context - n, 0)} "
-                         "new tokens")
+                         f"{context} positions: {fix}")
     return ids
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pruner.generate import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_TOKENS, GenerationSettings, encode_prompt,
-                             generate_text, prompt_ids, stream)
+from pruner.generate import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, GenerationSettings,
+                             encode_prompt, generate_text, prompt_ids, stream)
 
 
 def test_stream_grows_and_ends(vocab_model, tokenizer):
@@ -52,8 +52,8 @@ def test_prompt_and_new_tokens_fit_the_context(vocab_model, tokenizer):
 
 def test_overlong_prompts_are_refused(vocab_model, tokenizer):
     words = " ".join(["word"] * (MAX_PROMPT_TOKENS + 10))               # one token each, and a few more
-    assert len(words) < MAX_PROMPT_TOKENS * 16
+    assert len(words) < MAX_PROMPT_CHARS
     with pytest.raises(ValueError, match=f"at most {MAX_PROMPT_TOKENS} are read"):
         generate_text(vocab_model, tokenizer, words)
     with pytest.raises(ValueError, match="characters"):                  # refused before tokenizing
-        prompt_ids(vocab_model, None, "x" * (MAX_PROMPT_TOKENS * 16 + 1), GenerationSettings())
+        prompt_ids(vocab_model, None, "x" * (MAX_PROMPT_CHARS + 1), GenerationSettings())

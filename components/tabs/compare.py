@@ -11,7 +11,7 @@ from components import handlers
 from components import lesson_text as text
 from components.server import HEAVY, STORE, friendly, gpu, session_of
 from components.tabs.common import Tab, explain, notice
-from pruner.generate import PAPER_PROMPT, GenerationSettings
+from pruner.generate import MAX_PROMPT_CHARS, PAPER_PROMPT, GenerationSettings
 
 PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
 
@@ -21,7 +21,7 @@ TITLE = "6 · Compare"
 def layout() -> Tab:
     t = Tab()
     explain("Same prompt, same decoding settings and seed for every model, streamed.")
-    t.prompt = gr.Textbox(PAPER_PROMPT, label="prompt", lines=2)
+    t.prompt = gr.Textbox(PAPER_PROMPT, label="prompt", lines=2, max_length=MAX_PROMPT_CHARS)
     gr.Examples([line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()], inputs=t.prompt)
     with gr.Row():
         t.max_tokens = gr.Slider(8, 256, value=64, step=8, label="max new tokens")
