@@ -24,7 +24,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import common
@@ -95,7 +95,18 @@ def summarize(runs: list[dict], key: str) -> dict:
     return {k: {"mean": statistics.mean(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in out.items()}
 
 
-def table(runs: list[dict], methods: list[str], amounts: list[float], args, dense: float) -> str:
+def quick_text(settings: dict | None) -> str:
+    """The quick preset a run file recovered with, in words (files before 2026-12-03 did not record it)."""
+    if not settings:
+        return "the quick preset of the round it ran (not recorded in the file; README)"
+    s = settings
+    return (f"LoRA rank {s['r']}, {s['max_steps']} steps of {s['batch_size']} x {s['seq_len']} book-passage "
+            f"tokens, lr {s['learning_rate']:g}, next-token loss x {s['ce_weight']:g} + KL x {s['distill_weight']:g}"
+            + (", bfloat16 where native" if s.get("mixed_precision") else ""))
+
+
+def table(runs: list[dict], methods: list[str], amounts: list[float], args, dense: float,
+          quick_settings: dict | None = None) -> str:
     untuned, quick = summarize(runs, "ratio"), summarize(runs, "ratio_quick")
     errors = {(r["method"], r["amount"]): r["error"] for r in runs if "error" in r}
 
@@ -117,11 +128,12 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
             f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of "
-            f"{getattr(args, 'calib_data', 'builtin')} "
-            "(mean, range)\n\n" + "\n".join(rows) + "\n")
+            f"{getattr(args, 'calib_data', 'builtin')} (mean, range)"
+            + (f"; quick LoRA: {quick_text(quick_settings)}" if args.recover else "")
+            + "\n\n" + "\n".join(rows) + "\n")
 
 
-def figure(runs: list[dict], methods: list[str], dense: float) -> dict:
+def figure(runs: list[dict], methods: list[str], dense: float, quick_settings: dict | None = None) -> dict:
     """Plotly JSON: perplexity / dense against the share of parameters removed, one line per method."""
     import plotly
     import plotly.graph_objects as go
@@ -136,7 +148,9 @@ def figure(runs: list[dict], methods: list[str], dense: float) -> dict:
                 fig.add_scatter(x=[0.0] + [a for a, _ in points], y=[1.0] + [v for _, v in points],
                                 mode="lines+markers", name=m + label,
                                 line={"color": colors[i % len(colors)], "dash": dash})
-    title = "untuned (solid) and after the quick LoRA preset (dotted)" if quick else "untuned"
+    title = (f"untuned (solid) and after the quick LoRA (dotted: rank {quick_settings['r']}, "
+             f"{quick_settings['max_steps']} steps)" if quick_settings else
+             "untuned (solid) and after the quick LoRA preset (dotted)") if quick else "untuned"
     fig.update_layout(xaxis_title="share of parameters removed", yaxis_title="WikiText-2 perplexity / dense",
                       yaxis_type="log", title=f"The field side by side, {title} (bench/methods.py)")
     return json.loads(fig.to_json())
@@ -149,9 +163,10 @@ def render(out: Path) -> None:
     runs = data["runs"]
     methods = list(dict.fromkeys(r["method"] for r in runs))
     amounts = sorted({r["amount"] for r in runs})
-    text = table(runs, methods, amounts, args, data["dense_ppl"])
+    text = table(runs, methods, amounts, args, data["dense_ppl"], data.get("quick"))
     out.with_suffix(".md").write_text(text)
-    out.with_name(out.stem + ".plotly.json").write_text(json.dumps(figure(runs, methods, data["dense_ppl"])) + "\n")
+    drawn = figure(runs, methods, data["dense_ppl"], data.get("quick"))
+    out.with_name(out.stem + ".plotly.json").write_text(json.dumps(drawn) + "\n")
     print(text)
 
 
@@ -199,6 +214,7 @@ def main():
                 runs.append(row)
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
                 out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "machine": common.machine(),
+                                           "quick": asdict(preset("quick")) if args.recover else None,
                                            "notes": RECIPE_NOTES, "runs": runs}, indent=2) + "\n")
     render(out)                                          # the table and figure of every run in --out
     print(json.dumps({m: {str(a): round(s["mean"], 3) for (mm, a), s in summarize(runs, "ratio").items() if mm == m}

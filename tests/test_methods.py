@@ -133,6 +133,13 @@ def test_the_methods_results_render_again_from_their_runs(tmp_path):
     assert "tokens of builtin" in text                      # files written before --calib-data existed
     assert "| `flap` | 4.00x (3.00-5.00) | 2.25x (2.00-2.50) | not run | not run |" in text
     assert "| `default` | not run | not run | cannot reach | cannot reach |" in text
+    assert "quick LoRA: the quick preset of the round it ran (not recorded" in text     # older files
+    quick = {"r": 32, "max_steps": 48, "batch_size": 4, "seq_len": 128, "learning_rate": 3e-3,
+             "ce_weight": 0.05, "distill_weight": 1.0, "mixed_precision": True}
+    out.write_text(json.dumps({"dense_ppl": 50.0, "args": args, "quick": quick, "runs": runs}))
+    render(out)
+    assert ("quick LoRA: LoRA rank 32, 48 steps of 4 x 128 book-passage tokens, lr 0.003, next-token loss "
+            "x 0.05 + KL x 1, bfloat16 where native") in (tmp_path / "grid.md").read_text()
     figure = json.loads((tmp_path / "grid.plotly.json").read_text())
     lines = {t["name"]: t for t in figure["data"]}
     assert lines["flap"]["y"] == [1.0, 4.0] and lines["flap + quick LoRA"]["y"] == [1.0, 2.25]
