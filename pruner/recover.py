@@ -125,7 +125,7 @@ PRESETS = {
     # distilled too (relative squared error per token, weight 10) 1.566x, every step's gradient
     # clipped to norm 0.05 as in `quick` 1.543x (noise: the clip stays at 1); the weights averaged
     # over the run's end (the preset re-run beside them: 1.551x) 1.560x as an EMA (decay 0.99 from
-    # step 300), 1.563x as the plain mean of steps 400-600: the decayed learning rate already settles.
+    # step 300), 1.563x as the plain mean of steps 400-600 (the cosine ends at 10% of the peak).
     # The KL-led loss of `quick` gave 1.70x with LoRA rank 32 over 360 steps (it wins short runs only).
     "thorough": LoraSettings(full_finetune=True, learning_rate=3e-4, batch_size=4, seq_len=128, max_steps=600,
                              warmup_steps=15, distill_weight=1.0),
