@@ -234,7 +234,7 @@ def self_document_length(seq_len: int, model=None) -> int:
     more than the `model`'s context holds after its start token (a tiny test model's 128
     positions; sampling past them is undefined for any model)."""
     length = seq_len + seq_len // 4
-    context = context_length(model) if model is not None else None
+    context = context_length(model)                 # None without a model
     return min(length, context - 1) if context else length
 
 
