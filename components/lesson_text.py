@@ -4,6 +4,10 @@ Kept apart from the layout so a teacher can read (and edit) the lesson in one pl
 numbers are those of LLM-Pruner (Ma, Fang, Wang 2023, arXiv 2305.11627).
 """
 
+from pruner.recover import PRESETS
+
+_QUICK = PRESETS["quick"]
+
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 DEPENDENCY = r"""
@@ -56,9 +60,10 @@ NOTICE = {
     "recover": ("**What to notice.** Each point is one batch of different passages, so the loss jumps from step "
                 "to step; read the trend (the dotted line: mean of the last 5 steps) and the KL to the original, "
                 "which measures how far the pruned model's predictions are from the dense one's; the `quick` "
-                "preset's loss is mostly that KL (the next-token loss on the books weighs 0.05). LoRA trains "
+                f"preset's loss is that KL plus {_QUICK.ce_weight:g} x the next-token loss on the books, so its "
+                "level is mostly the next-token part while the KL shows what was recovered. LoRA trains "
                 "small low-rank matrices beside each projection (about 8% of the pruned model's parameters at "
-                "the quick preset's rank 32), not the weights. "
+                f"the quick preset's rank {_QUICK.r}), not the weights. "
                 "*Ask:* what does the distillation term teach that plain next-token loss does not?"),
     "compare": ("**What to notice.** Greedy decoding from the same prompt: where the pruned model's text first "
                 "departs from the original's, and whether LoRA brings it back. *Ask:* is a fluent text evidence "
