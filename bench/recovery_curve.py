@@ -4,8 +4,8 @@ The default recipe prunes 20% of the default model's parameters (10 x 64 built-i
 tokens); each configuration then trains LoRA on a copy and is measured on the first --windows
 WikiText-2 windows at checkpoints of training time. The x axis is wall-clock seconds of this CPU
 including data preparation (the dense model writing its answers for "self"); evaluation pauses the
-clock. Then the two presets run exactly as the CLI and the dashboard run them: `quick` (its 12
-steps) and `thorough` (its 360 steps), each measured at its end.
+clock. Then the two presets run exactly as the CLI and the dashboard run them: `quick` (its 48
+steps) and `thorough` (its 600 steps), each measured at its end.
 
     python bench/recovery_curve.py --data-dir ../shared/data       # ~75 min on 2 CPU cores
 Writes bench/results/recovery_curve.{json,md,html} (and .plotly.json for the Recover tab);
@@ -34,7 +34,7 @@ CONFIGS = [
     ("book text + KL", "lambada", dict(FORMER_QUICK, distill_weight=1.0)),
     ("book text, CE only", "lambada", dict(FORMER_QUICK, distill_weight=0.0)),
     ("built-in text + KL", "builtin", dict(FORMER_QUICK, distill_weight=1.0)),
-    ("book text, KL-led (CE x 0.05), r 32, lr 3e-3", "lambada", dict(distill_weight=1.0)),
+    ("book text, KL-led (CE x 0.05), r 32, lr 3e-3", "lambada", dict(distill_weight=1.0, ce_weight=0.05)),
 ]
 
 
