@@ -27,14 +27,16 @@ from pruner.recover import EXAMPLE_POOL, PRESET_DATA, LoraRecovery, example_limi
 # the settings the first five curves were measured with (the quick preset before it became KL-led:
 # r 8, lr 1.5e-3, the next-token loss whole), on the quick preset's batches of 4 x 128 tokens
 FORMER_QUICK = dict(r=8, alpha=16, learning_rate=1.5e-3, ce_weight=1.0)
-# name, data source, settings overrides on the quick preset's
+# name, data source, settings overrides on the quick preset's (each curve pins what its label names,
+# so a later change of the preset does not relabel it)
 CONFIGS = [
     ("self answers + KL", "self", dict(FORMER_QUICK, distill_weight=1.0)),
     ("self answers, CE only", "self", dict(FORMER_QUICK, distill_weight=0.0)),
     ("book text + KL", "lambada", dict(FORMER_QUICK, distill_weight=1.0)),
     ("book text, CE only", "lambada", dict(FORMER_QUICK, distill_weight=0.0)),
     ("built-in text + KL", "builtin", dict(FORMER_QUICK, distill_weight=1.0)),
-    ("book text, KL-led (CE x 0.05), r 32, lr 3e-3", "lambada", dict(distill_weight=1.0, ce_weight=0.05)),
+    ("book text, KL-led (CE x 0.05), r 32, lr 3e-3", "lambada",
+     dict(r=32, alpha=64, learning_rate=3e-3, ce_weight=0.05, distill_weight=1.0)),
 ]
 
 

@@ -91,7 +91,7 @@ PRESETS = {
     # a class period on a 2-core CPU (<= 90 s): 48 steps x 4 x 128 tokens of book passages,
     # distilled from the original on every position (bench/recovery_curve.py: book text + KL beats
     # the original's own answers + KL and needs no generation; CE alone on the answers overfits).
-    # KL-led: the next-token loss on the books weighs 0.5 of the KL, rank 32, lr 3e-3, and every
+    # The KL to the original plus half the next-token loss on the books, rank 32, lr 3e-3, and every
     # step's gradient clipped to norm 0.05 (below the norm of a typical step, so each step is
     # normalized). 48 steps fit 90 s because the steps run in bfloat16 where the CPU multiplies it
     # natively (`mixed_precision`: 1.5 s vs 1.9 s a step here, the same result at 24 steps: 1.836x
