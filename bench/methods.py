@@ -11,6 +11,8 @@ on the same windows.
     python bench/methods.py --data-dir ../shared/data                        # the issue's full grid
     python bench/methods.py --data-dir ../shared/data --draws 1 --windows 64  # a quick look
     python bench/methods.py --render --out bench/results/methods_quick_grid.json # table + figure again
+    python bench/methods.py --combine bench/results/methods_quick_20.json,bench/results/methods_quick_50.json \
+        --out bench/results/methods_quick_grid.json      # one grid from runs of the same settings
 
 Writes bench/results/methods.json (every run, as it goes), methods.md (the table) and
 methods.plotly.json (perplexity / dense against share removed, one line per method, dotted after
@@ -170,6 +172,34 @@ def render(out: Path) -> None:
     print(text)
 
 
+SAME_SETTINGS = ("draws", "first_seed", "calib_samples", "calib_len", "calib_data", "windows", "recover")
+
+
+def combine(paths: list[Path], out: Path) -> None:
+    """One runs file (then its table and figure) from run files measured with the same settings,
+    dense perplexity and quick preset, e.g. each share of parameters run on its own; refuses
+    files that differ in any of them, or that repeat a (method, share, seed)."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    first = files[0]
+    for path, data in zip(paths[1:], files[1:]):
+        for what, a, b in (("settings", {k: first["args"].get(k) for k in SAME_SETTINGS},
+                            {k: data["args"].get(k) for k in SAME_SETTINGS}),
+                           ("dense perplexity", first["dense_ppl"], data["dense_ppl"]),
+                           ("quick preset", first.get("quick"), data.get("quick"))):
+            if a != b:
+                raise SystemExit(f"--combine: {path} differs from {paths[0]} in its {what}: {b} vs {a}")
+    runs = [r for data in files for r in data["runs"]]
+    keys = [(r["method"], r["amount"], r["seed"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("--combine: the files repeat a run (method, share, seed)")
+    amounts = sorted({r["amount"] for r in runs})
+    args = {**first["args"], "amounts": ",".join(f"{a:g}" for a in amounts), "out": str(out)}
+    out.write_text(json.dumps({**first, "args": args, "combined_from": [str(p) for p in paths],
+                               "machines": [data.get("machine") for data in files], "runs": runs},
+                              indent=2) + "\n")
+    render(out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join([*RECIPES, *CANDIDATES]))
@@ -188,7 +218,12 @@ def main():
                         help="keep the other methods' runs in --out (same settings) and re-run only --methods")
     parser.add_argument("--render", action="store_true",
                         help="only write the table and figure of the runs already in --out (no model is run)")
+    parser.add_argument("--combine", default=None,
+                        help="comma-separated run files of the same settings: write them as one into --out "
+                             "(no model is run)")
     args = parser.parse_args()
+    if args.combine:
+        return combine([Path(p) for p in args.combine.split(",")], Path(args.out))
     if args.render:
         return render(Path(args.out))
     methods, amounts = args.methods.split(","), [float(a) for a in args.amounts.split(",")]
@@ -200,8 +235,7 @@ def main():
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
         defaults = {"calib_data": "builtin", "first_seed": 0}       # files written before these options
-        same = {k: old["args"].get(k, defaults.get(k)) for k in ("draws", "first_seed", "calib_samples", "calib_len",
-                                                                 "calib_data", "windows", "recover")}
+        same = {k: old["args"].get(k, defaults.get(k)) for k in SAME_SETTINGS}
         if same != {k: vars(args)[k] for k in same}:
             raise SystemExit(f"--merge needs the same settings as {out}: {same}")
         runs = [r for r in old["runs"] if r["method"] not in methods]

@@ -146,6 +146,40 @@ def test_the_methods_results_render_again_from_their_runs(tmp_path):
     assert lines["flap + quick LoRA"]["line"]["dash"] == "dot"
 
 
+def test_run_files_of_the_same_settings_combine_into_one_grid(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from methods import combine
+
+    args = {"draws": 1, "first_seed": 0, "calib_samples": 32, "calib_len": 128, "calib_data": "builtin",
+            "windows": 256, "recover": True, "amounts": "0.2"}
+    quick = {"r": 32, "max_steps": 48, "batch_size": 4, "seq_len": 128, "learning_rate": 3e-3,
+             "ce_weight": 0.5, "distill_weight": 1.0, "mixed_precision": True}
+    twenty, fifty = tmp_path / "a.json", tmp_path / "b.json"
+    twenty.write_text(json.dumps({"dense_ppl": 50.0, "args": args, "quick": quick, "runs": [
+        {"method": "flap", "amount": 0.2, "seed": 0, "ratio": 3.0, "ratio_quick": 2.0}]}))
+    fifty.write_text(json.dumps({"dense_ppl": 50.0, "args": {**args, "amounts": "0.5"}, "quick": quick, "runs": [
+        {"method": "flap", "amount": 0.5, "seed": 0, "ratio": 40.0, "ratio_quick": 10.0}]}))
+    out = tmp_path / "grid.json"
+    combine([twenty, fifty], out)
+    assert json.loads(out.read_text())["args"]["amounts"] == "0.2,0.5"
+    assert "| `flap` | 3.00x | 2.00x | 40.00x | 10.00x |" in (tmp_path / "grid.md").read_text()
+    assert "next-token loss x 0.5" in (tmp_path / "grid.md").read_text()
+    other = tmp_path / "c.json"                       # another quick preset: not one grid
+    other.write_text(json.dumps({"dense_ppl": 50.0, "args": {**args, "amounts": "0.5"},
+                                 "quick": {**quick, "ce_weight": 0.05}, "runs": []}))
+    with pytest.raises(SystemExit, match="quick preset"):
+        combine([twenty, other], tmp_path / "no.json")
+    with pytest.raises(SystemExit, match="repeat a run"):
+        combine([twenty, twenty], tmp_path / "no.json")
+    assert not (tmp_path / "no.json").exists()
+
+
 def test_flap_standardizes_channels_then_averages_each_head(calib):
     """FLAP's z: channel values (attention: squared, as FLAP's code does) standardized over the
     layer's channels with the sample std, then averaged over each group's channels."""
