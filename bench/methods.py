@@ -173,17 +173,23 @@ def render(out: Path) -> None:
 
 
 SAME_SETTINGS = ("draws", "first_seed", "calib_samples", "calib_len", "calib_data", "windows", "recover")
+OLD_DEFAULTS = {"calib_data": "builtin", "first_seed": 0}       # files written before these options
+
+
+def settings_of(data: dict) -> dict:
+    return {k: data["args"].get(k, OLD_DEFAULTS.get(k)) for k in SAME_SETTINGS}
 
 
 def combine(paths: list[Path], out: Path) -> None:
     """One runs file (then its table and figure) from run files measured with the same settings,
     dense perplexity and quick preset, e.g. each share of parameters run on its own; refuses
     files that differ in any of them, or that repeat a (method, share, seed)."""
+    if any(Path(p).resolve() == Path(out).resolve() for p in paths):
+        raise SystemExit("--combine: --out must be a new file, not one of the files combined")
     files = [json.loads(Path(p).read_text()) for p in paths]
     first = files[0]
     for path, data in zip(paths[1:], files[1:]):
-        for what, a, b in (("settings", {k: first["args"].get(k) for k in SAME_SETTINGS},
-                            {k: data["args"].get(k) for k in SAME_SETTINGS}),
+        for what, a, b in (("settings", settings_of(first), settings_of(data)),
                            ("dense perplexity", first["dense_ppl"], data["dense_ppl"]),
                            ("quick preset", first.get("quick"), data.get("quick"))):
             if a != b:
@@ -234,8 +240,7 @@ def main():
     every = methods
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
-        defaults = {"calib_data": "builtin", "first_seed": 0}       # files written before these options
-        same = {k: old["args"].get(k, defaults.get(k)) for k in SAME_SETTINGS}
+        same = settings_of(old)
         if same != {k: vars(args)[k] for k in same}:
             raise SystemExit(f"--merge needs the same settings as {out}: {same}")
         runs = [r for r in old["runs"] if r["method"] not in methods]

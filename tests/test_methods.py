@@ -178,6 +178,8 @@ def test_run_files_of_the_same_settings_combine_into_one_grid(tmp_path):
     with pytest.raises(SystemExit, match="repeat a run"):
         combine([twenty, twenty], tmp_path / "no.json")
     assert not (tmp_path / "no.json").exists()
+    with pytest.raises(SystemExit, match="new file"):            # would overwrite what it reads
+        combine([twenty, fifty], fifty)
 
 
 def test_flap_standardizes_channels_then_averages_each_head(calib):
