@@ -200,7 +200,8 @@ def combine(paths: list[Path], out: Path) -> None:
         raise SystemExit("--combine: the files repeat a run (method, share, seed)")
     amounts = sorted({r["amount"] for r in runs})
     args = {**first["args"], "amounts": ",".join(f"{a:g}" for a in amounts), "out": str(out)}
-    out.write_text(json.dumps({**first, "args": args, "combined_from": [str(p) for p in paths],
+    kept = {k: v for k, v in first.items() if k != "machine"}      # each file's machine is listed below
+    out.write_text(json.dumps({**kept, "args": args, "combined_from": [str(p) for p in paths],
                                "machines": [data.get("machine") for data in files], "runs": runs},
                               indent=2) + "\n")
     render(out)
