@@ -79,3 +79,30 @@ def test_head_logits_match_the_family_forward(family):
         full = model(input_ids=ids, use_cache=False).logits
         hidden = decoder_body(model)(input_ids=ids, use_cache=False).last_hidden_state
         assert torch.allclose(head_logits(model, hidden), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "granite"])
+def test_head_projection_casts_the_head_once_and_gives_autocasts_logits(family, monkeypatch):
+    """head_projection under bfloat16 autocast: bit for bit the logits (and the hidden states'
+    gradient) of head_logits under the same autocast, with the output weight cast once for every
+    call instead of once a call; outside autocast it is head_logits."""
+    from pruner.models import head_logits, head_projection
+    from tests.families import tiny_family_model
+
+    model = tiny_family_model(family).eval()
+    hidden = torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+        expected = head_logits(model, a)
+        project = head_projection(model)
+        casts = []
+        monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, _to=torch.Tensor.to, **kw:
+                            casts.append(self.shape) or _to(self, *args, **kw))
+        got = [project(b[:1]), project(b[1:])]
+        monkeypatch.undo()
+    assert not [shape for shape in casts if shape == model.get_output_embeddings().weight.shape]
+    assert torch.equal(torch.cat(got), expected) and expected.dtype == torch.bfloat16
+    expected.float().square().sum().backward()
+    torch.cat(got).float().square().sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    assert torch.equal(head_projection(model)(hidden), head_logits(model, hidden))

@@ -177,10 +177,11 @@ def test_schedule_and_settings():
         LoraSettings(r=0).validate()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_chunked_loss_backward_matches_the_full_logits_loss(family):
-    """lora_loss_backward (a few positions projected at a time) gives lora_loss's value and the
-    same gradients in every trainable weight, with masked labels, distillation and a multiplier."""
+@pytest.mark.parametrize("family,temperature", [("llama", 2.0), ("gemma2", 2.0), ("llama", 1.0)])
+def test_chunked_loss_backward_matches_the_full_logits_loss(family, temperature):
+    """lora_loss_backward (a few positions projected at a time, the logits' gradient taken by hand)
+    gives lora_loss's value and autograd's gradients in every trainable weight, with masked labels,
+    distillation at either temperature (1 takes a shorter path) and a multiplier."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -200,13 +201,14 @@ def test_chunked_loss_backward_matches_the_full_logits_loss(family):
 
     with torch.no_grad():
         t_logits = teacher(input_ids=ids, use_cache=False).logits
-    full, ce_full, kl_full = lora_loss(student(input_ids=ids, use_cache=False).logits, labels, t_logits, 0.7, 2.0,
+    full, ce_full, kl_full = lora_loss(student(input_ids=ids, use_cache=False).logits, labels, t_logits, 0.7, temperature,
                                        ce_weight=0.3)
     (full * 0.5).backward()
     expected = [p.grad.clone() for p in trainable]
     student.zero_grad(set_to_none=True)
 
-    total, ce, kl = lora_loss_backward(student, batch, teacher, 0.7, 2.0, multiplier=0.5, chunk=5, ce_weight=0.3)
+    total, ce, kl = lora_loss_backward(student, batch, teacher, 0.7, temperature, multiplier=0.5, chunk=5,
+                                       ce_weight=0.3)
     assert total.item() == pytest.approx(full.item(), rel=1e-5)
     assert ce.item() == pytest.approx(ce_full.item(), rel=1e-5) and kl.item() == pytest.approx(kl_full.item(), rel=1e-4)
     for p, g in zip(trainable, expected):
@@ -302,3 +304,31 @@ def test_full_finetuning_trains_every_weight_but_the_embeddings(vocab_model, tok
 def test_full_finetuning_refuses_float16_weights(vocab_model, tokenizer):
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         LoraRecovery(vocab_model.half(), tokenizer, TEXT, small(full_finetune=True))
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_default(monkeypatch):
+    """recover.adamw: torch's fused AdamW where the device has it (this CPU does), the same
+    updates as the default implementation to float32 rounding, and the default where fused
+    construction is refused."""
+    from pruner.recover import adamw
+
+    torch.manual_seed(0)
+    start = torch.randn(5, 7)
+    grads = [torch.randn(5, 7) for _ in range(4)]
+    weights = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    fused, plain = adamw([weights[0]], 1e-2, 0.01), torch.optim.AdamW([weights[1]], lr=1e-2, weight_decay=0.01)
+    assert fused.defaults["fused"] is True
+    for g in grads:
+        for w, opt in zip(weights, (fused, plain)):
+            w.grad = g.clone()
+            opt.step()
+    assert torch.allclose(weights[0], weights[1], atol=1e-6) and not torch.equal(weights[0], start)
+
+    class NoFused(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **kw):
+            if fused:
+                raise RuntimeError("fused=True requires ...")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", NoFused)
+    assert not adamw([torch.nn.Parameter(start.clone())], 1e-2, 0.0).defaults.get("fused")

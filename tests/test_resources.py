@@ -112,16 +112,19 @@ def test_cpu_quota_and_server_threads(tmp_path):
 
 def test_reusing_freed_memory_is_counted_and_hands_the_heap_back():
     """Inside the phase freed 8 MB blocks stay in the heap for reuse; leaving it (the last of
-    nested or concurrent users) restores the bounded mode and trims: RSS returns to what is live."""
+    nested or concurrent users) restores the bounded mode and trims TRIM_DELAY_S later, unless a
+    phase has begun again (steps back to back keep one heap): RSS returns to what is live."""
     import threading
+    import time
 
     import torch
 
-    from pruner.resources import ALLOCATOR, return_large_frees_to_os, reusing_freed_memory
+    from pruner.resources import ALLOCATOR, TRIM_DELAY_S, return_large_frees_to_os, reusing_freed_memory, trim_if_idle
     from pruner.stats import rss_bytes
 
     if not return_large_frees_to_os():
         pytest.skip("not glibc")
+    trim_if_idle()
     phases = ALLOCATOR.phases
     before = rss_bytes()
     with reusing_freed_memory():
@@ -136,5 +139,14 @@ def test_reusing_freed_memory_is_counted_and_hands_the_heap_back():
             worker.start()
             worker.join()
     assert ALLOCATOR.reusers == 0 and ALLOCATOR.phases == phases + 1
+    assert rss_bytes() - before > 150 * 2**20        # kept for a phase that follows at once
+    with reusing_freed_memory():                     # the next phase: no trim while it runs
+        assert not trim_if_idle()
+        again = [torch.ones(2 * 2**20) for _ in range(24)]
+        del again
+    deadline = time.monotonic() + 10 * TRIM_DELAY_S
+    while ALLOCATOR.pending_trim is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ALLOCATOR.pending_trim is None            # trimmed by the timer, on its own
     assert rss_bytes() - before < 40 * 2**20         # the 192 MB freed went back to the OS
 
