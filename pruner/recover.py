@@ -95,11 +95,13 @@ PRESETS = {
     # step's gradient clipped to norm 0.05 (below the norm of a typical step, so each step is
     # normalized). 48 steps fit 90 s because the steps run in bfloat16 where the CPU multiplies it
     # natively (`mixed_precision`: 1.5 s vs 1.9 s a step here, the same result at 24 steps: 1.836x
-    # vs 1.84x). Measured on the default recipe's pruned model over three self-calibration draws
-    # (seeds 0-2, WikiText-2 first 256 windows; bench/methods.py --recover --calib-data self): the
-    # former CE + KL at rank 8, lr 1.5e-3, clip 1, 24 steps: 1.94 / 2.04 / 1.92x dense (mean
-    # 1.97x); KL-led, 24 steps: 1.84 / 1.99 / 1.92x (1.92x); the same with clip 1 1.86 / 2.02 / 2.00x
-    # (1.96x); KL-led, 48 steps in bfloat16: see the README (bench/results/methods_quick_self*.json).
+    # vs 1.84x), and since 2026-12-04 in 1.15-1.24 s (the loss's hand-made gradient, cached head
+    # casts, fused AdamW, one heap per run: 56-84 s of recovery on the book draws; README).
+    # Measured on the default recipe's pruned model over three self-calibration draws (seeds 0-2,
+    # WikiText-2 first 256 windows; bench/methods.py --recover --calib-data self): the former CE + KL
+    # at rank 8, lr 1.5e-3, clip 1, 24 steps: 1.94 / 2.04 / 1.92x dense (mean 1.97x); KL-led,
+    # 24 steps: 1.84 / 1.99 / 1.92x (1.92x); the same with clip 1 1.86 / 2.02 / 2.00x (1.96x); KL-led,
+    # 48 steps in bfloat16: see the README (bench/results/methods_quick_self*.json).
     # Exploring on seed 0 alone (24 steps): KL-led at rank 8 1.91x (1.5e-3), 1.86x (3e-3, 5e-3);
     # rank 64 at 3e-3 1.82x (twice the adapter memory); rank 32 at 5e-3 1.92x; full fine-tuning
     # (no LoRA) at lr 3e-4 1.85x, with ten times the trainable memory. The books' own held-out
@@ -120,9 +122,9 @@ PRESETS = {
                           warmup_steps=2, ce_weight=0.5, distill_weight=1.0, dropout=0.0,
                           max_grad_norm=0.05),
     # a longer run on book passages, distilled from the dense model on every position (<= 20
-    # minutes on a 2-core CPU, a minute or two on a GPU), training every weight but the
-    # embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW state on the default model,
-    # which a 135M model affords; a LoRA is a flag away). On the default recipe's pruned model
+    # minutes on a 2-core CPU: 878 s of training on 2026-12-04, 1.540x; a minute or two on a GPU),
+    # training every weight but the embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW
+    # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default recipe's pruned model
     # (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
     # next-token loss + KL: LoRA rank 8, 360 steps: 1.67x dense; rank 64, 360 steps (819 s): 1.62x;
     # rank 64, 600 steps in bfloat16 (1187 s): 1.59x; full fine-tuning at lr 3e-4, 360 steps in
