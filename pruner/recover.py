@@ -124,8 +124,8 @@ PRESETS = {
     # a longer run on book passages, distilled from the dense model on every position (<= 20
     # minutes on a 2-core CPU: 878 s of training on 2026-12-04, 1.540x; a minute or two on a GPU),
     # training every weight but the embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW
-    # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default recipe's pruned model
-    # (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
+    # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default
+    # recipe's pruned model (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
     # next-token loss + KL: LoRA rank 8, 360 steps: 1.67x dense; rank 64, 360 steps (819 s): 1.62x;
     # rank 64, 600 steps in bfloat16 (1187 s): 1.59x; full fine-tuning at lr 3e-4, 360 steps in
     # float32 (750 s): 1.59x (1e-4: 1.63x); 600 steps in bfloat16 (931 s): 1.55x, at lr 5e-4 1.65x;
