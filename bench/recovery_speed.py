@@ -12,8 +12,9 @@ and their ratio.
 
 Last stdout line: JSON {"preset", "against", "this_s", "against_s", "ratio"} (ratio = this / against;
 below 1 is faster). Measured on 2026-12-04 (AMD EPYC, 2 cores) against the step before the hand-made
-logit gradient, the cached head casts, fused AdamW and the deferred heap trim: README, *Recovery
-presets' speed*.
+logit gradient, the cached head casts, fused AdamW and the deferred heap trim (quick 0.553x,
+thorough 0.68x; bench/results/recovery_speed.json): README, "A recovery step takes 0.55-0.76x its
+former time".
 """
 
 from __future__ import annotations
