@@ -146,8 +146,10 @@ def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int
     at rank 8 / 32 / 64 on the default model before pruning; the former flat 5% of the weights was
     26 MiB), or with `full_finetune` every trained weight's gradient and moments instead
     (`full_finetune_bytes`: 1.0 GiB on the default model pruned by 20%) and no adapted inputs.
-    Activations x1.4: the heap's fragmentation under training (a standalone quick-preset run on
-    the default model measured 0.94 of this at rank 8, with a 4 MiB allocator threshold;
+    With float32 weights, the output head's bfloat16 copies too (student and teacher: kept for
+    the run where the steps run in bfloat16, `models.head_projection`; 2 x 57 MB on the default
+    model). Activations x1.4: the heap's fragmentation under training (a standalone quick-preset
+    run on the default model measured 0.94 of this at rank 8, with a 4 MiB allocator threshold;
     bench/step_peaks.py measures it beside the estimate). Counted at the weights' precision even
     where the steps run in bfloat16 (`LoraSettings.mixed_precision`), which keeps half of it."""
     from .recover import LOSS_CHUNK
@@ -158,8 +160,9 @@ def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int
     body = layers * tokens * (14 * hidden + 5 * inter) * elem
     lora = 0 if full_finetune else layers * tokens * (6 * hidden + inter) * (elem + 1)
     logits = (8 if distill else 3) * LOSS_CHUNK * vocab * 4
+    head_casts = (2 if distill else 1) * vocab * hidden * 2 if elem == 4 else 0
     trained = full_finetune_bytes(pruned) if full_finetune else adapter_bytes(pruned, rank)
-    return int(weight_bytes(pruned) + trained + 1.4 * (body + lora) + logits)
+    return int(weight_bytes(pruned) + trained + 1.4 * (body + lora) + logits + head_casts)
 
 
 def merge_peak(pruned) -> int:
