@@ -399,7 +399,8 @@ def head_projection(model, casts: dict | None = None):
     base = _unwrapped(model)
     head = base.get_output_embeddings()
     device = head.weight.device.type
-    if not (isinstance(head, torch.nn.Linear) and torch.is_autocast_enabled(device)):
+    if not (isinstance(head, torch.nn.Linear) and hasattr(torch, "get_autocast_dtype")    # torch >= 2.4
+            and torch.is_autocast_enabled(device)):
         return lambda hidden: head_logits(model, hidden)
     dtype = torch.get_autocast_dtype(device)
     key = (head.weight._version, head.weight.device, dtype)
