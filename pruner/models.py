@@ -393,9 +393,10 @@ def head_projection(model, casts: dict | None = None):
     dtype once, here, where autocast would cast a frozen weight again at every call (the default
     model's 28M-parameter head: a fresh 57 MB block each time, 18-80 ms on this project's CPU). The
     same numbers as autocast's own cast; outside autocast, `head_logits` itself. `casts`, a dict
-    the caller owns (a training run), keeps a frozen weight's cast from call to call while the
-    weight is unchanged (same version, device and dtype); a trained weight is cast afresh, in the
-    graph, every time."""
+    the caller owns (a training run), keeps the cast from call to call while the weight is
+    unchanged (same version, device and dtype) wherever the cast joins no graph (a frozen weight,
+    or any under no_grad: the teacher's, even when the CLI's original still requires grad); a
+    trained weight is cast afresh, in the graph, every time."""
     base = _unwrapped(model)
     head = base.get_output_embeddings()
     device = head.weight.device.type
@@ -403,14 +404,14 @@ def head_projection(model, casts: dict | None = None):
             and torch.is_autocast_enabled(device)):
         return lambda hidden: head_logits(model, hidden)
     dtype = torch.get_autocast_dtype(device)
+    keep = casts is not None and not (head.weight.requires_grad and torch.is_grad_enabled())   # in no graph
     key = (head.weight._version, head.weight.device, dtype)
-    cached = None if casts is None or head.weight.requires_grad else casts.get(head)
-    if cached is not None and cached[0] == key:
-        weight, bias = cached[1]
+    if keep and head in casts and casts[head][0] == key:
+        weight, bias = casts[head][1]
     else:
         weight = head.weight.to(dtype)                                 # (V, H), once
         bias = None if head.bias is None else head.bias.to(dtype)
-        if casts is not None and not head.weight.requires_grad:
+        if keep:
             casts[head] = (key, (weight, bias))
     return lambda hidden: _scaled_logits(base.config, torch.nn.functional.linear(hidden.to(dtype), weight, bias))
 

@@ -348,19 +348,18 @@ LOSS_CHUNK = 128    # positions projected to the vocabulary at a time in the tra
 
 
 @torch.no_grad()
-def _loss_and_logit_grad(logits, target, teacher_logits=None, distill_weight: float = 0.0,
-                         temperature: float = 1.0, ce_weight: float = 1.0, work=None):
+def _loss_and_logit_grad(logits, target, teacher_logits, distill_weight: float, temperature: float,
+                         ce_weight: float, work: torch.Tensor):
     """(gradient, ce, kl) of ce_weight x summed next-token CE + distill_weight x T^2 x summed
-    KL(teacher || student) over these c positions, the gradient taken by hand with respect to the
-    (c, V) `logits` and returned in float32: ce_weight (softmax(s) - onehot) + distill_weight T
-    (softmax(s / T) - softmax(t / T)). Autograd's way through cross_entropy and kl_div made three
-    log-softmaxes of the block and two backward passes of them (a sixth of a training step on the
-    default model); this makes two log-softmaxes, student and teacher, and works in `work`, a
-    (4, >= c, V) float32 scratch block the caller reuses from chunk to chunk (a fresh (c, V) block
-    cost more than its arithmetic there: the default model's is 25 MB). The gradient lives in it."""
+    KL(teacher || student) over these c positions (no teacher: `teacher_logits` None), the gradient
+    taken by hand with respect to the (c, V) `logits` and returned in float32: ce_weight
+    (softmax(s) - onehot) + distill_weight T (softmax(s / T) - softmax(t / T)). Autograd's way
+    through cross_entropy and kl_div made three log-softmaxes of the block and two backward passes
+    of them (a sixth of a training step on the default model); this makes two log-softmaxes,
+    student and teacher, and works in `work`, a (4, >= c, V) float32 scratch block the caller
+    reuses from chunk to chunk (a fresh (c, V) block cost more than its arithmetic there: the
+    default model's is 25 MB). The gradient lives in it."""
     c = len(target)
-    if work is None:
-        work = torch.empty((4, c, logits.shape[-1]), dtype=torch.float32, device=logits.device)
     s, log_p, t, log_t = (block[:c] for block in work)                 # each (c, V)
     torch.log_softmax(s.copy_(logits), -1, out=log_p)
     ce = -log_p.gather(1, target[:, None]).sum()

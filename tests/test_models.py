@@ -106,3 +106,17 @@ def test_head_projection_casts_the_head_once_and_gives_autocasts_logits(family, 
     torch.cat(got).float().square().sum().backward()
     assert torch.equal(a.grad, b.grad)
     assert torch.equal(head_projection(model)(hidden), head_logits(model, hidden))
+    casts = {}                 # a run's casts: kept where the cast joins no graph, re-made where it does
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head_projection(model, casts)
+        assert not casts                                    # the weight requires grad: in the graph
+        with torch.no_grad():
+            head_projection(model, casts)                   # the teacher's way
+        kept = casts[model.get_output_embeddings()][1][0]
+        with torch.no_grad():
+            head_projection(model, casts)
+        assert casts[model.get_output_embeddings()][1][0] is kept
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(2)    # changed in place: cast afresh
+            head_projection(model, casts)
+        assert casts[model.get_output_embeddings()][1][0] is not kept
