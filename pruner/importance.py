@@ -49,7 +49,11 @@ CALIBRATION_FREE = tuple(name for name, c in REGISTRY.items() if c.calibration_f
 AGGREGATIONS = ("sum", "mean", "max", "prod", "first", "last")
 GRADIENT_CRITERIA = tuple(name for name, c in REGISTRY.items() if c.needs & {"gradient", "fisher"})
 COLUMNS = ["layer", "kind", "group", "score", "n_params", "criterion", "aggregation"]
-LOSS_CHUNK = 64    # tokens per vocabulary-projection chunk in low-memory scoring
+# tokens per vocabulary-projection chunk in scoring's loss, in either mode: the full (tokens x vocab)
+# float32 logits (805 MB for 32 x 128 tokens of the default model) cost more in memory traffic than
+# the chunks' recomputed projection (the default model's Score pass 20-23 s instead of 25-31 s,
+# 23 s instead of 48 s in a fresh process; the same scores bit for bit: README, benchmarks)
+LOSS_CHUNK = 64
 ACCUMULATOR_SHARE = 0.25   # low-memory mode: float32 Fisher buffers held at once / the model's weight bytes
 # Fisher buffers held until a gradient pass reads them (taylor-second adds per sample instead)
 FISHER_CRITERIA = tuple(name for name, c in REGISTRY.items() if {"fisher", "gradient"} <= c.needs)
@@ -65,7 +69,7 @@ class ScoreConfig:
     kinds: tuple[str, ...] = ("attn", "mlp")
     seed: int = 0
     batch_size: int | None = None   # samples per forward; None = all at once (LLM-Pruner)
-    low_memory: bool | None = None  # recompute layers + chunk the vocab projection; None = auto
+    low_memory: bool | None = None  # recompute layers, Fisher buffers in chunks; None = auto
 
     def __post_init__(self):
         self.criterion = canonical(self.criterion)
@@ -225,7 +229,7 @@ def _backward_passes(model, names: set[str], batches: list[torch.Tensor], weight
             for i, (batch, weight) in enumerate(zip(batches, weights)):
                 state["act"] = (not accumulate) or i == len(batches) - 1
                 arrived["n"] = 0
-                loss = causal_lm_loss(model, batch, LOSS_CHUNK if low_memory else None) * weight
+                loss = causal_lm_loss(model, batch, LOSS_CHUNK) * weight
                 (loss * scale).backward()
                 if counter:
                     counter.finished_pass()
@@ -274,14 +278,23 @@ def _split(input_ids: torch.Tensor, batch_size: int | None) -> tuple[list, list]
     return batches, [b.shape[0] / n for b in batches]
 
 
-def activation_bytes(model, n_tokens: int) -> int:
-    """A conservative estimate of the activations one forward+backward over `n_tokens` keeps."""
-    config = model.config
+def logit_chunk_bytes(model) -> int:
+    """One chunk of scoring's loss: LOSS_CHUNK tokens' float32 logits with the loss's copies."""
+    return 3 * LOSS_CHUNK * model.config.vocab_size * 4
+
+
+def layer_activation_bytes(model, n_tokens: int) -> int:
+    """A conservative estimate of what the decoder layers keep for backward over `n_tokens`."""
     hidden = model.model.embed_tokens.weight.shape[1]
     inter = max(arch_of(model).mlp_width(layer) for layer in layers_of(model))
     elem = next(model.parameters()).element_size()
-    per_token = len(layers_of(model)) * (14 * hidden + 5 * inter) * elem + 3 * config.vocab_size * 4
-    return int(n_tokens * per_token)
+    return int(n_tokens * len(layers_of(model)) * (14 * hidden + 5 * inter) * elem)
+
+
+def activation_bytes(model, n_tokens: int) -> int:
+    """A conservative estimate of the activations one forward+backward over `n_tokens` keeps:
+    every layer's, and one chunk of the loss's logits (scoring never holds them all)."""
+    return layer_activation_bytes(model, n_tokens) + logit_chunk_bytes(model)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -44,6 +44,27 @@ def test_low_memory_forward_saves_only_layer_inputs(deep):
     assert fast > 10 * low
 
 
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_scoring_never_keeps_the_whole_vocabulary_projection(low_memory):
+    """Either mode projects LOSS_CHUNK tokens to the vocabulary at a time: no tensor saved for
+    backward holds more rows of logits (the full float32 logits were 805 MB for the default
+    model's 32 x 128 calibration tokens, and slower to write than to recompute in chunks)."""
+    vocab = 211                                        # no other dimension of the model has this size
+    model = tiny_model(layers=2, hidden=HIDDEN, vocab=vocab)
+    ids = torch.randint(3, vocab, (4, 64), generator=torch.Generator().manual_seed(0))   # 252 predicted tokens
+    saved, rows = [0], []
+
+    def pack(t):
+        saved[0] += 1
+        if t.dim() and t.shape[-1] == vocab:
+            rows.append(t.numel() // vocab)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        score(model, ids, ScoreConfig("taylor-element1", low_memory=low_memory))
+    assert saved[0] > 0 and max(rows, default=0) <= LOSS_CHUNK < ids.shape[0] * (ids.shape[1] - 1)
+
+
 def test_fisher_buffers_held_at_once_stay_within_their_share(deep):
     ids = torch.randint(3, 96, (6, 16), generator=torch.Generator().manual_seed(0))
     fast = score(deep, ids, ScoreConfig("taylor-element2", low_memory=False))
