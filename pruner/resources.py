@@ -224,10 +224,13 @@ class _Allocator:
         self.phases = 0                             # reuse phases entered (for tests)
         self.pending_trim = None                    # the timer of the trim after the last phase
 
-    def set_threshold(self, threshold: int) -> bool:
+    def set_threshold(self, threshold: int, trim_threshold: int | None = None) -> bool:
+        """Allocations over `threshold` get their own mapping; glibc trims the heap's top by
+        itself at a free once `trim_threshold` (4 x threshold unless given) bytes lie free there."""
         libc = _libc()
+        trim = 4 * threshold if trim_threshold is None else trim_threshold
         return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and \
-            bool(libc.mallopt(_M_TRIM_THRESHOLD, 4 * threshold))
+            bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
 
 
 ALLOCATOR = _Allocator()
@@ -249,14 +252,18 @@ def return_large_frees_to_os(threshold: int = MMAP_THRESHOLD) -> bool:
 
 
 TRIM_DELAY_S = 1.0     # how long a phase's freed heap waits for the next phase before going back
+NEVER_TRIM = -1        # mallopt(M_TRIM_THRESHOLD, -1): glibc never trims the heap's top by itself
 
 
 @contextmanager
 def reusing_freed_memory():
     """Inside: allocations up to REUSE_THRESHOLD come from the heap and are reused when freed
-    (no fresh, zero-filled pages for every activation); on leaving (the last thread to leave),
-    the bounded threshold returns, and TRIM_DELAY_S later, unless a phase has begun again by then,
-    malloc_trim hands every free heap page back to the OS, so RSS falls back to what is live
+    (no fresh, zero-filled pages for every activation; glibc's own trim of the heap's top at a
+    free is off: it handed back whatever a step freed past 4 x REUSE_THRESHOLD); on leaving (the
+    last thread to leave), new large blocks get their own mappings again while the freed heap
+    stays, and TRIM_DELAY_S later, unless a phase has begun again by then, malloc_trim hands
+    every free heap page back to the OS and the automatic trim returns, so RSS falls back to
+    what is live
     (`free_bytes` trims at once). The delay lets back-to-back phases (the steps of a training run,
     a perplexity's batches) keep one heap: trimming after every step faulted the next step's
     activations in afresh, 0.3 s of a 1.65 s step of the `thorough` preset on the default model
@@ -271,16 +278,16 @@ def reusing_freed_memory():
             ALLOCATOR.reusers += 1
             if ALLOCATOR.reusers == 1:
                 ALLOCATOR.phases += 1
-                ALLOCATOR.set_threshold(REUSE_THRESHOLD)
+                ALLOCATOR.set_threshold(REUSE_THRESHOLD, trim_threshold=NEVER_TRIM)
     try:
         yield
     finally:
         if active:
             with ALLOCATOR.lock:
                 ALLOCATOR.reusers -= 1
-                if ALLOCATOR.reusers == 0:
-                    ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold)
-                    _schedule_trim()
+                if ALLOCATOR.reusers == 0:        # new large blocks mapped again; the freed heap
+                    ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold, trim_threshold=NEVER_TRIM)
+                    _schedule_trim()              # kept until the timer (or the next phase)
 
 
 def _schedule_trim() -> None:
@@ -303,6 +310,7 @@ def trim_if_idle() -> bool:
             return False
         ALLOCATOR.pending_trim.cancel()
         ALLOCATOR.pending_trim = None
+        ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold)       # glibc trims by itself again
         _libc().malloc_trim(0)
         return True
 
