@@ -5,7 +5,7 @@ tokens); each configuration then trains LoRA on a copy and is measured on the fi
 WikiText-2 windows at checkpoints of training time. The x axis is wall-clock seconds of this CPU
 including data preparation (the dense model writing its answers for "self"); evaluation pauses the
 clock. Then the two presets run exactly as the CLI and the dashboard run them: `quick` (its 48
-steps) and `thorough` (its 600 steps), each measured at its end.
+steps) and `thorough` (its 760 steps; 600 until 2026-12-04), each measured at its end.
 
     python bench/recovery_curve.py --data-dir ../shared/data       # ~75 min on 2 CPU cores
 Writes bench/results/recovery_curve.{json,md,html} (and .plotly.json for the Recover tab);

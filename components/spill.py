@@ -83,8 +83,9 @@ class Spill:
                 skeleton = dict(value)
             else:               # an object: a shallow copy whose modules are skeletons; a finished
                 skeleton = copy.copy(value)      # recovery never trains again: no optimizer kept
-                if hasattr(skeleton, "optimizer"):
-                    skeleton.optimizer = None
+                for state in ("optimizer", "masters"):     # AdamW's moments, float32 master weights
+                    if hasattr(skeleton, state):
+                        setattr(skeleton, state, None)
             for i, (name, module) in enumerate(modules.items()):
                 tensors = _tensors(module)
                 save_file({n: t.detach().contiguous().cpu() for n, t in tensors.items()},

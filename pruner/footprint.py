@@ -130,11 +130,12 @@ def adapter_bytes(model, rank: int) -> int:
 
 
 def full_finetune_bytes(model) -> int:
-    """Full fine-tuning: a gradient and AdamW's two moments for every weight outside the
-    embeddings (and a head tied to them), in the weights' own dtype, and the half-size copy
-    bfloat16 autocast keeps of each trained weight through the forward (`mixed_precision`):
-    14 bytes per float32 weight."""
-    return int(3.5 * sum(p.numel() * p.element_size() for p in full_finetune_weights(model)))
+    """Full fine-tuning of every weight outside the embeddings (and a head tied to them): for a
+    float32 weight its gradient, AdamW's two moments and the half-size copy bfloat16 autocast
+    keeps through the forward (`mixed_precision`), 14 bytes; for a 16-bit one its gradient, its
+    float32 master copy with that copy's gradient and moments (`recover.FloatMasters`), 18 bytes."""
+    return int(sum(p.numel() * (14 if p.element_size() == 4 else p.element_size() + 16)
+                   for p in full_finetune_weights(model)))
 
 
 def recover_peak(pruned, batch_size: int, seq_len: int, distill: bool, rank: int = 8,

@@ -122,7 +122,8 @@ PRESETS = {
                           warmup_steps=2, ce_weight=0.5, distill_weight=1.0, dropout=0.0,
                           max_grad_norm=0.05),
     # a longer run on book passages, distilled from the dense model on every position (<= 20
-    # minutes on a 2-core CPU: 878 s of training on 2026-12-04, 1.540x; a minute or two on a GPU),
+    # minutes on a 2-core CPU: 760 steps, 1,050 s of training and 1,097 s for the CLI command on
+    # 2026-12-04, 1.518x; 600 steps there, the preset until then: 878 s, 1.540x; on a GPU: README),
     # training every weight but the embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW
     # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default
     # recipe's pruned model (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
@@ -137,7 +138,7 @@ PRESETS = {
     # over the run's end (the preset re-run beside them: 1.551x) 1.560x as an EMA (decay 0.99 from
     # step 300), 1.563x as the plain mean of steps 400-600 (the cosine ends at 10% of the peak).
     # The KL-led loss of `quick` gave 1.70x with LoRA rank 32 over 360 steps (it wins short runs only).
-    "thorough": LoraSettings(full_finetune=True, learning_rate=3e-4, batch_size=4, seq_len=128, max_steps=600,
+    "thorough": LoraSettings(full_finetune=True, learning_rate=3e-4, batch_size=4, seq_len=128, max_steps=760,
                              warmup_steps=15, distill_weight=1.0),
     # LLM-Pruner's post_training.py: lr 1e-4, batch 64 (4 x 16), cutoff 256, 2 epochs of alpaca
     "llm-pruner": LoraSettings(learning_rate=1e-4, batch_size=4, grad_accum=16, seq_len=256,
@@ -253,7 +254,7 @@ EXAMPLE_POOL = 2000     # examples a short run samples its batches from (the fir
 
 def example_limit(settings: LoraSettings) -> int | None:
     """How many examples a run reads: the first EXAMPLE_POOL, or all of them when the run would
-    see that pool more than once (`thorough`: 2,400 of 4 x 128 tokens; every book passage, 1.54x
+    see that pool more than once (`thorough`: 3,040 of 4 x 128 tokens; every book passage, 1.54x
     against 1.55x with the pool repeated; LLM-Pruner's 2 epochs of Alpaca)."""
     needed = settings.max_steps * settings.batch_size * settings.grad_accum
     return None if needed > EXAMPLE_POOL else EXAMPLE_POOL
@@ -442,6 +443,30 @@ def adamw(params, learning_rate: float, weight_decay: float) -> torch.optim.Adam
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
 
 
+class FloatMasters:
+    """float32 master copies of the 16-bit weights a run trains (full fine-tuning of a bfloat16
+    model, as a GPU loads it): AdamW steps the copies and each weight takes its copy's rounding.
+    Stepped on the weights themselves, updates below half a bfloat16 spacing (2^-9 of a weight:
+    lr 3e-4 against a weight of 0.1, and every step of a decayed schedule) round away. float32
+    weights are stepped directly (`params` passes them through)."""
+
+    def __init__(self, params: list):
+        self.pairs = [(p, p.detach().float()) for p in params if p.dtype in (torch.bfloat16, torch.float16)]
+        held = {id(p) for p, _ in self.pairs}
+        self.params = [p for p in params if id(p) not in held] + [m for _, m in self.pairs]
+
+    def gather_grads(self) -> None:
+        """Each 16-bit weight's gradient onto its master, in float32 (the weight's own freed)."""
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.to(m.device, torch.float32)
+            p.grad = None
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
+
+
 def lr_at(step: int, settings: LoraSettings) -> float:
     """Linear warm-up, then cosine decay to 10% over max_steps."""
     if step < settings.warmup_steps:
@@ -488,7 +513,8 @@ class LoraRecovery:
             self.model = get_peft_model(base, config)
         self.device = next(self.model.parameters()).device
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = adamw(trainable, self.settings.learning_rate, self.settings.weight_decay)
+        self.masters = FloatMasters(trainable)          # none where the trained weights are float32
+        self.optimizer = adamw(self.masters.params, self.settings.learning_rate, self.settings.weight_decay)
         # float16 weights (a GPU without native bfloat16): dynamic loss scaling keeps gradients
         # flowing through the float16 base from underflowing
         half = next(base.parameters()).dtype == torch.float16
@@ -546,15 +572,16 @@ class LoraRecovery:
             totals["ce"] += ce.item() / s.grad_accum
             totals["kl"] += kl.item() / s.grad_accum
             tokens += int(batch["attention_mask"].sum())
+        self.masters.gather_grads()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                       s.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.masters.params, s.max_grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        self.masters.write_back()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"step": self.step, "lr": lr, "tokens": tokens, **totals}

@@ -151,7 +151,7 @@ def test_a_run_that_would_repeat_the_pool_reads_all_the_examples(tokenizer, tmp_
     assert example_limit(preset("quick")) == EXAMPLE_POOL                   # 48 x 4 = 192 examples
     assert example_limit(preset("quick", max_steps=500)) == EXAMPLE_POOL    # 2,000: the pool once
     assert example_limit(preset("quick", max_steps=501)) is None
-    assert example_limit(preset("thorough")) is None                        # 600 x 4 = 2,400
+    assert example_limit(preset("thorough")) is None                        # 760 x 4 = 3,040
     assert example_limit(preset("llm-pruner")) is None                      # 1,600 x 4 x 16
     path = tmp_path / "book.txt"
     path.write_text("the quick brown fox jumps over the lazy dog. " * 400)
@@ -299,6 +299,33 @@ def test_full_finetuning_trains_every_weight_but_the_embeddings(vocab_model, tok
     shared_lora = lora - footprint.adapter_bytes(vocab_model, 8)
     shared_full = full - footprint.full_finetune_bytes(vocab_model)
     assert 0 < shared_lora - shared_full < 0.5 * lora
+
+
+def test_full_finetuning_of_bfloat16_weights_steps_float32_masters(vocab_model, tokenizer):
+    """A bfloat16 model (as a GPU loads it) trains through float32 master copies: at lr 1e-5,
+    AdamW's step lies below half a bfloat16 spacing of most weights, so stepping the weights
+    themselves would lose it; the masters move by about lr a step, each weight is its
+    master's rounding, and the estimate counts 18 bytes per trained weight (float32 weights keep
+    none: no copy)."""
+    from pruner import footprint
+
+    model = vocab_model.to(torch.bfloat16)
+    before = {n: p.detach().float() for n, p in model.named_parameters()}
+    lr, steps = 1e-5, 3
+    rec = LoraRecovery(model, tokenizer, TEXT, small(max_steps=steps, full_finetune=True, learning_rate=lr))
+    assert len(rec.masters.pairs) == len(list(p for p in rec.model.parameters() if p.requires_grad))
+    list(rec.train())
+    names = {id(p): n for n, p in rec.model.named_parameters()}
+    for weight, master in rec.masters.pairs:
+        assert master.dtype == torch.float32 and weight.dtype == torch.bfloat16
+        assert torch.equal(weight, master.to(torch.bfloat16))
+        moved = (master - before[names[id(weight)]]).abs()
+        if weight.dim() == 2:                                   # AdamW: about lr per step, in float32
+            assert 0.5 * lr < moved.median() < steps * lr * 1.5
+            half_spacing = torch.ldexp(torch.ones_like(moved), torch.frexp(before[names[id(weight)]])[1] - 9)
+            assert (moved / steps < half_spacing).float().mean() > 0.5    # a step lost on the weight
+    assert footprint.full_finetune_bytes(model) == 18 * rec.trainable_params
+    assert LoraRecovery(model.float(), tokenizer, TEXT, small(full_finetune=True)).masters.pairs == []
 
 
 def test_full_finetuning_refuses_float16_weights(vocab_model, tokenizer):
