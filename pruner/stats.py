@@ -28,13 +28,30 @@ def weight_bytes(model) -> int:
     return params + sum(b.numel() * b.element_size() for b in model.buffers())
 
 
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one scaled-dot-product attention, (B, H_q, S, D) queries over (B, H_kv, S_k, D)
+    keys and values, H_kv <= H_q (grouped-query attention shares each key / value head): q k^T and
+    p v for every query head. torch's own formula asserts H_q == H_kv before torch 2.13, and
+    transformers hands the GQA shapes to the kernel on a GPU (it failed every CUDA prune)."""
+    b, h_q, s_q, d = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * h_q * s_q * s_k * (d + d_v)
+
+
+ATTENTION_OPS = tuple(getattr(torch.ops.aten, name) for name in (
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name))
+
+
 @torch.no_grad()
 def macs_per_token(model, seq_len: int = 128) -> float:
     """Multiply-accumulates per token of one forward pass over `seq_len` tokens, counted by
-    torch's FlopCounterMode (linear layers, attention matmuls, lm_head); MACs = FLOPs / 2."""
+    torch's FlopCounterMode (linear layers, attention matmuls, lm_head; the fused attention
+    kernels by `_attention_flops`); MACs = FLOPs / 2."""
     device = next(model.parameters()).device
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=device)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={op: _attention_flops for op in ATTENTION_OPS})
     with counter:
         model(input_ids=ids, use_cache=False)
     return counter.get_total_flops() / 2 / seq_len

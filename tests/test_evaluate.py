@@ -120,6 +120,24 @@ def test_model_stats(vocab_model, tokenizer):
     assert stats["weight_mib"] > 0 and stats["tokens_per_s"] > 0
 
 
+@pytest.mark.parametrize("grouped_kernel", [False, True])
+def test_macs_per_token_by_hand(monkeypatch, grouped_kernel):
+    """Every matmul of a tiny GQA Llama counted (hidden 32, 4 query heads of 8 sharing 2 KV heads,
+    3 layers, MLP 48, vocabulary 96, 16 tokens): the projections and head, and q k^T and p v per
+    query head, which torch's counter skipped on the CPU's fused attention kernel. With the grouped
+    heads handed to the kernel as transformers does on a GPU, where torch's own formula (before
+    2.13) asserted equal head counts and every CUDA prune failed."""
+    from conftest import tiny_model
+    from pruner.stats import macs_per_token
+
+    if grouped_kernel:
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    model = tiny_model(n_heads=4, n_kv=2)
+    projections = 3 * (32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 48) + 32 * 96
+    attention = 3 * 4 * 16 * (8 + 8)          # per token: every query head over the 16 keys, q k^T and p v
+    assert macs_per_token(model, 16) == projections + attention
+
+
 def test_calibration_is_seeded(tokenizer):
     a = calibration_ids(tokenizer, "builtin", 4, 32, seed=1)
     b = calibration_ids(tokenizer, "builtin", 4, 32, seed=1)
