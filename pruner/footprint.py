@@ -8,7 +8,8 @@ bounds on purpose; `bench/step_peaks.py` measures every step's real peak beside 
 
 from __future__ import annotations
 
-from .importance import FISHER_CRITERIA, activation_bytes, layer_activation_bytes, logit_chunk_bytes
+from .importance import (FISHER_CRITERIA, activation_bytes, layer_activation_bytes, logit_chunk_bytes,
+                         loss_input_bytes)
 from .models import full_finetune_weights, layers_of
 from .stats import weight_bytes
 
@@ -60,7 +61,7 @@ def score_peak(model, criterion: str, samples: int, seq_len: int, low_memory: bo
         from .importance import ACCUMULATOR_SHARE
 
         kept = layers * tokens * hidden * elem + layer_activation_bytes(model, tokens) // layers
-        kept += logit_chunk_bytes(model)
+        kept += loss_input_bytes(model, tokens) + logit_chunk_bytes(model)
         fisher = ACCUMULATOR_SHARE * weight_bytes(model) if criterion in FISHER_CRITERIA else 0
     else:
         kept = activation_bytes(model, tokens)

@@ -279,8 +279,15 @@ def _split(input_ids: torch.Tensor, batch_size: int | None) -> tuple[list, list]
 
 
 def logit_chunk_bytes(model) -> int:
-    """One chunk of scoring's loss: LOSS_CHUNK tokens' float32 logits with the loss's copies."""
-    return 3 * LOSS_CHUNK * model.config.vocab_size * 4
+    """One chunk of scoring's loss in its backward: LOSS_CHUNK tokens' float32 logits recomputed,
+    their log-softmax, the two gradients and a spare (5 copies)."""
+    return 5 * LOSS_CHUNK * model.config.vocab_size * 4
+
+
+def loss_input_bytes(model, n_tokens: int) -> int:
+    """What the chunked loss reads: the body's final hidden states over `n_tokens`, their
+    flattened copy and its gradient (float32 at most)."""
+    return 3 * n_tokens * model.model.embed_tokens.weight.shape[1] * 4
 
 
 def layer_activation_bytes(model, n_tokens: int) -> int:
@@ -293,8 +300,8 @@ def layer_activation_bytes(model, n_tokens: int) -> int:
 
 def activation_bytes(model, n_tokens: int) -> int:
     """A conservative estimate of the activations one forward+backward over `n_tokens` keeps:
-    every layer's, and one chunk of the loss's logits (scoring never holds them all)."""
-    return layer_activation_bytes(model, n_tokens) + logit_chunk_bytes(model)
+    every layer's, the loss's input, and one chunk of its logits (scoring never holds them all)."""
+    return layer_activation_bytes(model, n_tokens) + loss_input_bytes(model, n_tokens) + logit_chunk_bytes(model)
 
 
 def available_bytes(device: torch.device) -> int:
