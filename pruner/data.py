@@ -23,6 +23,7 @@ import torch
 from . import hub
 from .models import context_length
 from .options import Range, check, option
+from .resources import reusing_freed_memory
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_CALIBRATION = ASSETS / "calibration.txt"
@@ -253,7 +254,8 @@ def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed
         raise ValueError("self-generated calibration needs a start-of-text token (bos or eos)")
     device = next(model.parameters()).device
     docs = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+            reusing_freed_memory():              # each step's logits and cache from the heap, reused
         torch.manual_seed(seed)
         for begin in range(0, n_docs, batch_size):
             n = min(batch_size, n_docs - begin)
