@@ -255,7 +255,7 @@ def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed
     device = next(model.parameters()).device
     docs = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-            reusing_freed_memory():              # each step's logits and cache from the heap, reused
+            reusing_freed_memory(trim_delay_s=0):    # each step's logits and cache from the heap, reused
         torch.manual_seed(seed)
         for begin in range(0, n_docs, batch_size):
             n = min(batch_size, n_docs - begin)

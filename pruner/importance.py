@@ -27,7 +27,6 @@ takes them all at once.
 from __future__ import annotations
 
 from collections import defaultdict
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -43,7 +42,6 @@ from .criteria import REGISTRY, Criterion, InputCriterion, criterion as register
 from .options import option
 from .groups import Family, Member, families as all_families, group_param_counts
 from .models import decoder_body, head_logits, layers_of
-from .resources import reusing_freed_memory
 
 CRITERIA = tuple(REGISTRY)            # pruner/criteria.py: one registered class per criterion
 ALIASES = {"taylor-mix": "taylor-element2"}   # LLM-Pruner's name for the paper's element-wise second order
@@ -386,14 +384,9 @@ def member_statistics(model, input_ids: torch.Tensor, criterion: str, fams: list
     per_chunk = (input_ids.shape[0] if "fisher" in crit.needs else 0) + \
         (len(_split(input_ids, batch_size)[0]) if "gradient" in crit.needs else 0)
     counter = PassCounter(len(chunks) * per_chunk, progress)
-    # the fast mode's activations come from the heap and are reused (a server's bounded allocator
-    # maps every large block afresh: the default model's Score pass took 48 s instead of 23 s);
-    # the low-memory mode stays bounded, which its 1.5x-the-weights peak relies on
-    phase = contextlib.nullcontext() if low_memory else reusing_freed_memory()
     try:
-        with phase:
-            for chunk in chunks:
-                _gradient_statistics(model, input_ids, crit, chunk, add, stats, batch_size, low_memory, counter)
+        for chunk in chunks:
+            _gradient_statistics(model, input_ids, crit, chunk, add, stats, batch_size, low_memory, counter)
     finally:
         model.train(was_training)
     return crit.finish(stats)

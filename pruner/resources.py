@@ -256,7 +256,7 @@ NEVER_TRIM = -1        # mallopt(M_TRIM_THRESHOLD, -1): glibc never trims the he
 
 
 @contextmanager
-def reusing_freed_memory():
+def reusing_freed_memory(trim_delay_s: float = TRIM_DELAY_S):
     """Inside: allocations up to REUSE_THRESHOLD come from the heap and are reused when freed
     (no fresh, zero-filled pages for every activation; glibc's own trim of the heap's top at a
     free is off: it handed back whatever a step freed past 4 x REUSE_THRESHOLD); on leaving (the
@@ -271,7 +271,9 @@ def reusing_freed_memory():
     for low-memory scoring (whose 1.5x bound relies on the bounded mode). Measured on the default
     model, 2 cores: a LoRA step of the quick preset 2.96 s instead of 4.61 s in the bounded mode
     (peak RSS 2.98 GB instead of 2.39, within footprint.recover_peak), the quick perplexity 5.3 s
-    instead of 6.7 s. A no-op unless the bounded mode was applied."""
+    instead of 6.7 s. `trim_delay_s=0` for a phase no other follows (a scoring pass, the writing of
+    calibration text): the heap goes back at once, so a next step starts bounded (low-memory
+    scoring's peak, the admission's estimates). A no-op unless the bounded mode was applied."""
     with ALLOCATOR.lock:
         active = ALLOCATOR.bounded_threshold is not None
         if active:
@@ -285,18 +287,20 @@ def reusing_freed_memory():
         if active:
             with ALLOCATOR.lock:
                 ALLOCATOR.reusers -= 1
-                if ALLOCATOR.reusers == 0:        # new large blocks mapped again; the freed heap
+                if ALLOCATOR.reusers == 0 and trim_delay_s > 0:     # new large blocks mapped again;
                     ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold, trim_threshold=NEVER_TRIM)
-                    _schedule_trim()              # kept until the timer (or the next phase)
+                    _schedule_trim(trim_delay_s)  # the freed heap kept until the timer (or the next phase)
+                elif ALLOCATOR.reusers == 0:
+                    _trim_now()
 
 
-def _schedule_trim() -> None:
-    """(Under ALLOCATOR.lock.) Trim TRIM_DELAY_S from now, replacing a trim already waiting."""
+def _schedule_trim(delay_s: float = TRIM_DELAY_S) -> None:
+    """(Under ALLOCATOR.lock.) Trim `delay_s` from now, replacing a trim already waiting."""
     import threading
 
     if ALLOCATOR.pending_trim is not None:
         ALLOCATOR.pending_trim.cancel()
-    timer = threading.Timer(TRIM_DELAY_S, trim_if_idle)
+    timer = threading.Timer(delay_s, trim_if_idle)
     timer.daemon = True
     ALLOCATOR.pending_trim = timer
     timer.start()
@@ -308,11 +312,18 @@ def trim_if_idle() -> bool:
     with ALLOCATOR.lock:
         if ALLOCATOR.pending_trim is None or ALLOCATOR.reusers:
             return False
+        _trim_now()
+        return True
+
+
+def _trim_now() -> None:
+    """(Under ALLOCATOR.lock.) The bounded mode with glibc's own trim back, the free heap handed
+    back to the OS, and no trim left waiting."""
+    if ALLOCATOR.pending_trim is not None:
         ALLOCATOR.pending_trim.cancel()
         ALLOCATOR.pending_trim = None
-        ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold)       # glibc trims by itself again
-        _libc().malloc_trim(0)
-        return True
+    ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold)
+    _libc().malloc_trim(0)
 
 
 def free_bytes(env: dict | None = None) -> int:

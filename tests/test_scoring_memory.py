@@ -65,22 +65,6 @@ def test_scoring_never_keeps_the_whole_vocabulary_projection(low_memory):
     assert saved[0] > 0 and max(rows, default=0) <= LOSS_CHUNK < ids.shape[0] * (ids.shape[1] - 1)
 
 
-def test_only_the_fast_mode_reuses_freed_memory(deep):
-    """Fast-mode scoring (activations kept) runs in one allocator reuse phase: a server's bounded
-    allocator otherwise maps every large activation afresh (the default model's Score pass 48 s
-    instead of 39 s in the page's process); the low-memory mode stays bounded, which its peak of
-    1.5x the weights relies on."""
-    from pruner.resources import ALLOCATOR, return_large_frees_to_os
-
-    if not return_large_frees_to_os():
-        pytest.skip("not glibc")
-    ids = torch.randint(3, 96, (2, 16), generator=torch.Generator().manual_seed(0))
-    for low_memory, phases in ((False, 1), (True, 0)):
-        before = ALLOCATOR.phases
-        score(deep, ids, ScoreConfig("taylor-element1", low_memory=low_memory))
-        assert ALLOCATOR.phases - before == phases
-
-
 def test_fisher_buffers_held_at_once_stay_within_their_share(deep):
     ids = torch.randint(3, 96, (6, 16), generator=torch.Generator().manual_seed(0))
     fast = score(deep, ids, ScoreConfig("taylor-element2", low_memory=False))
