@@ -271,8 +271,8 @@ def reusing_freed_memory(trim_delay_s: float = TRIM_DELAY_S):
     for low-memory scoring (whose 1.5x bound relies on the bounded mode). Measured on the default
     model, 2 cores: a LoRA step of the quick preset 2.96 s instead of 4.61 s in the bounded mode
     (peak RSS 2.98 GB instead of 2.39, within footprint.recover_peak), the quick perplexity 5.3 s
-    instead of 6.7 s. `trim_delay_s=0` for a phase no other follows (a scoring pass, the writing of
-    calibration text): the heap goes back at once, so a next step starts bounded (low-memory
+    instead of 6.7 s. `trim_delay_s=0` for a phase no other follows (the writing of calibration
+    text, which scoring follows in the same step): the heap goes back at once, so a next step starts bounded (low-memory
     scoring's peak, the admission's estimates). A no-op unless the bounded mode was applied."""
     with ALLOCATOR.lock:
         active = ALLOCATOR.bounded_threshold is not None
