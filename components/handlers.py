@@ -844,8 +844,7 @@ def finish_recovery(store: Store, session: Session, recovery) -> None:
     """A recovery that ran all its steps is shared with the class; a stopped one stays this visitor's
     (under a key of its own). Either is held by the store, so its memory counts in the budget."""
     recovery.teacher = None     # the shared original is not part of the result
-    recovery.optimizer = None   # nor AdamW's two moments per adapter weight: a finished recovery never trains again
-    recovery.masters = None     # nor the float32 master copies of 16-bit trained weights (a GPU's bfloat16)
+    recovery.drop_training_state()      # nor AdamW's moments and float32 masters: it never trains again
     finished = recovery.step >= recovery.settings.max_steps
     key = recovery.cache_key if finished else f"recovery:{session.key}:{recovery.step}"
     store.put(key, "recovery", recovery)

@@ -10,8 +10,8 @@ visitor's measurement) finishes normally; its memory is freed when the last user
 
 Values handled: an `nn.Module` (merged models), a dict whose values include modules (the store's
 "pruned" entries), or an object whose attributes include modules (a finished LoRA recovery: its
-peft model; its optimizer is not kept, a finished recovery never trains again). Anything else is
-dropped as before.
+peft model; its training state, `TRAINING_STATE`, is not kept: a finished recovery never trains
+again). Anything else is dropped as before.
 """
 
 from __future__ import annotations
@@ -82,10 +82,9 @@ class Spill:
             elif isinstance(value, dict):
                 skeleton = dict(value)
             else:               # an object: a shallow copy whose modules are skeletons; a finished
-                skeleton = copy.copy(value)      # recovery never trains again: no optimizer kept
-                for state in ("optimizer", "masters"):     # AdamW's moments, float32 master weights
-                    if hasattr(skeleton, state):
-                        setattr(skeleton, state, None)
+                skeleton = copy.copy(value)      # recovery never trains again: no training state kept
+                for state in getattr(skeleton, "TRAINING_STATE", ()):      # LoraRecovery's
+                    setattr(skeleton, state, None)
             for i, (name, module) in enumerate(modules.items()):
                 tensors = _tensors(module)
                 save_file({n: t.detach().contiguous().cpu() for n, t in tensors.items()},

@@ -528,6 +528,14 @@ class LoraRecovery:
         self._batches = batches(self.tokenized, self.settings.batch_size, self.settings.seed)
         self.trainable_params = sum(p.numel() for p in trainable)
 
+    # what only training needs: AdamW's moments, float32 master weights (dropped once it is over)
+    TRAINING_STATE = ("optimizer", "masters")
+
+    def drop_training_state(self) -> None:
+        """Free what only further steps would use: a finished recovery never trains again."""
+        for name in self.TRAINING_STATE:
+            setattr(self, name, None)
+
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """bfloat16 where `mixed_precision` is on and float32 weights sit on a device that multiplies

@@ -272,8 +272,9 @@ def reusing_freed_memory(trim_delay_s: float = TRIM_DELAY_S):
     model, 2 cores: a LoRA step of the quick preset 2.96 s instead of 4.61 s in the bounded mode
     (peak RSS 2.98 GB instead of 2.39, within footprint.recover_peak), the quick perplexity 5.3 s
     instead of 6.7 s. `trim_delay_s=0` for a phase no other follows (the writing of calibration
-    text, which scoring follows in the same step): the heap goes back at once, so a next step starts bounded (low-memory
-    scoring's peak, the admission's estimates). A no-op unless the bounded mode was applied."""
+    text, which scoring follows in the same step): the heap goes back at once, so a next step
+    starts bounded (low-memory scoring's peak, the admission's estimates). A no-op unless the
+    bounded mode was applied."""
     with ALLOCATOR.lock:
         active = ALLOCATOR.bounded_threshold is not None
         if active:
@@ -287,11 +288,12 @@ def reusing_freed_memory(trim_delay_s: float = TRIM_DELAY_S):
         if active:
             with ALLOCATOR.lock:
                 ALLOCATOR.reusers -= 1
-                if ALLOCATOR.reusers == 0 and trim_delay_s > 0:     # new large blocks mapped again;
-                    ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold, trim_threshold=NEVER_TRIM)
-                    _schedule_trim(trim_delay_s)  # the freed heap kept until the timer (or the next phase)
-                elif ALLOCATOR.reusers == 0:
-                    _trim_now()
+                if ALLOCATOR.reusers == 0:
+                    if trim_delay_s > 0:          # new large blocks mapped again; the freed heap kept
+                        ALLOCATOR.set_threshold(ALLOCATOR.bounded_threshold, trim_threshold=NEVER_TRIM)
+                        _schedule_trim(trim_delay_s)      # until the timer (or the next phase)
+                    else:
+                        _trim_now()
 
 
 def _schedule_trim(delay_s: float = TRIM_DELAY_S) -> None:

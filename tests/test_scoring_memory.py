@@ -29,7 +29,7 @@ def saved_bytes(model, ids, low_memory: bool) -> int:
         p.requires_grad_(True)
     try:
         with layer_checkpointing(model, low_memory), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            causal_lm_loss(model, ids, LOSS_CHUNK if low_memory else None)
+            causal_lm_loss(model, ids, LOSS_CHUNK)        # scoring's loss, chunked in either mode
     finally:
         for p in model.parameters():
             p.requires_grad_(False)
