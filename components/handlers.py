@@ -949,9 +949,9 @@ def recovery_curve_results() -> tuple[pd.DataFrame | None, float]:
 def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
-    # every recipe at 20% and 50%, untuned and after the rank-32 quick LoRA (at lr 3e-3, before the
-    # preset's 2e-3), three draws; the same after the former rank-8 preset (each table's header
-    # names the settings it ran with); then the candidates measured on the way to the default (untuned)
+    # every recipe at 20% and 50%, untuned and after today's quick LoRA (rank 32, lr 2e-3), three
+    # draws; the same after the former rank-8 preset (each table's header names the settings it ran
+    # with); then the candidates measured on the way to the default (untuned)
     names = ("methods_quick_grid.md", "methods_quick_grid_rank8.md", "methods_draws.md", "methods_50.md")
     tables = [results / name for name in names if (results / name).is_file()]
     figure = results / "methods_quick_grid.plotly.json"
