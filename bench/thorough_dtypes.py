@@ -18,11 +18,12 @@ class SteppedDirectly(R.FloatMasters):       # the code before: AdamW on the 16-
         self.pairs, self.params = [], list(params)
 
 
+OURS = R.FloatMasters                          # restored after each way
 sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "steps": steps}
-for name, dtype, masters in [("bf16 + float32 masters", torch.bfloat16, R.FloatMasters),
+for name, dtype, masters in [("bf16 + float32 masters", torch.bfloat16, OURS),
                              ("bf16 stepped directly", torch.bfloat16, SteppedDirectly),
-                             ("float32 + bf16 autocast", torch.float32, R.FloatMasters)]:
+                             ("float32 + bf16 autocast", torch.float32, OURS)]:
     teacher, tok = load_model("default", dtype=dtype)[:2]
     model = load_model(pruned_dir, dtype=dtype)[0]
     if "dense" not in res:
@@ -33,7 +34,7 @@ for name, dtype, masters in [("bf16 + float32 masters", torch.bfloat16, R.FloatM
     try:
         rec = R.LoraRecovery(model, tok, ex, s, teacher=teacher, in_place=True)
     finally:
-        R.FloatMasters = SteppedDirectly.__mro__[1]
+        R.FloatMasters = OURS
     sync(); t = time.perf_counter()
     for f in rec.train():
         pass
