@@ -18,7 +18,7 @@ from .models import ModelLoadError
 from .options import add_arguments, options
 from .prune import PruneConfig
 from .recipes import RECIPE_NOTES, RECIPES
-from .recover import PRESET_DATA, PRESETS, LoraSettings
+from .recover import PRESET_DATA, PRESETS, LoraSettings, progress_text
 from .resources import return_large_frees_to_os
 from .tasks import TASKS
 
@@ -402,7 +402,7 @@ def cmd_recover(args) -> dict:
           f"{settings.max_steps} steps", file=sys.stderr)
     for f in rec.train():
         print(f"step {f['step']:4d}  loss {f['loss']:.4f}  ce {f['ce']:.4f}  kl {f['kl']:.4f}  "
-              f"lr {f['lr']:.2e}  {f['elapsed']:.0f}s", flush=True)
+              f"lr {f['lr']:.2e}  {progress_text(f, rec.history, settings)}", flush=True)
     if args.out:
         adapter = rec.save_adapter(f"{args.out}/adapter")    # before the in-place merge consumes it
     merged = rec.merge(in_place=True)

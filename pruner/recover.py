@@ -475,6 +475,27 @@ def lr_at(step: int, settings: LoraSettings) -> float:
     return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def seconds_left(history: list[dict], settings: LoraSettings, recent: int = 10) -> float | None:
+    """Seconds the run still needs at the pace of its last `recent` steps (None before its second
+    step: the first carries one-off set-up), capped by the time budget. A step's time differs by
+    3x between processors (a 2-core CPU with bfloat16 instructions against one without), so the
+    page and the CLI say what this machine needs instead of quoting a preset's measured time."""
+    if len(history) < 2:
+        return None
+    window = history[-(recent + 1):]
+    pace = (window[-1]["elapsed"] - window[0]["elapsed"]) / (len(window) - 1)   # seconds a step
+    left = pace * max(0, settings.max_steps - history[-1]["step"])
+    if settings.time_budget_s is not None:
+        left = min(left, max(0.0, settings.time_budget_s - history[-1]["elapsed"]))
+    return left
+
+
+def progress_text(figures: dict, history: list[dict], settings: LoraSettings) -> str:
+    """"12s, about 40s left" for a status line."""
+    left = seconds_left(history, settings)
+    return f"{figures['elapsed']:.0f}s" + (f", about {left:.0f}s left" if left is not None else "")
+
+
 class LoraRecovery:
     """LoRA fine-tuning of a copy of `model`; `train()` yields progress, `merge()` folds it in."""
 

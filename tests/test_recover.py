@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pruner.recover import (EXAMPLE_POOL, Example, LoraRecovery, LoraSettings, _chat_prompt, collate,
-                            example_limit, lora_loss, lr_at, preset, recovery_examples, self_generated_examples,
-                            tokenize_examples)
+                            example_limit, lora_loss, lr_at, preset, progress_text, recovery_examples, seconds_left,
+                            self_generated_examples, tokenize_examples)
 
 TEXT = [Example("", "the quick brown fox jumps over the lazy dog. " * 3)] * 4
 
@@ -160,6 +160,20 @@ def test_a_run_that_would_repeat_the_pool_reads_all_the_examples(tokenizer, tmp_
     assert len(everything) > 100
 
 
+def test_seconds_left_at_the_recent_pace():
+    s = LoraSettings(max_steps=20)
+    steps = lambda times: [{"step": i + 1, "elapsed": t} for i, t in enumerate(times)]
+    assert seconds_left(steps([30.0]), s) is None                 # one step: set-up, no pace yet
+    assert seconds_left(steps([30.0, 32.0, 34.0]), s) == 34.0      # 2 s a step x 17 steps
+    # the pace of the last 10 steps only: 12 steps, the first slow, then 1 s a step -> 8 steps left
+    history = steps([50.0] + [50.0 + i for i in range(1, 12)])
+    assert seconds_left(history, s) == pytest.approx(8.0)
+    assert seconds_left(history, LoraSettings(max_steps=20, time_budget_s=65.0)) == pytest.approx(4.0)
+    assert seconds_left(steps([5.0, 10.0]), LoraSettings(max_steps=2)) == 0.0
+    assert progress_text({"elapsed": 34.2}, steps([30.0, 32.0, 34.2]), s) == "34s, about 36s left"
+    assert progress_text({"elapsed": 3.0}, steps([3.0]), s) == "3s"
+
+
 def test_schedule_and_settings():
     s = LoraSettings(learning_rate=1.0, warmup_steps=4, max_steps=10)
     assert [round(lr_at(i, s), 3) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -210,7 +224,10 @@ def test_chunked_loss_backward_matches_the_full_logits_loss(family, temperature)
     total, ce, kl = lora_loss_backward(student, batch, teacher, 0.7, temperature, multiplier=0.5, chunk=5,
                                        ce_weight=0.3)
     assert total.item() == pytest.approx(full.item(), rel=1e-5)
-    assert ce.item() == pytest.approx(ce_full.item(), rel=1e-5) and kl.item() == pytest.approx(kl_full.item(), rel=1e-4)
+    assert ce.item() == pytest.approx(ce_full.item(), rel=1e-5)
+    # the KL here is ~9e-4, a difference of log-probabilities near 4.5: float32 cancellation leaves
+    # ~3e-7 of it to the summation order, which differs between CPUs (AVX2 against AVX-512 kernels)
+    assert kl.item() == pytest.approx(kl_full.item(), rel=1e-4, abs=1e-6)
     for p, g in zip(trainable, expected):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
 

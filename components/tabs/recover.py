@@ -10,7 +10,7 @@ from components import lesson_text as text
 from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
 from components.tabs.evaluate import session_models
-from pruner.recover import PRESET_DATA, PRESETS, LoraSettings
+from pruner.recover import PRESET_DATA, PRESETS, LoraSettings, progress_text
 
 RECOVERY_DATA = ["self", "builtin", "lambada", "alpaca"]
 
@@ -111,7 +111,8 @@ def run_recover(preset_name, steps, lr, distill, data_source, ce_weight=None, ra
             for figures_now in recovery.train():
                 yield (figures.loss_figure(recovery.history),
                        f"step {figures_now['step']}/{settings.max_steps}  loss {figures_now['loss']:.3f}  "
-                       f"lr {figures_now['lr']:.1e}  {figures_now['elapsed']:.0f}s")
+                       f"lr {figures_now['lr']:.1e}  "
+                       f"{progress_text(figures_now, recovery.history, recovery.settings)}")
         handlers.finish_recovery(STORE, session, recovery)
     done = "Finished all" if recovery.step >= recovery.settings.max_steps else "Stopped after"
     yield (figures.loss_figure(recovery.history),
