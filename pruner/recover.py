@@ -491,9 +491,9 @@ def seconds_left(history: list[dict], settings: LoraSettings, recent: int = 10) 
 
 
 def progress_text(figures: dict, history: list[dict], settings: LoraSettings) -> str:
-    """"12s, about 40s left" for a status line."""
+    """"12s, about 40s left" for a status line ("12s" alone before a pace is known or once done)."""
     left = seconds_left(history, settings)
-    return f"{figures['elapsed']:.0f}s" + (f", about {left:.0f}s left" if left is not None else "")
+    return f"{figures['elapsed']:.0f}s" + (f", about {left:.0f}s left" if left is not None and left >= 0.5 else "")
 
 
 class LoraRecovery:
