@@ -402,7 +402,7 @@ def cmd_recover(args) -> dict:
           f"{settings.max_steps} steps", file=sys.stderr)
     for f in rec.train():
         print(f"step {f['step']:4d}  loss {f['loss']:.4f}  ce {f['ce']:.4f}  kl {f['kl']:.4f}  "
-              f"lr {f['lr']:.2e}  {progress_text(f, rec.history, settings)}", flush=True)
+              f"lr {f['lr']:.2e}  {progress_text(rec.history, settings)}", flush=True)
     if args.out:
         adapter = rec.save_adapter(f"{args.out}/adapter")    # before the in-place merge consumes it
     merged = rec.merge(in_place=True)

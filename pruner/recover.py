@@ -490,10 +490,11 @@ def seconds_left(history: list[dict], settings: LoraSettings, recent: int = 10) 
     return left
 
 
-def progress_text(figures: dict, history: list[dict], settings: LoraSettings) -> str:
-    """"12s, about 40s left" for a status line ("12s" alone before a pace is known or once done)."""
+def progress_text(history: list[dict], settings: LoraSettings) -> str:
+    """"12s, about 40s left" after the last step of `history` ("12s" alone before a pace is known
+    or once done)."""
     left = seconds_left(history, settings)
-    return f"{figures['elapsed']:.0f}s" + (f", about {left:.0f}s left" if left is not None and left >= 0.5 else "")
+    return f"{history[-1]['elapsed']:.0f}s" + (f", about {left:.0f}s left" if left is not None and left >= 0.5 else "")
 
 
 class LoraRecovery:

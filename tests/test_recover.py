@@ -170,9 +170,9 @@ def test_seconds_left_at_the_recent_pace():
     assert seconds_left(history, s) == pytest.approx(8.0)
     assert seconds_left(history, LoraSettings(max_steps=20, time_budget_s=65.0)) == pytest.approx(4.0)
     assert seconds_left(steps([5.0, 10.0]), LoraSettings(max_steps=2)) == 0.0
-    assert progress_text({"elapsed": 34.2}, steps([30.0, 32.0, 34.2]), s) == "34s, about 36s left"
-    assert progress_text({"elapsed": 3.0}, steps([3.0]), s) == "3s"
-    assert progress_text({"elapsed": 10.0}, steps([5.0, 10.0]), LoraSettings(max_steps=2)) == "10s"   # done
+    assert progress_text(steps([30.0, 32.0, 34.2]), s) == "34s, about 36s left"
+    assert progress_text(steps([3.0]), s) == "3s"
+    assert progress_text(steps([5.0, 10.0]), LoraSettings(max_steps=2)) == "10s"   # done
 
 
 def test_schedule_and_settings():

@@ -112,7 +112,7 @@ def run_recover(preset_name, steps, lr, distill, data_source, ce_weight=None, ra
                 yield (figures.loss_figure(recovery.history),
                        f"step {figures_now['step']}/{settings.max_steps}  loss {figures_now['loss']:.3f}  "
                        f"lr {figures_now['lr']:.1e}  "
-                       f"{progress_text(figures_now, recovery.history, recovery.settings)}")
+                       f"{progress_text(recovery.history, recovery.settings)}")
         handlers.finish_recovery(STORE, session, recovery)
     done = "Finished all" if recovery.step >= recovery.settings.max_steps else "Stopped after"
     yield (figures.loss_figure(recovery.history),
