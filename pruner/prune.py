@@ -897,7 +897,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
 
         plan, ratio = plan_step()
         stats = None            # the refit fits every bias itself: means only for mean compensation
-        if prune_config.compensate and (not prune_config.refit or prune_config.allocation == "sensitivity"):
+        if prune_config.compensate and not prune_config.refit:
             from .activations import input_statistics
 
             if progress:
@@ -908,7 +908,8 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: per-layer sensitivity")
-            sensitivity = layer_sensitivity(current, input_ids, plan, stats).assign(step=step)
+            sensitivity = layer_sensitivity(current, input_ids, plan, stats,
+                                            refit=prune_config.refit).assign(step=step)
             sensitivities.append(sensitivity)
             plan, ratio = plan_step(sensitivity)
         if progress:

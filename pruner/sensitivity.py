@@ -5,7 +5,9 @@ plan is applied and every other layer stays dense. It is measured without slicin
 heads' / channels' inputs to o_proj / down_proj are replaced by zero, or by their calibration
 means when bias compensation is on -- exactly what slicing (+ folding W[:, removed] @ E[x] into
 the bias) computes, since a removed head or MLP channel reaches the rest of the model only
-through those inputs.
+through those inputs. With the least-squares refit (`refit=True`), o_proj's / down_proj's output is
+replaced by what its refitted kept columns and bias give (pruner/refit.py, fitted on the layer's
+dense inputs), as the refitted slice computes.
 
 Allocation: with each layer's loss increase modelled as s_l * (r_l / r_probe)^2, minimising the
 sum for a fixed number of removed groups gives r_l proportional to 1 / s_l; each ratio is kept
@@ -44,14 +46,49 @@ def _tail_nll_sum(stream, start: int, batch: int, hidden: torch.Tensor, labels: 
     return float(_ce_sum(lambda h: head_logits(stream.model, h), hidden, labels[:, 1:].flatten()))
 
 
+def _masked(linear, fam: Family, kept: list[int], layer: int, input_stats: dict | None):
+    """Forward pre-hook: the removed inputs of `linear` replaced by zero, or by their calibration
+    means (mean compensation), as slicing computes."""
+    mask = torch.zeros(linear.in_features, dtype=torch.bool, device=linear.weight.device)
+    mask[fam.kept_inputs(kept).to(mask.device)] = True
+    fill = torch.zeros(linear.in_features, dtype=linear.weight.dtype, device=mask.device)
+    if input_stats is not None:
+        fill = input_stats[(layer, fam.block)].mean.to(fill)
+
+    def probe(module, args):
+        x = args[0]                                                       # (B, L, in)
+        return (torch.where(mask, x, fill.to(x.dtype)),) + tuple(args[1:])
+    return probe
+
+
+def _refitted(stream, layer: int, linear, kept_inputs: torch.Tensor):
+    """Forward hook: `linear`'s output as its refitted kept columns and bias give it, fitted on
+    its inputs over the stream (which is at `layer`: the dense model's)."""
+    from .refit import input_gram, refit_solution
+
+    gram, total, n = input_gram(stream, layer, linear)
+    kept = kept_inputs.to(linear.weight.device)
+    weight, bias = refit_solution(linear.weight, linear.bias, kept.tolist(), gram, total, n)
+    del gram
+    weight, bias = weight.to(linear.weight), bias.to(linear.weight)     # (out, k), (out,)
+
+    def probe(module, args, output):
+        x = args[0]                                                       # (B, L, in)
+        return torch.nn.functional.linear(x.index_select(-1, kept), weight.to(x.dtype), bias.to(x.dtype))
+    return probe
+
+
 @torch.no_grad()
 def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | None = None,
-                      batch_size: int = 8, max_tokens: int | None = 4096) -> pd.DataFrame:
+                      batch_size: int = 8, max_tokens: int | None = 4096, refit: bool = False) -> pd.DataFrame:
     """Loss increase of applying each layer's part of `plan` alone -> tidy DataFrame with
     columns kind, layer, kept, removed, loss, loss_increase (the model is left unchanged).
 
     input_stats: `activations.input_statistics(model, input_ids)` for compensated probes.
     max_tokens: probe on the first calibration rows up to this many tokens; None uses them all.
+    refit: probe the layer as the least-squares refit leaves it (pruner/refit.py: the kept columns
+    of o_proj / down_proj and a bias fitted on this layer's dense inputs, which are its inputs
+    when it is pruned alone) instead of with mean compensation; `input_stats` is not needed.
 
     The layers before a probed one are dense, so their output is computed once: the calibration
     batches are carried through the decoder layer by layer (`refit.LayerStream`), and each probe
@@ -74,17 +111,10 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
         for kind, _, kept in [p for p in parts if p[1] == layer]:
             fam: Family = family(model, kind, layer)
             linear = model.get_submodule(fam.last.module)            # o_proj / down_proj
-            mask = torch.zeros(linear.in_features, dtype=torch.bool, device=linear.weight.device)
-            mask[fam.kept_inputs(kept).to(mask.device)] = True
-            fill = torch.zeros(linear.in_features, dtype=linear.weight.dtype, device=mask.device)
-            if input_stats is not None:
-                fill = input_stats[(layer, fam.block)].mean.to(fill)
-
-            def probe(module, args, mask=mask, fill=fill):
-                x = args[0]                                                   # (B, L, in)
-                return (torch.where(mask, x, fill.to(x.dtype)),) + tuple(args[1:])
-
-            handle = linear.register_forward_pre_hook(probe)
+            if refit:
+                handle = linear.register_forward_hook(_refitted(stream, layer, linear, fam.kept_inputs(kept)))
+            else:
+                handle = linear.register_forward_pre_hook(_masked(linear, fam, kept, layer, input_stats))
             try:
                 losses[kind, layer] = sum(_tail_nll_sum(stream, layer, b, h, labels[b])
                                           for b, h in enumerate(stream.hidden)) / n_predicted

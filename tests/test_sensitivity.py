@@ -18,24 +18,25 @@ def loss(model, ids):
         return float(causal_lm_loss(model, ids))
 
 
-@pytest.mark.parametrize("compensate", [False, True])
+@pytest.mark.parametrize("compensate", [False, True, "refit"])
 def test_probe_loss_equals_the_sliced_model(calib, compensate):
     model = tiny_model(n_heads=6, n_kv=2, hidden=48, layers=3)
     plan = Plan(attn_keep={0: [1]}, qhead_keep={1: [0, 2, 3, 5]}, mlp_keep={2: list(range(0, 48, 3))})
-    stats = input_statistics(model, calib) if compensate else None
-    table = layer_sensitivity(model, calib, plan, stats, batch_size=3)
+    refit = compensate == "refit"
+    stats = input_statistics(model, calib) if compensate is True else None
+    table = layer_sensitivity(model, calib, plan, stats, batch_size=3, refit=refit)
     assert list(zip(table.kind, table.layer)) == [("attn", 0), ("qhead", 1), ("mlp", 2)]
     assert table.removed.tolist() == [1, 2, 32]
     base = loss(model, calib)
     singles = [Plan(attn_keep=plan.attn_keep), Plan(qhead_keep=plan.qhead_keep), Plan(mlp_keep=plan.mlp_keep)]
     for row, single in zip(table.itertuples(), singles):
-        sliced = loss(apply_plan(model, single, stats), calib)
+        sliced = loss(apply_plan(model, single, stats, refit_ids=calib if refit else None), calib)
         assert row.loss == pytest.approx(sliced, abs=1e-5)
         assert row.loss_increase == pytest.approx(sliced - base, abs=1e-5)
     assert loss(model, calib) == base               # hooks removed, model untouched
-    capped = layer_sensitivity(model, calib, plan, stats, max_tokens=32)     # first 2 rows of 16 tokens
+    capped = layer_sensitivity(model, calib, plan, stats, max_tokens=32, refit=refit)   # first 2 rows of 16
     assert capped.loss.tolist() == pytest.approx(
-        layer_sensitivity(model, calib[:2], plan, stats).loss.tolist(), abs=1e-6)
+        layer_sensitivity(model, calib[:2], plan, stats, refit=refit).loss.tolist(), abs=1e-6)
 
 
 
