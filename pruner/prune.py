@@ -84,6 +84,9 @@ class PruneConfig:
     layer_spread: float = option(
         0.5, "with sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
         bounds=Range(0.0, 1.0))
+    probe_tokens: int = option(
+        4096, "with sensitivity allocation: calibration tokens each layer's probe runs on (the first rows, "
+        "up to this many; each probe is a partial forward over them)", bounds=Range(1, None))
     round_to: int = option(1, "kept MLP channels per layer: a multiple of this (see bench/decode_speed.py)",
                            bounds=Range(1, None))
 
@@ -549,8 +552,9 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
         from .sensitivity import layer_sensitivity
 
         uniform = make_plan(model, scores, config)
-        stats = input_statistics(model, input_ids) if config.compensate else None
-        sensitivity = layer_sensitivity(model, input_ids, uniform, stats)
+        stats = input_statistics(model, input_ids) if config.compensate and not config.refit else None
+        sensitivity = layer_sensitivity(model, input_ids, uniform, stats, max_tokens=config.probe_tokens,
+                                        refit=config.refit)
     if config.by_params:
         n_remove = int(round(count_params(model)["params"] * config.amount))
         return plan_for_params(model, scores, config, n_remove, sensitivity=sensitivity)[0]
@@ -908,7 +912,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: per-layer sensitivity")
-            sensitivity = layer_sensitivity(current, input_ids, plan, stats,
+            sensitivity = layer_sensitivity(current, input_ids, plan, stats, max_tokens=prune_config.probe_tokens,
                                             refit=prune_config.refit).assign(step=step)
             sensitivities.append(sensitivity)
             plan, ratio = plan_step(sensitivity)

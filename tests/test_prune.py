@@ -237,10 +237,11 @@ def test_precomputed_scores_are_used_not_computed_again(monkeypatch, calib):
         assert torch.equal(result.model(calib).logits, expected.model(calib).logits)
 
 
-def test_make_plan_measures_sensitivity_as_prune_model_does(calib):
+@pytest.mark.parametrize("extra", [{}, {"compensate": True, "refit": True, "probe_tokens": 32}])
+def test_make_plan_measures_sensitivity_as_prune_model_does(calib, extra):
     model = tiny_model(layers=4)
     cfg = PruneConfig(amount=0.4, unit="groups", allocation="sensitivity", layer_spread=0.5, attn_layers=(0, 4),
-                      mlp_layers=(0, 4))
+                      mlp_layers=(0, 4), **extra)
     scores = score(model, calib, ScoreConfig("l2"))
     plan = make_plan(model, scores, cfg, input_ids=calib)
     assert plan == prune_model(model, calib, ScoreConfig("l2"), cfg, scores=scores).plans[0]
