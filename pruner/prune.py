@@ -912,7 +912,8 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: per-layer sensitivity")
-            sensitivity = layer_sensitivity(current, input_ids, plan, stats, max_tokens=prune_config.probe_tokens,
+            sensitivity = layer_sensitivity(current, input_ids, plan, stats,
+                                            max_tokens=prune_config.probe_tokens,
                                             refit=prune_config.refit).assign(step=step)
             sensitivities.append(sensitivity)
             plan, ratio = plan_step(sensitivity)

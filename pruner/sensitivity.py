@@ -80,7 +80,8 @@ def _refitted(stream, layer: int, linear, kept_inputs: torch.Tensor):
 
 @torch.no_grad()
 def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | None = None,
-                      batch_size: int = 8, max_tokens: int | None = 4096, refit: bool = False) -> pd.DataFrame:
+                      batch_size: int = 8, max_tokens: int | None = 4096,
+                      refit: bool = False) -> pd.DataFrame:
     """Loss increase of applying each layer's part of `plan` alone -> tidy DataFrame with
     columns kind, layer, kept, removed, loss, loss_increase (the model is left unchanged).
 
@@ -125,7 +126,8 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
     last = len(stream.layers) - 1
     while stream.at < last:
         stream.advance()
-    base = sum(_tail_nll_sum(stream, last, b, h, labels[b]) for b, h in enumerate(stream.hidden)) / n_predicted
+    base = sum(_tail_nll_sum(stream, last, b, h, labels[b])
+               for b, h in enumerate(stream.hidden)) / n_predicted
     rows = [{"kind": kind, "layer": layer, "kept": len(kept),
              "removed": family(model, kind, layer).n_groups - len(kept),
              "loss": losses[kind, layer], "loss_increase": losses[kind, layer] - base}

@@ -39,12 +39,11 @@ def test_probe_loss_equals_the_sliced_model(calib, compensate):
         layer_sensitivity(model, calib[:2], plan, stats, refit=refit).loss.tolist(), abs=1e-6)
 
 
-
 def test_probes_reuse_the_dense_layers_before_them(calib):
     """Each probe runs the decoder only from its own layer on: per batch, one recording pass (4
     layer calls), one advance per layer up to the last probed one (3), the probes' tails
     (attn 1: 3, mlp 1: 3, mlp 2: 2, mlp 3: 1) and the base loss's last layer (1) = 17 calls,
-    not a full forward per probe plus the base (5 x 4 = 20; at 30 layers about 1.6x more)."""
+    not a full forward per probe plus the base (5 x 4 = 20; bench/sensitivity_probes.py times it)."""
     model = tiny_model(n_heads=4, n_kv=2, layers=4)
     plan = Plan(attn_keep={1: [0]}, mlp_keep={1: list(range(40)), 2: list(range(30)), 3: list(range(20))})
     calls = []
@@ -63,6 +62,7 @@ def test_probes_reuse_the_dense_layers_before_them(calib):
             Plan(mlp_keep={row.layer: plan.mlp_keep[row.layer]})
         assert row.loss == pytest.approx(loss(apply_plan(model, single), calib), abs=1e-5)
         assert row.loss_increase == pytest.approx(row.loss - base, abs=1e-5)
+
 
 def test_allocation_is_hand_solved_water_filling():
     import pandas as pd
