@@ -118,6 +118,12 @@ class PruneConfig:
             raise ValueError("block strategy with neither attention nor MLP pruning removes nothing")
 
     @property
+    def uses_means(self) -> bool:
+        """Whether pruning (and its sensitivity probes) needs the calibration means of the removed
+        inputs: mean compensation does; the refit fits every bias itself."""
+        return self.compensate and not self.refit
+
+    @property
     def by_params(self) -> bool:
         """Whether the amount is a share of parameters (else a fraction of groups)."""
         return self.unit == "parameters"
@@ -549,12 +555,11 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
     config.validate(len(layers_of(model)))
     if config.allocation == "sensitivity" and sensitivity is None and input_ids is not None:
         from .activations import input_statistics
-        from .sensitivity import layer_sensitivity
+        from .sensitivity import config_sensitivity
 
         uniform = make_plan(model, scores, config)
-        stats = input_statistics(model, input_ids) if config.compensate and not config.refit else None
-        sensitivity = layer_sensitivity(model, input_ids, uniform, stats, max_tokens=config.probe_tokens,
-                                        refit=config.refit)
+        stats = input_statistics(model, input_ids) if config.uses_means else None
+        sensitivity = config_sensitivity(model, input_ids, uniform, stats, config)
     if config.by_params:
         n_remove = int(round(count_params(model)["params"] * config.amount))
         return plan_for_params(model, scores, config, n_remove, sensitivity=sensitivity)[0]
@@ -900,21 +905,19 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
             return plan_for_ratio(scores, config_now, r, model_shape(current), counts0, sens), r
 
         plan, ratio = plan_step()
-        stats = None            # the refit fits every bias itself: means only for mean compensation
-        if prune_config.compensate and not prune_config.refit:
+        stats = None
+        if prune_config.uses_means:
             from .activations import input_statistics
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: activation means for compensation")
             stats = input_statistics(current, input_ids)
         if prune_config.allocation == "sensitivity":
-            from .sensitivity import layer_sensitivity
+            from .sensitivity import config_sensitivity
 
             if progress:
                 progress(step - 1, steps, f"step {step}/{steps}: per-layer sensitivity")
-            sensitivity = layer_sensitivity(current, input_ids, plan, stats,
-                                            max_tokens=prune_config.probe_tokens,
-                                            refit=prune_config.refit).assign(step=step)
+            sensitivity = config_sensitivity(current, input_ids, plan, stats, prune_config).assign(step=step)
             sensitivities.append(sensitivity)
             plan, ratio = plan_step(sensitivity)
         if progress:

@@ -107,8 +107,9 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
     n_predicted = input_ids.shape[0] * (input_ids.shape[1] - 1)
 
     parts = plan_parts(plan)
+    last = len(stream.layers) - 1
     losses: dict[tuple[str, int], float] = {}
-    for layer in range(len(stream.layers)):
+    for layer in range(last + 1):
         for kind, _, kept in [p for p in parts if p[1] == layer]:
             fam: Family = family(model, kind, layer)
             linear = model.get_submodule(fam.last.module)            # o_proj / down_proj
@@ -121,11 +122,8 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
                                           for b, h in enumerate(stream.hidden)) / n_predicted
             finally:
                 handle.remove()
-        if layer < len(stream.layers) - 1 and any(p[1] > layer for p in parts):
-            stream.advance()
-    last = len(stream.layers) - 1
-    while stream.at < last:
-        stream.advance()
+        if layer < last:
+            stream.advance()                  # the base loss below runs from the last layer
     base = sum(_tail_nll_sum(stream, last, b, h, labels[b])
                for b, h in enumerate(stream.hidden)) / n_predicted
     rows = [{"kind": kind, "layer": layer, "kept": len(kept),
@@ -133,6 +131,14 @@ def layer_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | 
              "loss": losses[kind, layer], "loss_increase": losses[kind, layer] - base}
             for kind, layer, kept in parts]
     return pd.DataFrame(rows, columns=["kind", "layer", "kept", "removed", "loss", "loss_increase"])
+
+
+def config_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict | None,
+                       config) -> pd.DataFrame:
+    """`layer_sensitivity` as a PruneConfig asks for it (its probe tokens; refitted probes when the
+    refit is on): what prune_model and make_plan both measure."""
+    return layer_sensitivity(model, input_ids, plan, input_stats, max_tokens=config.probe_tokens,
+                             refit=config.refit)
 
 
 MAX_LAYER_RATIO = 0.95      # no allocation removes more than this share of one layer's groups
