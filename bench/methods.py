@@ -238,9 +238,10 @@ def main():
     dense = evaluate(model, tok, args.windows, args.data_dir)
     print(f"dense: {dense:.2f}", flush=True)
     runs, out = [], Path(args.out)
-    every = methods
+    every, machine = methods, common.machine()
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
+        machine = old.get("machine", machine)              # the file's machine is its first runs'; merged runs say theirs
         same = settings_of(old)
         if same != {k: vars(args)[k] for k in same}:
             raise SystemExit(f"--merge needs the same settings as {out}: {same}")
@@ -251,9 +252,11 @@ def main():
         for name in methods:
             for seed in range(args.first_seed, args.first_seed + args.draws):
                 row = one_run(model, tok, name, amount, seed, args, dense)
+                if args.merge:
+                    row["machine"] = common.machine()
                 runs.append(row)
                 print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-                out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "machine": common.machine(),
+                out.write_text(json.dumps({"dense_ppl": dense, "args": vars(args), "machine": machine,
                                            "quick": asdict(preset("quick")) if args.recover else None,
                                            "notes": RECIPE_NOTES, "runs": runs}, indent=2) + "\n")
     render(out)                                          # the table and figure of every run in --out

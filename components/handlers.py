@@ -437,6 +437,11 @@ def preview(store: Store, session: Session, score_config: ScoreConfig, config: P
         text = ("Will remove " + ", ".join(f"{n} {figures.KIND_TITLES.get(k, k).split(':')[-1].strip()}"
                                           for k, n in counts.items())
                 + f" = {100 * share:.1f}% of all parameters (marked with x).")
+        if plan.hidden_keep is not None and "hidden" not in counts:
+            width = session.info["hidden_size"]
+            text = (f"First {width - len(plan.hidden_keep)} of the {width} hidden (embedding) channels, ranked by "
+                    "activation; then, as counted on the full-width model (Prune scores them again on the "
+                    "narrower one): " + text[0].lower() + text[1:])
     return heatmaps(session, scale, removed) + (text,)
 
 
@@ -957,8 +962,11 @@ def methods_results() -> tuple[str, dict | None]:
     figure = results / "methods_quick_grid.plotly.json"
     if not tables:
         return "Run `python bench/methods.py` to measure the field's methods side by side.", None
-    text = "\n\n".join(path.read_text() for path in tables)
-    return text, json.loads(figure.read_text()) if figure.is_file() else None
+    parts = [path.read_text() for path in tables]
+    if len(parts) > 1:
+        parts.insert(1, "**Earlier runs** (their `minitron` rows are the recipe as it was until 2026-12-05: "
+                        "heads and MLP channels, no hidden channels):")
+    return "\n\n".join(parts), json.loads(figure.read_text()) if figure.is_file() else None
 
 
 # ----------------------------------------------------------------------------- compare

@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "ce_weight", "distill_weight",
                  "full_finetune", "mixed_precision", "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options
-PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "compensate",
+PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "hidden_share", "compensate",
                "recompute_means", "refit", "allocation", "layer_spread", "probe_tokens", "round_to",
                "iterative_steps", "prune_attn", "prune_mlp"]
 
@@ -286,10 +286,14 @@ def cmd_prune(args) -> dict:
     notes = list(notes) + result.notes
     print(f"pruned in {seconds:.1f}s (preset {args.preset}: {config.strategy}, {config.scope}, "
           f"{args.criterion}/{args.aggregation}, attention share {config.attn_share}, "
+          f"hidden channels' share {config.hidden_share}, "
           f"compensation {config.compensate}, allocation {config.allocation})")
     print(f"parameters: {report['params_before']:,} -> {report['params_after']:,} "
           f"({100 * report['ratio_params_removed']:.1f}% removed; non-embedding "
           f"{100 * report['ratio_non_embedding_removed']:.1f}%)")
+    if "hidden_params_removed" in report:
+        print(f"hidden (embedding) channels: {result.model.config.hidden_size} kept, "
+              f"{report['hidden_params_removed']:,} parameters removed with them")
     print(f"MACs/token: {report['macs_per_token_before']:,.0f} -> {report['macs_per_token_after']:,.0f}")
     print("kept widths per layer:\n" + result.widths_after.to_string(index=False))
     if result.sensitivity is not None:

@@ -1,5 +1,6 @@
 """Per-channel statistics of the inputs of o_proj and down_proj (the last weight of an attention
-and an MLP block, wherever the family's `Arch` puts them) on calibration tokens.
+and an MLP block, wherever the family's `Arch` puts them) on calibration tokens, and of the
+residual stream where linears read it (Minitron's embedding-channel importance).
 
 They drive FLAP's fluctuation criterion (variance of a channel's input x the squared norm of its
 weight column) and bias compensation (a removed channel's mean contribution W[:, c] * E[x_c] is
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .arch import arch_of
-from .models import layers_of
+from .models import decoder_body, layers_of
 from .resources import reusing_freed_memory
 
 
@@ -61,6 +62,44 @@ def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dic
     try:
         for batch in torch.split(input_ids, batch_size):
             model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+@reusing_freed_memory()
+def reader_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
+    """{(layer, "attn" | "mlp"): ChannelStats} of what each block's first linear reads from the
+    residual stream (the normalized hidden states in a pre-norm family, Minitron's LN(X)), and
+    {(-1, "head"): ...} of the output projection's input (the final norm's output), over every token.
+    Only the decoder body runs (no vocabulary projection)."""
+    stats: dict[tuple[int, str], ChannelStats] = {}
+    handles = []
+
+    def hook_for(key):
+        def hook(module, args, output=None):
+            x = args[0] if output is None else output
+            x = x.detach().reshape(-1, x.shape[-1]).double()                 # (tokens, hidden)
+            entry = stats.get(key)
+            if entry is None:
+                zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+                entry = stats[key] = ChannelStats(0, zeros, zeros.clone())
+            entry.count += x.shape[0]
+            entry.total += x.sum(0)
+            entry.total_sq += x.square().sum(0)
+        return hook
+
+    arch = arch_of(model)
+    for i, layer in enumerate(layers_of(model)):
+        for block, paths in (("attn", arch.attn_inputs()), ("mlp", arch.mlp_inputs())):
+            handles.append(layer.get_submodule(paths[0]).register_forward_pre_hook(hook_for((i, block))))
+    handles.append(decoder_body(model).norm.register_forward_hook(hook_for((-1, "head"))))
+    device = next(model.parameters()).device
+    try:
+        for batch in torch.split(input_ids, batch_size):
+            decoder_body(model)(input_ids=batch.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()

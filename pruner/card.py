@@ -60,6 +60,8 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
     else:       # a recipe written before the amount had a unit
         amount = (f"{100 * prune['target_params']:.0f}% of the parameters" if prune.get("target_params")
                   else f"a group ratio of {prune.get('ratio')}")
+    if prune.get("hidden_share"):
+        amount += f", {100 * prune['hidden_share']:.0f}% of them from hidden (embedding) channels first"
     if prune.get("refit"):
         amount += ", each pruned down_proj / o_proj refitted by damped least squares"
     lines.append(f"- removed: {amount}, strategy `{prune.get('strategy')}`, scope `{prune.get('scope')}`, "

@@ -146,6 +146,13 @@ class InputCriterion(Criterion):
         """(in,) per input channel, from W (out, in) float32 and E[x], Var[x] (in,)."""
         raise NotImplementedError
 
+    scores_hidden = False              # True where `hidden` scores residual (embedding) channels
+
+    def hidden(self, mean_squares: list[torch.Tensor]) -> torch.Tensor:
+        """(hidden,) per residual channel, from E[x^2] (hidden,) of the residual stream at every point
+        a linear reads it (each block's input, the output projection's)."""
+        raise NotImplementedError
+
 
 @register
 class Fluctuation(InputCriterion):
@@ -172,10 +179,17 @@ class WandaSp(InputCriterion):
 class Activation(InputCriterion):
     name = "activation"
     formula = ("Minitron: the group's activation norm, sqrt(sum over its channels c of E[x_c^2]) at the "
-               "input of o_proj / down_proj (a head's output, an MLP channel's activation)")
+               "input of o_proj / down_proj (a head's output, an MLP channel's activation); a hidden "
+               "(embedding) channel's: sqrt(sum over the points linears read the residual stream, each "
+               "block's normalized input and the final norm's output, of E[x_c^2])")
 
     def column(self, w, mean, var):
         return var + mean.square()
+
+    scores_hidden = True
+
+    def hidden(self, mean_squares):
+        return torch.stack(mean_squares).sum(0)
 
     def finish(self, stats):
         for s in stats:           # the score row only (row 0 holds the standardized channel mean)

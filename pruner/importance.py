@@ -441,10 +441,24 @@ def _input_criterion(model, input_ids, fams, stats, params, crit):
 
     if input_ids is None or input_ids.numel() == 0:
         raise ValueError(f"{crit.name} needs calibration samples (input_ids)")
-    if any(f.kind == "hidden" for f in fams):
+    hidden = [f for f, fam in enumerate(fams) if fam.kind == "hidden"]
+    if hidden and not crit.scores_hidden:
         raise ValueError(f"{crit.name} scores attention and MLP groups, not hidden channels")
+    if hidden:
+        from .activations import reader_statistics
+
+        reads = reader_statistics(model, input_ids)
+        per_channel = crit.hidden([(e.var + e.mean.square()).float() for e in reads.values()])   # (hidden,)
+        for f in hidden:
+            stats[f][-1] = per_channel.to(stats[f].device)
+            z = (per_channel.double() - per_channel.double().mean()) / per_channel.double().std().clamp_min(1e-30)
+            stats[f][0] = z.to(stats[f].device)
+    if len(hidden) == len(fams):
+        return stats
     inputs = input_statistics(model, input_ids)
     for f, fam in enumerate(fams):
+        if fam.kind == "hidden":
+            continue
         last = fam.members[-1]                     # o_proj / down_proj, read by input column
         entry = inputs[(fam.layer, fam.block)]
         weight = params[last.param].detach().float()

@@ -26,8 +26,11 @@ RECIPES = {
                          compensate=True)),
     "wanda-sp": (ScoreConfig(criterion="wanda-sp", aggregation="last"),
                  PruneConfig(attn_granularity="query-heads")),
+    # Minitron's published width models prune hidden (embedding) and MLP channels and keep the heads;
+    # half the removed parameters from hidden channels is about Llama-3.1-Minitron-4B-Width's split
+    # (hidden 4096 -> 3072, MLP 14336 -> 9216: 0.43-0.57, by which axis is counted first)
     "minitron": (ScoreConfig(criterion="activation", aggregation="last"),
-                 PruneConfig(attn_granularity="query-heads")),
+                 PruneConfig(attn_share=0.0, attn_granularity="query-heads", hidden_share=0.5)),
     "shortgpt": (ScoreConfig(criterion="block-influence", aggregation="last"),
                  PruneConfig(strategy="layer")),
 }
@@ -53,10 +56,12 @@ RECIPE_NOTES = {
                  "the dense model in one pass (FLAP's code re-collects them layer by layer as it prunes)"),
     "minitron": ("Muralidharan et al. 2024, Compact Language Models via Pruning and Knowledge Distillation, "
                  "arXiv 2407.14679",
-                 "activation-based importance: each head's output norm and each MLP channel's activation "
-                 "RMS on calibration text, width pruning of heads and MLP channels at one ratio per layer; "
-                 "embedding channels are not pruned here (the channel strategy would need its own pass), "
-                 "and recovery is this project's LoRA with distillation, not full distillation training"),
+                 "activation-based importance on calibration text (an MLP channel's activation RMS, a hidden "
+                 "channel's RMS wherever linears read the residual stream), width pruning of hidden "
+                 "(embedding) and MLP channels as its published width models do (heads kept): half the removed "
+                 "parameters from hidden channels first, then the MLPs, scored again, at one ratio per layer; "
+                 "no architecture search, and recovery is this project's LoRA with distillation, not full "
+                 "distillation training"),
     "shortgpt": ("Men et al. 2024, ShortGPT, arXiv 2403.03853",
                  "depth pruning: whole decoder layers with the lowest block influence (1 - cosine "
                  "similarity of each layer's input and output hidden states) removed"),

@@ -16,7 +16,7 @@ from gradio_client import Client
 
 CUSTOM = "hub id or local folder"
 PRUNE_DEFAULTS = dict(unit="groups", scope="local", strategy="block", attn_granularity="kv-group",
-                      one_ratio=True, attn_share=0.0, compensate=False, recompute_means=False, refit=False,
+                      one_ratio=True, attn_share=0.0, hidden_share=0.0, compensate=False, recompute_means=False, refit=False,
                       allocation="uniform",
                       attn_start=0, attn_end=2, mlp_start=0, mlp_end=2, iterative_steps=1,
                       criterion="taylor-element1", aggregation="sum", scale="rank")
@@ -323,3 +323,24 @@ def test_an_api_client_reconnects_like_a_reload(server, tiny_folder):
     assert "Welcome back" in second.predict(first.session_hash, api_name="/reconnect")
     assert "Removed" in second.predict(*prune_args(0.25, criterion="l2"), api_name="/prune")[-1]
     assert "Load model" in client(server).predict("v-unknown", api_name="/reconnect")
+
+
+def test_the_minitron_recipe_prunes_hidden_channels_first_on_the_page(server, tokenizer, tmp_path):
+    from conftest import tiny_model
+
+    folder = tmp_path / "wide"          # wide MLPs beside the 49k-token embeddings: both axes can give 10%
+    tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2, hidden=64, inter=2048).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    c = client(server)
+    assert "Loaded" in c.predict(CUSTOM, str(folder), api_name="/load_model")[-1]
+    _, _, one, share, hidden, *_, criterion, _, note = c.predict("minitron", api_name="/recipe")
+    assert (hidden, share["value"], one, criterion) == (0.5, 0.0, False, "activation")
+    assert "hidden (embedding) channels' share 0.5" in note
+    form = {"unit": "parameters", "one_ratio": False, "hidden_share": 0.5, "criterion": "activation",
+            "aggregation": "last"}
+    *_, text = c.predict(*prune_args(0.2, **form), api_name="/preview")
+    assert text.startswith("First ") and "hidden (embedding) channels, ranked by activation" in text, text
+    table, *_, text = c.predict(*prune_args(0.2, **form), api_name="/prune")
+    assert "Removed" in text, text
+    metrics = {r[0]: r for r in table["data"]}
+    assert metrics["parameters"][3] in ("-20.0%", "-19.9%", "-20.1%"), metrics["parameters"]

@@ -1,8 +1,7 @@
 """The CLI's eval, recover and generate subcommands on a tiny local model (fast)."""
-import pytest
-
 import json
 
+import pytest
 
 from pruner.__main__ import main
 
@@ -74,6 +73,28 @@ def test_prune_with_a_method_preset(tiny_folder, tmp_path, capsys, preset, check
                  "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"), "--json"]) == 0
     out = last_json(capsys)
     assert check(out["recipe"]) and out["params_after"] < out["params_before"]
+
+
+def test_prune_minitron_saves_a_narrower_model_transformers_loads(tokenizer, tmp_path, capsys):
+    from conftest import tiny_model
+    from transformers import AutoModelForCausalLM
+
+    # wide MLPs beside the 49k-token embeddings, so both axes hold a real share of the parameters
+    folder = tmp_path / "wide"
+    tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2, hidden=64, inter=2048).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert main(["prune", "--model", str(folder), "--preset", "minitron", "--amount", "0.2", "--layers", "0:2",
+                 "--calib-samples", "2", "--calib-len", "16", "--out", str(tmp_path / "p"), "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "hidden (embedding) channels: " in printed and " kept, " in printed
+    out = json.loads(printed.strip().splitlines()[-1])
+    assert out["recipe"]["prune"]["hidden_share"] == 0.5 and out["recipe"]["score"]["criterion"] == "activation"
+    assert abs(out["params_before"] - out["params_after"] - 0.2 * out["params_before"]) < 0.01 * out["params_before"]
+    hidden = json.loads((tmp_path / "p" / "config.json").read_text())["hidden_size"]
+    assert hidden < 64 and hidden % 4 == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    down = model.model.layers[0].mlp.down_proj.weight
+    assert down.shape[0] == hidden and down.shape[1] < 2048                 # the MLPs lost channels too
 
 
 def test_recover_with_full_finetuning_saves_no_adapter(tiny_folder, tmp_path, capsys):

@@ -146,6 +146,19 @@ def test_llama_cpp_matches_transformers_on_a_per_layer_pruned_model(tmp_path, to
 
 
 @needs_llama_cpp
+def test_llama_cpp_matches_transformers_after_hidden_channels_go(tmp_path, tokenizer):
+    """Minitron's widths: hidden channels cut (every norm's epsilon rescaled alike, so llama.cpp's
+    one epsilon holds), then MLP channels per layer."""
+    model = tiny_model(vocab=len(tokenizer), n_heads=4, n_kv=2, layers=2)
+    narrow = apply_plan(model, Plan(hidden_keep=[c for c in range(32) if c % 4 != 1]))          # 24 of 32
+    pruned = apply_plan(narrow, Plan(mlp_keep={0: list(range(20)), 1: list(range(40))}))
+    path = write_gguf(pruned, tokenizer, tmp_path / "m.gguf", "f32").path
+    ids = tokenizer("The Leaning Tower of Pisa is known for its")["input_ids"]
+    ours, theirs = hf_logits(pruned, ids), llama_cpp_logits(path, ids)
+    np.testing.assert_allclose(theirs, ours, atol=2e-3 * np.abs(ours).max())
+
+
+@needs_llama_cpp
 def test_llama_cpp_matches_transformers_on_qwen2_biases_and_notes_mistrals_window(tmp_path):
     """Qwen2's q/k/v biases are permuted with their rows; Mistral's sliding window (8 tokens in this
     tiny config) is not carried, which the summary says, and within the window the logits agree."""

@@ -40,6 +40,70 @@ def test_wanda_sp_and_activation_match_hand_formulas(calib):
     assert act.z.notna().all() and wanda.z.notna().all()      # FLAP's standardized mean stays usable
 
 
+def test_activation_scores_a_hidden_channel_by_the_residual_stream_linears_read(calib):
+    model = tiny_model(n_heads=4, n_kv=2)
+    reads = [_inputs_of(layer.self_attn.q_proj, model, calib) for layer in model.model.layers]
+    reads += [_inputs_of(layer.mlp.gate_proj, model, calib) for layer in model.model.layers]
+    reads.append(_inputs_of(model.lm_head, model, calib))            # the final norm's output
+    # by hand: sqrt of the sum over the 3 + 3 + 1 reading points of each channel's E[x^2]
+    expected = torch.stack([x.square().mean(0) for x in reads]).sum(0).sqrt()
+    act = score(model, calib, ScoreConfig("activation", kinds=("hidden", "mlp")))
+    got = act[act.kind == "hidden"].sort_values("group").score.to_numpy()
+    torch.testing.assert_close(torch.tensor(got), expected, rtol=1e-4, atol=1e-9)
+    assert set(act[act.kind == "hidden"].layer) == {-1} and (act.kind == "mlp").sum() == 3 * 48
+    with pytest.raises(ValueError, match="not hidden channels"):
+        score(model, calib, ScoreConfig("fluctuation", kinds=("hidden",)))
+
+
+def test_hidden_share_removes_its_share_as_hidden_channels_first_then_the_mlps(calib):
+    from pruner.prune import PruneConfig, make_plan, prune_model
+    from pruner.recipes import recipe
+    from pruner.stats import count_params
+
+    model = tiny_model(n_heads=4, n_kv=2, layers=4, hidden=64, inter=96)
+    total = count_params(model)["params"]
+    score_config, config = recipe("minitron", prune_overrides={"amount": 0.3})
+    config.attn_layers = config.mlp_layers = (0, 4)
+    assert config.hidden_share == 0.5 and config.attn_share == 0.0
+    hidden_scores = score(model, calib, ScoreConfig("activation", kinds=("hidden",)))
+    result = prune_model(model, calib, score_config, config)
+    pruned = result.model
+    hidden_size = pruned.config.hidden_size
+    # hidden channels go 4 at a time (the head count), each with its embedding, norm and q/k/v/o and
+    # gate/up/down weights in all 4 layers: a step of 4 is 6% of all parameters, so the hidden stage
+    # lands within half a step (3%) of its 15%
+    removed = result.report["params_before"] - result.report["params_after"]
+    assert result.report["params_before"] == total
+    assert abs(removed - 0.3 * total) < 0.02 * total
+    assert abs(result.report["hidden_params_removed"] - 0.15 * total) < 0.05 * total
+    assert hidden_size < 64 and hidden_size % 4 == 0
+    kept = hidden_scores.sort_values("score", ascending=False).group.head(hidden_size)
+    assert sorted(result.plans[0].hidden_keep) == sorted(kept.tolist())     # the top channels by activation
+    widths = result.widths_after
+    assert (widths.heads == 4).all() and (widths.intermediate_size < 96).all()   # heads kept, MLPs cut
+    assert list(result.widths_before.intermediate_size) == [96] * 4
+    with torch.no_grad():
+        assert torch.isfinite(pruned(input_ids=calib).logits).all()
+    assert model.config.hidden_size == 64 and model.model.embed_tokens.weight.shape == (96, 64)  # untouched
+    # the Preview's plan: the same hidden channels, MLP channels for the rest
+    both = score(model, calib, ScoreConfig("activation", kinds=("mlp", "hidden")))
+    plan = make_plan(model, both, config)
+    assert sorted(plan.hidden_keep) == sorted(kept.tolist()) and plan.mlp_keep
+    # whatever the recipe's criterion, hidden channels are ranked by activation (Taylor-last would read
+    # only the final norm's weights); the MLPs then by the recipe's own criterion
+    taylor = prune_model(model, calib, ScoreConfig("taylor-element1", "last"), config)
+    assert sorted(taylor.plans[0].hidden_keep) == sorted(kept.tolist())
+    assert set(taylor.scores.criterion) == {"activation", "taylor-element1"}
+    mlp_only = score(model, calib, ScoreConfig("taylor-element1", "last", kinds=("mlp",)))
+    assert sorted(make_plan(model, mlp_only, config, input_ids=calib).hidden_keep) == sorted(kept.tolist())
+    with pytest.raises(ValueError, match="calibration tokens"):
+        make_plan(model, mlp_only, config)
+    with pytest.raises(ValueError, match="hidden_share"):
+        PruneConfig(amount=0.3, unit="groups", hidden_share=0.5).validate(4)
+    normal, notes = PruneConfig(strategy="channel", hidden_share=0.5).normalized(model)
+    assert normal.hidden_share == 0.0 and "hidden channels' share" in notes[0]
+
+
 def test_block_influence_is_one_minus_the_mean_cosine_of_each_layer(calib):
     model = tiny_model(layers=3)
     states = []
@@ -205,3 +269,6 @@ def test_the_page_shows_the_measured_methods_tables():
 
     text, figure = handlers.methods_results()
     assert "`flap`" in text and "`shortgpt`" in text and figure["data"]
+    # today's grid first; the earlier tables, whose minitron is the former recipe, say so
+    first, earlier = text.split("**Earlier runs**")
+    assert "| `minitron` |" in first and "no hidden channels" in earlier

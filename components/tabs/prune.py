@@ -34,7 +34,7 @@ DEFAULT_RECIPE_TEXT = (
 # The Preview / Prune form: one named input (and API parameter) each, in this order. PruneConfig's
 # fields by their names; the page's own: one_ratio (no budget split), the layer ranges' ends, the
 # Importance tab's criterion / aggregation and the heatmaps' colour scale.
-FORM = ["unit", "amount", "scope", "strategy", "attn_granularity", "one_ratio", "attn_share", "compensate",
+FORM = ["unit", "amount", "scope", "strategy", "attn_granularity", "one_ratio", "attn_share", "hidden_share", "compensate",
         "recompute_means", "refit", "allocation", "attn_start", "attn_end", "mlp_start", "mlp_end", "iterative_steps",
         "criterion", "aggregation", "scale"]
 
@@ -53,6 +53,7 @@ def configs(values: dict, model=None) -> tuple[ScoreConfig, PruneConfig, list[st
         amount=float(values["amount"]), unit=values["unit"], scope=values["scope"], strategy=values["strategy"],
         attn_granularity=values["attn_granularity"],
         attn_share=None if values["one_ratio"] else float(values["attn_share"]),
+        hidden_share=float(values["hidden_share"]),
         compensate=bool(values["compensate"]), recompute_means=bool(values["recompute_means"]),
         refit=bool(values["refit"]),
         allocation=values["allocation"], attn_layers=(int(values["attn_start"]), int(values["attn_end"])),
@@ -85,6 +86,7 @@ def layout() -> Tab:
         t.attn_granularity = controls.radio(PruneConfig, "attn_granularity", START.attn_granularity)
         t.one_ratio = gr.Checkbox(START.attn_share is None, label="one ratio for attention and MLP (LLM-Pruner)")
         t.attn_share = controls.slider(PruneConfig, "attn_share", START.attn_share or 0.0, step=0.05)
+        t.hidden_share = controls.slider(PruneConfig, "hidden_share", START.hidden_share, step=0.05, maximum=0.95)
         t.compensate = controls.checkbox(PruneConfig, "compensate", START.compensate)
         t.recompute_means = controls.checkbox(PruneConfig, "recompute_means", START.recompute_means)
         t.refit = controls.checkbox(PruneConfig, "refit", START.refit)
@@ -125,8 +127,9 @@ def form_inputs(ui) -> list:
 
 def wire(ui) -> None:
     t, imp = ui.prune, ui.importance
-    t.recipe.change(apply_recipe, t.recipe, [t.strategy, t.attn_granularity, t.one_ratio, t.attn_share, t.compensate,
-                                             t.refit, t.allocation, imp.criterion, imp.aggregation, t.recipe_note],
+    t.recipe.change(apply_recipe, t.recipe, [t.strategy, t.attn_granularity, t.one_ratio, t.attn_share, t.hidden_share,
+                                             t.compensate, t.refit, t.allocation, imp.criterion, imp.aggregation,
+                                             t.recipe_note],
                     api_name="recipe")
     bounds_inputs = [t.unit, t.one_ratio, t.attn_share, t.attn_start, t.attn_end, t.mlp_start, t.mlp_end, t.amount]
     bounds_outputs = [t.unit, t.amount, t.attn_share, t.status]
@@ -173,23 +176,25 @@ def recipe_controls(name: str) -> tuple:
     """The Prune tab's controls for a named recipe of pruner/recipes.py."""
     score_config, prune_config = RECIPES[name]
     return (prune_config.strategy, prune_config.attn_granularity, prune_config.attn_share is None,
-            prune_config.attn_share or 0.0, prune_config.compensate, prune_config.refit, prune_config.allocation,
-            score_config.criterion, score_config.aggregation)
+            prune_config.attn_share or 0.0, prune_config.hidden_share, prune_config.compensate, prune_config.refit,
+            prune_config.allocation, score_config.criterion, score_config.aggregation)
 
 
 def apply_recipe(label: str):
     name = RECIPE_OF_LABEL[label]
-    strategy, granularity, one, share, compensate, refit, allocation, criterion, aggregation = recipe_controls(name)
+    (strategy, granularity, one, share, hidden, compensate, refit, allocation, criterion,
+     aggregation) = recipe_controls(name)
     cite, what = RECIPE_NOTES[name]
     note = (f"Recipe **{label}** ({cite}): {what}. Set: strategy {strategy}, attention groups {granularity}, "
             + ("one ratio for attention and MLP (attention's share is then not used)" if one
                else f"attention's share {share:g}")
+            + (f", hidden (embedding) channels' share {hidden:g} (removed first)" if hidden else "")
             + f", compensation {'on' if compensate else 'off'}, least-squares refit {'on' if refit else 'off'}, "
             f"per-layer ratios {allocation}. "
             f"It also set the **Importance** tab's criterion to {criterion} and aggregation to {aggregation}: "
             "Preview and Prune score with those.")
-    return (strategy, granularity, one, gr.update(value=share, interactive=not one), compensate, refit, allocation,
-            criterion, aggregation, note)
+    return (strategy, granularity, one, gr.update(value=share, interactive=not one), hidden, compensate, refit,
+            allocation, criterion, aggregation, note)
 
 
 def amount_updates(top: float, amount: float, info: dict) -> tuple:
