@@ -376,15 +376,16 @@ AMOUNT_MIN, AMOUNT_MAX, AMOUNT_STEP = 0.01, 0.9, 0.01     # the Prune tab's amou
 
 
 def max_amount(store: Store, session: Session, unit: str, attn_share, attn_layers: tuple[int, int],
-               mlp_layers: tuple[int, int]) -> float:
+               mlp_layers: tuple[int, int], hidden_share: float = 0.0) -> float:
     """The largest amount the Prune tab can ask for with these layer ranges: a fraction of groups
-    up to AMOUNT_MAX; a share of parameters up to 95% of what the prunable groups hold, rounded
-    down to the slider's step (0 when not even one step is possible)."""
+    up to AMOUNT_MAX; a share of parameters up to 95% of what the prunable groups (and hidden
+    channels, with a hidden share) hold, rounded down to the slider's step (0 when not even one
+    step is possible)."""
     if unit != "parameters":
         return AMOUNT_MAX
     share = None if attn_share is None else float(attn_share)
     room = prunable_share(session.original(store).model, share, tuple(map(int, attn_layers)),
-                          tuple(map(int, mlp_layers)))
+                          tuple(map(int, mlp_layers)), float(hidden_share or 0.0))
     steps = round(1 / AMOUNT_STEP)
     return float(min(AMOUNT_MAX, np.floor(0.95 * room * steps) / steps))
 
@@ -400,7 +401,8 @@ def amount_advice(top: float, wanted: float, info: dict) -> str:
                 "the amount was switched to a share of **groups** (that share of each pruned layer's groups).")
     return (f"With this model and these layer ranges at most **{100 * top:.0f}%** of all parameters can be "
             f"removed (its embeddings hold {100 * embedding:.0f}% of them): the amount was set to {top:.2f}. "
-            "Widen the layer ranges, give attention a share, or count the amount in groups.")
+            "Widen the layer ranges, give attention or the hidden channels a share, or count the amount in "
+            "groups.")
 
 
 def _calibration_of(session: Session) -> CalibrationSpec:
@@ -561,7 +563,7 @@ def prune_controls(store: Store, session: Session) -> dict:
     config = PruneConfig.from_record(config) if config else RECIPES["default"][1]
     attn, mlp = config.attn_layers or (start, end), config.mlp_layers or (start, end)
     share = config.attn_share if config.attn_share is not None else 0.0
-    top = max_amount(store, session, config.unit, share, attn, mlp)
+    top = max_amount(store, session, config.unit, share, attn, mlp, config.hidden_share)
     return {"unit": config.unit, "amount": float(config.amount), "top": top, "ranges": (*attn, *mlp)}
 
 

@@ -218,10 +218,13 @@ def default_layer_range(n_layers: int) -> tuple[int, int]:
 
 
 def prunable_share(model, attn_share: float | None, attn_layers: tuple[int, int],
-                   mlp_layers: tuple[int, int]) -> float:
+                   mlp_layers: tuple[int, int], hidden_share: float = 0.0) -> float:
     """The largest share of *all* parameters (embeddings included) that attention and MLP groups
     in these layer ranges can give, split as `attn_share` asks (None: one ratio for both, 0: MLP
-    only, 1: attention only). Removing every group of a kind is the ceiling, never reachable."""
+    only, 1: attention only). Removing every group of a kind is the ceiling, never reachable.
+    With `hidden_share` h of an amount A from hidden channels first, the groups give the rest,
+    A (1 - h), from a model whose every group is narrower by about the share A h of hidden
+    channels gone: A (1 - h) <= room (1 - A h), so A <= room / (1 - h + room h)."""
     from .groups import describe_groups
     from .models import unique_parameters
 
@@ -234,12 +237,15 @@ def prunable_share(model, attn_share: float | None, attn_layers: tuple[int, int]
 
     attn, mlp = in_range("attn", *attn_layers), in_range("mlp", *mlp_layers)
     if attn_share is None:
-        return attn + mlp
-    if attn_share <= 0:
-        return mlp
-    if attn_share >= 1:
-        return attn
-    return min(mlp / (1 - attn_share), attn / attn_share)
+        room = attn + mlp
+    elif attn_share <= 0:
+        room = mlp
+    elif attn_share >= 1:
+        room = attn
+    else:
+        room = min(mlp / (1 - attn_share), attn / attn_share)
+    h = float(hidden_share or 0.0)
+    return room / (1 - h + room * h) if h > 0 else room
 
 
 def layer_ranges(config: PruneConfig, n_layers: int) -> dict[str, range]:

@@ -96,6 +96,10 @@ def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenize
     assert handlers.max_amount(store, session, "parameters", None, (0, 2), (0, 2)) == \
         bound((mlp + attn) / total)
     assert handlers.max_amount(store, session, "parameters", 0.0, (0, 2), (1, 2)) == bound(mlp / 2 / total)
+    # half of the amount A from hidden channels first: A / 2 <= room (1 - A / 2), A <= room / (1 / 2 + room / 2)
+    room = mlp / total
+    assert handlers.max_amount(store, session, "parameters", 0.0, (0, 2), (0, 2), 0.5) == \
+        bound(room / (0.5 + 0.5 * room))
 
 
 def test_evaluation_table_reads_in_percent_with_standard_errors():

@@ -52,7 +52,8 @@ def wire(ui) -> None:
                      [t.facts, s.layer, s.structure_fig, s.structure_table, p.attn_start, p.attn_end,
                       p.mlp_start, p.mlp_end, p.compensate, p.refit, t.status], api_name="load_model", **HEAVY
                      ).then(after_load, [s.layer, s.graph_kind, s.graph_group, p.unit, p.one_ratio, p.attn_share,
-                                         p.attn_start, p.attn_end, p.mlp_start, p.mlp_end, p.amount],
+                                         p.attn_start, p.attn_end, p.mlp_start, p.mlp_end, p.amount,
+                                         p.hidden_share],
                             [ui.importance.zoom_layer, s.graph_fig, s.graph_text, ui.evaluate.which, p.amount,
                              p.unit, p.status, t.notice, s.notice], api_visibility="private"
                      ).then(clear_errors, status_lines, status_lines, api_visibility="private")
@@ -83,7 +84,7 @@ def load_model(source_kind: str, custom: str, request: gr.Request, progress=gr.P
     return (table, slider, fig, groups, *ranges, compensate_box, gr.update(value=config.refit), status)
 
 
-def after_load(layer, granularity, group, unit, one_ratio, attn_share, a0, a1, m0, m1, amount,
+def after_load(layer, granularity, group, unit, one_ratio, attn_share, a0, a1, m0, m1, amount, hidden_share,
                request: gr.Request):
     """After a load, every control that depends on the model: the zoom slider's range, the
     dependency graph, Evaluate's model choice, the amount's feasible maximum (switching to a ratio
@@ -99,7 +100,8 @@ def after_load(layer, granularity, group, unit, one_ratio, attn_share, a0, a1, m
         fig, why = handlers.dependency_graph(STORE, session, min(int(layer), n - 1), granularity, 0)
     except Exception as err:  # noqa: BLE001 - shown as the graph's sentence, never a badge
         fig, why = gr.skip(), f"No dependency graph for this layer: {message_of(err)}"
-    top = handlers.max_amount(STORE, session, unit, None if one_ratio else attn_share, (a0, a1), (m0, m1))
+    top = handlers.max_amount(STORE, session, unit, None if one_ratio else attn_share, (a0, a1), (m0, m1),
+                              hidden_share)
     unit_update, amount_update, advice = amount_updates(top, amount, info)
     return (zoom, fig, why, gr.update(value=["original"]), amount_update, unit_update, advice,
             text.notice("model", info), text.notice("structure", info))

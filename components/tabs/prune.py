@@ -131,11 +131,13 @@ def wire(ui) -> None:
                                              t.compensate, t.refit, t.allocation, imp.criterion, imp.aggregation,
                                              t.recipe_note],
                     api_name="recipe")
-    bounds_inputs = [t.unit, t.one_ratio, t.attn_share, t.attn_start, t.attn_end, t.mlp_start, t.mlp_end, t.amount]
+    bounds_inputs = [t.unit, t.one_ratio, t.attn_share, t.attn_start, t.attn_end, t.mlp_start, t.mlp_end, t.amount,
+                     t.hidden_share]
     bounds_outputs = [t.unit, t.amount, t.attn_share, t.status]
     for control in (t.unit, t.one_ratio, t.attn_start, t.attn_end, t.mlp_start, t.mlp_end):
         control.change(amount_bounds, bounds_inputs, bounds_outputs, api_visibility="private")
     t.attn_share.release(amount_bounds, bounds_inputs, bounds_outputs, api_visibility="private")
+    t.hidden_share.release(amount_bounds, bounds_inputs, bounds_outputs, api_visibility="private")
     inputs = form_inputs(ui)
     t.preview_btn.click(preview_prune, inputs, [t.attn_map, t.mlp_map, t.status], api_name="preview", **HEAVY)
     t.prune_event = t.prune_btn.click(run_prune, inputs, [t.before_after, t.widths_fig, t.attn_map, t.mlp_map,
@@ -207,12 +209,13 @@ def amount_updates(top: float, amount: float, info: dict) -> tuple:
     return gr.skip(), gr.update(maximum=top, value=min(float(amount), top)), advice
 
 
-def amount_bounds(unit, one_ratio, attn_share, a0, a1, m0, m1, amount, request: gr.Request):
+def amount_bounds(unit, one_ratio, attn_share, a0, a1, m0, m1, amount, hidden_share, request: gr.Request):
     """The amount slider's maximum (what the chosen kinds and layer ranges can remove), its value
     kept inside it, and a sentence when the amount asked for cannot be reached."""
     try:
         session = session_of(request)
-        top = handlers.max_amount(STORE, session, unit, None if one_ratio else attn_share, (a0, a1), (m0, m1))
+        top = handlers.max_amount(STORE, session, unit, None if one_ratio else attn_share, (a0, a1), (m0, m1),
+                                  hidden_share)
     except Exception:  # noqa: BLE001 - no model yet: keep the static bounds
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     unit_update, amount_update, advice = amount_updates(top, amount, session.info)
