@@ -567,9 +567,10 @@ def make_plan(model, scores: pd.DataFrame, config: PruneConfig,
     the dashboard marks on the heatmap before pruning). With
     `allocation="sensitivity"` and calibration `input_ids` (no `sensitivity` given), the layers'
     sensitivities are measured on the uniform plan first, as prune_model does. With
-    `hidden_share`, the hidden channels are planned on `scores` and attention and the MLPs on
-    theirs for what remains, each of their groups counted narrower by the hidden channels' cut:
-    prune_model scores them again after that cut, so its choice can differ a little."""
+    `hidden_share`, the hidden channels are planned on their activation scores (`hidden_scores`:
+    from `scores`, else measured on `input_ids`) and attention and the MLPs on `scores` for what
+    remains, each of their groups counted narrower by the hidden channels' cut: prune_model scores
+    them again after that cut, so its choice can differ a little."""
     from .stats import count_params
 
     config.validate(len(layers_of(model)))
@@ -1013,6 +1014,11 @@ def _hidden_then_block(model, input_ids, score_config, prune_config: PruneConfig
                         hidden_stage(prune_config), stage("hidden channels: "), in_place, given)
     params0, params1 = first.report["params_before"], first.report["params_after"]
     owed = params0 * prune_config.amount - (params0 - params1)       # what attention and the MLPs remove
+    notes = list(first.notes)
+    if owed <= 0:       # a small model whose hidden channels go in coarse steps (a multiple of the heads)
+        notes.append(f"the hidden channels alone removed {100 * (1 - params1 / params0):.1f}% of the parameters "
+                     f"(they go {model_shape(first.model).channel_multiple} at a time), more than the {100 * prune_config.amount:g}% "
+                     "asked, so attention and the MLPs removed nothing")
     rest = replace(prune_config, hidden_share=0.0, amount=max(owed, 1.0) / params1)
     second = prune_model(first.model, input_ids, score_config, rest, stage("then attention and MLP: "),
                          in_place=True)                                  # our own copy (or the caller's)
@@ -1021,4 +1027,4 @@ def _hidden_then_block(model, input_ids, score_config, prune_config: PruneConfig
     report["hidden_params_removed"] = first.report["params_before"] - first.report["params_after"]
     return replace(second, plans=first.plans + second.plans, group_ratios=first.group_ratios + second.group_ratios,
                    scores=pd.concat([first.scores, second.scores], ignore_index=True), report=report,
-                   widths_before=first.widths_before, notes=first.notes + second.notes)
+                   widths_before=first.widths_before, notes=notes + second.notes)

@@ -56,6 +56,8 @@ def test_activation_scores_a_hidden_channel_by_the_residual_stream_linears_read(
 
 
 def test_hidden_share_removes_its_share_as_hidden_channels_first_then_the_mlps(calib):
+    from dataclasses import replace
+
     from pruner.prune import PruneConfig, make_plan, prune_model
     from pruner.recipes import recipe
     from pruner.stats import count_params
@@ -98,6 +100,10 @@ def test_hidden_share_removes_its_share_as_hidden_channels_first_then_the_mlps(c
     assert sorted(make_plan(model, mlp_only, config, input_ids=calib).hidden_keep) == sorted(kept.tolist())
     with pytest.raises(ValueError, match="calibration tokens"):
         make_plan(model, mlp_only, config)
+    # hidden channels go 4 at a time here (6% of the parameters): 95% of a 5% budget rounds to one step
+    # of them, more than the whole budget, and the result says so instead of hiding it
+    coarse = prune_model(model, calib, score_config, replace(config, amount=0.05, hidden_share=0.95))
+    assert coarse.model.config.hidden_size == 60 and "more than the 5% asked" in coarse.notes[0]
     with pytest.raises(ValueError, match="hidden_share"):
         PruneConfig(amount=0.3, unit="groups", hidden_share=0.5).validate(4)
     normal, notes = PruneConfig(strategy="channel", hidden_share=0.5).normalized(model)
