@@ -35,29 +35,33 @@ class ChannelStats:
         return (self.total_sq / max(1, self.count) - self.mean.square()).clamp_min(0.0)
 
 
+def _add(stats: dict, key, x: torch.Tensor) -> None:
+    """Add every token of x (..., channels) to the running sums under `key`."""
+    x = x.detach().reshape(-1, x.shape[-1]).double()                 # (tokens, channels)
+    entry = stats.get(key)
+    if entry is None:
+        zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        entry = stats[key] = ChannelStats(0, zeros, zeros.clone())
+    entry.count += x.shape[0]
+    entry.total += x.sum(0)
+    entry.total_sq += x.square().sum(0)
+
+
+def _input_hook(stats: dict, key):
+    """A forward pre-hook adding a module's input to `stats[key]`."""
+    return lambda module, args: _add(stats, key, args[0])
+
+
 @torch.no_grad()
 @reusing_freed_memory()
 def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
     """{(layer, "attn" | "mlp"): ChannelStats} of o_proj / down_proj inputs over every token."""
     stats: dict[tuple[int, str], ChannelStats] = {}
     handles = []
-
-    def hook_for(key):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()     # (tokens, in)
-            entry = stats.get(key)
-            if entry is None:
-                zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-                entry = stats[key] = ChannelStats(0, zeros, zeros.clone())
-            entry.count += x.shape[0]
-            entry.total += x.sum(0)
-            entry.total_sq += x.square().sum(0)
-        return hook
-
     arch = arch_of(model)
     for i, layer in enumerate(layers_of(model)):
         for block, path in (("attn", arch.o), ("mlp", arch.down)):
-            handles.append(layer.get_submodule(path).register_forward_pre_hook(hook_for((i, block))))
+            handles.append(layer.get_submodule(path).register_forward_pre_hook(_input_hook(stats, (i, block))))
     device = next(model.parameters()).device
     try:
         for batch in torch.split(input_ids, batch_size):
@@ -77,25 +81,12 @@ def reader_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> di
     Only the decoder body runs (no vocabulary projection)."""
     stats: dict[tuple[int, str], ChannelStats] = {}
     handles = []
-
-    def hook_for(key):
-        def hook(module, args, output=None):
-            x = args[0] if output is None else output
-            x = x.detach().reshape(-1, x.shape[-1]).double()                 # (tokens, hidden)
-            entry = stats.get(key)
-            if entry is None:
-                zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-                entry = stats[key] = ChannelStats(0, zeros, zeros.clone())
-            entry.count += x.shape[0]
-            entry.total += x.sum(0)
-            entry.total_sq += x.square().sum(0)
-        return hook
-
     arch = arch_of(model)
     for i, layer in enumerate(layers_of(model)):
         for block, paths in (("attn", arch.attn_inputs()), ("mlp", arch.mlp_inputs())):
-            handles.append(layer.get_submodule(paths[0]).register_forward_pre_hook(hook_for((i, block))))
-    handles.append(decoder_body(model).norm.register_forward_hook(hook_for((-1, "head"))))
+            handles.append(layer.get_submodule(paths[0]).register_forward_pre_hook(_input_hook(stats, (i, block))))
+    final_norm = decoder_body(model).norm           # its output is what the output projection reads
+    handles.append(final_norm.register_forward_hook(lambda m, args, out: _add(stats, (-1, "head"), out)))
     device = next(model.parameters()).device
     try:
         for batch in torch.split(input_ids, batch_size):
