@@ -34,9 +34,9 @@ DEFAULT_RECIPE_TEXT = (
 # The Preview / Prune form: one named input (and API parameter) each, in this order. PruneConfig's
 # fields by their names; the page's own: one_ratio (no budget split), the layer ranges' ends, the
 # Importance tab's criterion / aggregation and the heatmaps' colour scale.
-FORM = ["unit", "amount", "scope", "strategy", "attn_granularity", "one_ratio", "attn_share", "hidden_share", "compensate",
-        "recompute_means", "refit", "allocation", "attn_start", "attn_end", "mlp_start", "mlp_end", "iterative_steps",
-        "criterion", "aggregation", "scale"]
+FORM = ["unit", "amount", "scope", "strategy", "attn_granularity", "one_ratio", "attn_share", "hidden_share",
+        "compensate", "recompute_means", "refit", "allocation", "attn_start", "attn_end", "mlp_start", "mlp_end",
+        "iterative_steps", "criterion", "aggregation", "scale"]
 
 RECIPE_LABELS = {"default": "default (best measured)", "llm-pruner": "llm-pruner (the paper)",
                  "flap": "flap", "wanda-sp": "wanda-sp", "minitron": "minitron", "shortgpt": "shortgpt (depth)"}
