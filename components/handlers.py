@@ -385,7 +385,7 @@ def max_amount(store: Store, session: Session, unit: str, attn_share, attn_layer
         return AMOUNT_MAX
     share = None if attn_share is None else float(attn_share)
     room = prunable_share(session.original(store).model, share, tuple(map(int, attn_layers)),
-                          tuple(map(int, mlp_layers)), float(hidden_share or 0.0))
+                          tuple(map(int, mlp_layers)), hidden_share)
     steps = round(1 / AMOUNT_STEP)
     return float(min(AMOUNT_MAX, np.floor(0.95 * room * steps) / steps))
 

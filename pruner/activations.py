@@ -52,6 +52,18 @@ def _input_hook(stats: dict, key):
     return lambda module, args: _add(stats, key, args[0])
 
 
+def _run_hooked(model, input_ids: torch.Tensor, batch_size: int, handles: list) -> None:
+    """The decoder body (no vocabulary projection: no statistic reads the logits) over `input_ids`
+    in batches, then the hooks that collected the statistics removed."""
+    device = next(model.parameters()).device
+    try:
+        for batch in torch.split(input_ids, batch_size):
+            decoder_body(model)(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 @reusing_freed_memory()
 def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
@@ -62,13 +74,7 @@ def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dic
     for i, layer in enumerate(layers_of(model)):
         for block, path in (("attn", arch.o), ("mlp", arch.down)):
             handles.append(layer.get_submodule(path).register_forward_pre_hook(_input_hook(stats, (i, block))))
-    device = next(model.parameters()).device
-    try:
-        for batch in torch.split(input_ids, batch_size):
-            model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, input_ids, batch_size, handles)
     return stats
 
 
@@ -77,8 +83,7 @@ def input_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dic
 def reader_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> dict[tuple[int, str], ChannelStats]:
     """{(layer, "attn" | "mlp"): ChannelStats} of what each block's first linear reads from the
     residual stream (the normalized hidden states in a pre-norm family, Minitron's LN(X)), and
-    {(-1, "head"): ...} of the output projection's input (the final norm's output), over every token.
-    Only the decoder body runs (no vocabulary projection)."""
+    {(-1, "head"): ...} of the output projection's input (the final norm's output), over every token."""
     stats: dict[tuple[int, str], ChannelStats] = {}
     handles = []
     arch = arch_of(model)
@@ -87,11 +92,5 @@ def reader_statistics(model, input_ids: torch.Tensor, batch_size: int = 8) -> di
             handles.append(layer.get_submodule(paths[0]).register_forward_pre_hook(_input_hook(stats, (i, block))))
     final_norm = decoder_body(model).norm           # its output is what the output projection reads
     handles.append(final_norm.register_forward_hook(lambda m, args, out: _add(stats, (-1, "head"), out)))
-    device = next(model.parameters()).device
-    try:
-        for batch in torch.split(input_ids, batch_size):
-            decoder_body(model)(input_ids=batch.to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, input_ids, batch_size, handles)
     return stats

@@ -434,6 +434,11 @@ def _gradient_statistics(model, input_ids, crit, names, add, stats, batch_size, 
                      counter=counter)
 
 
+def _zscore(values: torch.Tensor) -> torch.Tensor:
+    """(n,) values standardized: (x - mean) / sample std (FLAP's standardization)."""
+    return (values - values.mean()) / values.std().clamp_min(1e-30)
+
+
 def _input_criterion(model, input_ids, fams, stats, params, crit):
     """Criteria read off o_proj / down_proj and the statistics of their inputs (fluctuation,
     wanda-sp, activation): `crit.column` per input channel, summed over each group's channels."""
@@ -451,14 +456,11 @@ def _input_criterion(model, input_ids, fams, stats, params, crit):
         per_channel = crit.hidden([(e.var + e.mean.square()).float() for e in reads.values()])   # (hidden,)
         for f in hidden:
             stats[f][-1] = per_channel.to(stats[f].device)
-            z = (per_channel.double() - per_channel.double().mean()) / per_channel.double().std().clamp_min(1e-30)
-            stats[f][0] = z.to(stats[f].device)
-    if len(hidden) == len(fams):
-        return stats
-    inputs = input_statistics(model, input_ids)
-    for f, fam in enumerate(fams):
-        if fam.kind == "hidden":
-            continue
+            stats[f][0] = _zscore(per_channel.double()).to(stats[f].device)
+    blocks = [f for f, fam in enumerate(fams) if fam.kind != "hidden"]
+    inputs = input_statistics(model, input_ids) if blocks else {}
+    for f in blocks:
+        fam = fams[f]
         last = fam.members[-1]                     # o_proj / down_proj, read by input column
         entry = inputs[(fam.layer, fam.block)]
         weight = params[last.param].detach().float()
@@ -466,8 +468,7 @@ def _input_criterion(model, input_ids, fams, stats, params, crit):
                                  entry.var.float().to(weight.device))                   # (in,)
         stats[f][-1] = reduce_to_groups(per_column, last, fam.n_groups)
         # row 0: FLAP's standardized score, per channel over the layer, averaged per group
-        values = per_column.double() ** crit.z_power[fam.block]
-        z = (values - values.mean()) / values.std().clamp_min(1e-30)
+        z = _zscore(per_column.double() ** crit.z_power[fam.block])
         channels = reduce_to_groups(torch.ones_like(z), last, fam.n_groups).clamp_min(1)
         stats[f][0] = reduce_to_groups(z, last, fam.n_groups) / channels
     return stats

@@ -1024,7 +1024,7 @@ def _hidden_then_block(model, input_ids, score_config, prune_config: PruneConfig
                          in_place=True)                                  # our own copy (or the caller's)
     before = {key: first.report[f"{key}_before"] for key in ("params", "params_non_embedding", "macs_per_token")}
     report = {**second.report, **prune_report(before, second.model)}
-    report["hidden_params_removed"] = first.report["params_before"] - first.report["params_after"]
+    report["hidden_params_removed"] = params0 - params1
     return replace(second, plans=first.plans + second.plans, group_ratios=first.group_ratios + second.group_ratios,
                    scores=pd.concat([first.scores, second.scores], ignore_index=True), report=report,
                    widths_before=first.widths_before, notes=notes + second.notes)
