@@ -108,15 +108,19 @@ def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached:
                low_memory: bool = True, refit: bool = False) -> int:
     """A pruned copy (at most the original's size while it is sliced) and, unless the scores are
     cached, the scoring pass; then the before/after measurements (8 x 128-token windows). With
-    the least-squares refit: one layer's float32 Gram matrix of the down_proj (or o_proj) inputs,
-    its kept columns and the float64 system (at most 2 x width^2 x 8 bytes together, width the
-    larger of d_ff and the hidden size) and the calibration batches' hidden states, in and out."""
+    the least-squares refit (pruner/refit.py), one layer at a time with every column kept at most
+    (k = the larger of d_ff and the hidden size, out = the hidden size): its float32 sums (k^2 +
+    out k) beside the float64 system ((k + 1)^2) and right-hand side ((k + 1) out) while the system
+    is built, then the system, right-hand side and solution; and the calibration batches' hidden
+    states, in and out."""
     scoring = 0 if scores_cached else score_peak(model, criterion, samples, seq_len, low_memory)
     extra = 0
     if refit:
         _, hidden, inter, _ = _shape(model)
-        width = max(inter, hidden)
-        extra = 2 * width * width * 8 + 2 * samples * seq_len * hidden * 4
+        k, out = max(inter, hidden), hidden
+        build = 4 * (k * k + out * k) + 8 * ((k + 1) ** 2 + (k + 1) * out)
+        solve = 8 * ((k + 1) ** 2 + 2 * (k + 1) * out)
+        extra = max(build, solve) + 2 * samples * seq_len * hidden * 4
     return copy_peak(model, 8 * 128) + scoring + extra
 
 

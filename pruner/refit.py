@@ -12,8 +12,10 @@ best replaces the removed channels, FLAP's mean compensation). Normal equations 
 
     [W', b'] ([G_KK, s_K; s_K^T, n] + lam diag(1..1, 0)) = [W G_{:K} + b s_K^T + lam W_K,  W s + n b]
 
-with G = h^T h (float32, accumulated in place), s = sum h (float64), n the token count; the
-(k + 1)-square system is solved in float64.
+with G = h^T h, s = sum h and n the token count. Only what the equations read is gathered
+(`FitSums`): G_KK and y^T h_K = W G_{:K} + b s_K^T in float32, accumulated in place, and the sums
+in float64, never G over every input; the (k + 1)-square system is built and solved (Cholesky, in
+its own storage) in float64.
 
 `LayerStream` carries the calibration batches through the decoder one layer at a time (each layer
 runs once on the pruned copy, plus once more where it is refitted), so the whole refit costs
@@ -21,6 +23,8 @@ about three forward passes, not one per layer.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -94,51 +98,96 @@ def _fp64(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def input_gram(stream: LayerStream, layer: int, module) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(G = h^T h in float32, accumulated in place; s = sum h in float64; n) of `module`'s inputs h
-    at `layer` over the stream. One (in, in) float32 matrix is held, never a float64 copy: at
-    d_ff 5632 that is 127 MB (bench/prune_memory.py)."""
-    acc = {"G": None, "s": None, "n": 0}
+@dataclass
+class FitSums:
+    """What the refit needs of a linear layer's calibration inputs h (tokens, in) and of the dense
+    layer's outputs on them y = h W^T + b (tokens, out), for kept input columns K (k of them):
+    never the (in, in) Gram matrix of every input, so a layer's working set is about (k + out) x k
+    numbers (bench/prune_memory.py)."""
+
+    kept: torch.Tensor          # (k,) the kept input columns K
+    gram: torch.Tensor          # (k, k) float32: h_K^T h_K, accumulated in place
+    cross: torch.Tensor         # (out, k) float32: y^T h_K = W G_{:K} + b s_K^T
+    input_sum: torch.Tensor     # (k,) float64: s_K = sum h_K
+    output_sum: torch.Tensor    # (out,) float64: sum y = W s + n b
+    n: int
+
+    @classmethod
+    def of(cls, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kept) -> FitSums:
+        """The sums over one batch of inputs h (tokens, in); `add` accumulates more."""
+        sums = cls(torch.as_tensor(kept, device=h.device), None, None, None, None, 0)
+        sums.add(h, weight, bias)
+        return sums
+
+    def add(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        dtype = torch.promote_types(h.dtype, torch.float32)         # float32 at least
+        h32 = h.to(dtype)                                            # (tokens, in)
+        y = h32 @ weight.to(dtype).T                                 # (tokens, out): the dense output
+        if bias is not None:
+            y += bias.to(dtype)
+        hk = h32.index_select(1, self.kept)                          # (tokens, k)
+        if self.gram is None:
+            self.gram, self.cross = hk.T @ hk, y.T @ hk
+            self.input_sum = hk.sum(0).to(_fp64(h.device)).double()
+            self.output_sum = y.sum(0).to(_fp64(h.device)).double()
+        else:
+            self.gram.addmm_(hk.T, hk)
+            self.cross.addmm_(y.T, hk)
+            self.input_sum += hk.sum(0).to(_fp64(h.device)).double()
+            self.output_sum += y.sum(0).to(_fp64(h.device)).double()
+        self.n += h.shape[0]
+
+
+def kept_input_sums(stream: LayerStream, layer: int, module, kept) -> FitSums:
+    """`FitSums` of `module`'s inputs at `layer` over the stream, for kept input columns `kept`."""
+    sums = FitSums(torch.as_tensor(kept, device=module.weight.device), None, None, None, None, 0)
 
     def hook(mod, args):
         h = args[0].detach().reshape(-1, args[0].shape[-1])          # (tokens, in)
-        h32 = h.float()
-        if acc["G"] is None:
-            acc["G"] = h32.T @ h32
-        else:
-            acc["G"].addmm_(h32.T, h32)
-        s = h32.sum(0).to(_fp64(h.device)).double()
-        acc["s"] = s if acc["s"] is None else acc["s"] + s
-        acc["n"] += h.shape[0]
+        sums.add(h, mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None)
 
     stream.run(layer, module, hook)
-    return acc["G"], acc["s"], acc["n"]
+    return sums
 
 
-def refit_solution(weight: torch.Tensor, bias: torch.Tensor | None, kept: list[int], gram: torch.Tensor,
-                   total: torch.Tensor, n: int, damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
-    """The refitted (out, |kept|) weight and (out,) bias of a linear layer keeping input columns
-    `kept` (see the module docstring), in float64."""
+def refit_system(weight: torch.Tensor, sums: FitSums,
+                 damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal equations of the module docstring in float64: the (k + 1)-square system and the
+    (k + 1, out) right-hand side, for the kept columns `sums` was gathered for. Consumes `sums`:
+    its float32 Gram matrix goes once the system holds it, before the right-hand side is made."""
     device = _fp64(weight.device)
-    G = gram.to(device)                                            # (in, in), float32 or float64
-    K = torch.as_tensor(kept, device=device)
-    s = total.to(device).double()
-    Gk = G.index_select(1, K)                                      # (in, k): the only other large copy
-    k = len(kept)
+    k = sums.gram.shape[0]
     system = torch.empty(k + 1, k + 1, dtype=torch.float64, device=device)
-    system[:k, :k] = Gk.index_select(0, K)
-    lam = damping * system[:k, :k].diagonal().mean()
+    system[:k, :k] = sums.gram
+    sums.gram = None
+    lam = float(damping * system[:k, :k].diagonal().mean())
     system[:k, :k].diagonal().add_(lam)
-    system[:k, k] = s[K]
-    system[k, :k] = s[K]
-    system[k, k] = n
-    w = weight.detach().to(device)
-    b = bias.detach().to(device).double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
-                                                                               device=device)
-    rhs = torch.empty(w.shape[0], k + 1, dtype=torch.float64, device=device)     # (out, k + 1)
-    rhs[:, :k] = w.to(G.dtype) @ Gk                                # W G_{:K}, in the Gram's precision
-    del Gk
-    rhs[:, :k] += b[:, None] * s[K][None, :] + lam * w.index_select(1, K).double()
-    rhs[:, k] = w.double() @ s + n * b
-    solution = torch.linalg.solve(system, rhs.T).T                                 # (out, k + 1)
-    return solution[:, :k], solution[:, k]
+    system[:k, k] = sums.input_sum
+    system[k, :k] = sums.input_sum
+    system[k, k] = sums.n
+    rhs = torch.empty(k + 1, weight.shape[0], dtype=torch.float64, device=device)  # (k + 1, out)
+    rhs[:k] = sums.cross.T
+    sums.cross = None
+    rhs[:k].add_(weight.detach().index_select(1, sums.kept.to(weight.device)).T.to(device), alpha=lam)
+    rhs[k] = sums.output_sum
+    return system, rhs
+
+
+def solve_system(system: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, k) weight and (out,) bias from `refit_system`'s equations. The system is positive
+    definite (the Gram matrix of [h_K, 1] plus lam on the first k diagonal entries), so it is
+    factored by Cholesky in its own storage: no second (k + 1)-square matrix."""
+    info = torch.empty((), dtype=torch.int32, device=system.device)
+    torch.linalg.cholesky_ex(system, out=(system, info))
+    if int(info):                                  # not positive definite: rounding on a degenerate input
+        raise ValueError(f"the refit's normal equations are singular (minor {int(info)}); prune without the refit")
+    solution = torch.cholesky_solve(rhs, system)                   # (k + 1, out)
+    return solution[:-1].T, solution[-1]
+
+
+def refit_solution(weight: torch.Tensor, sums: FitSums,
+                   damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refitted (out, k) weight and (out,) bias of a linear layer keeping the input columns
+    `sums` was gathered for with this weight (`kept_input_sums`, `FitSums.of`; see the module
+    docstring), in float64."""
+    return solve_system(*refit_system(weight, sums, damping))

@@ -64,12 +64,10 @@ def _masked(linear, fam: Family, kept: list[int], layer: int, input_stats: dict 
 def _refitted(stream, layer: int, linear, kept_inputs: torch.Tensor):
     """Forward hook: `linear`'s output as its refitted kept columns and bias give it, fitted on
     its inputs over the stream (which is at `layer`: the dense model's)."""
-    from .refit import input_gram, refit_solution
+    from .refit import kept_input_sums, refit_solution
 
-    gram, total, n = input_gram(stream, layer, linear)
     kept = kept_inputs.to(linear.weight.device)
-    weight, bias = refit_solution(linear.weight, linear.bias, kept.tolist(), gram, total, n)
-    del gram
+    weight, bias = refit_solution(linear.weight, kept_input_sums(stream, layer, linear, kept))
     weight, bias = weight.to(linear.weight), bias.to(linear.weight)     # (out, k), (out,)
 
     def probe(module, args, output):

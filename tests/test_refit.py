@@ -11,7 +11,7 @@ from pruner.prune import Plan, PruneConfig, apply_plan, prune_model
 from pruner.importance import ScoreConfig
 from pruner.arch import arch_of
 from pruner.models import layers_of
-from pruner.refit import LayerStream, refit_solution
+from pruner.refit import FitSums, LayerStream, refit_solution
 
 from conftest import tiny_model
 
@@ -20,9 +20,8 @@ def down_proj(model, layer: int):
     return layers_of(model)[layer].get_submodule(arch_of(model).down)
 
 
-def sums(h):
-    h = h.double()
-    return h.T @ h, h.sum(0), h.shape[0]
+def sums(h, weight, bias, kept):
+    return FitSums.of(h, weight, bias, list(kept))
 
 
 def correlated_inputs(n=400, d=12, seed=0):
@@ -35,7 +34,7 @@ def correlated_inputs(n=400, d=12, seed=0):
 def test_keeping_every_column_gives_back_the_layer():
     h = correlated_inputs()
     w, b = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    new_w, new_b = refit_solution(w, b, list(range(12)), *sums(h))
+    new_w, new_b = refit_solution(w, sums(h, w, b, range(12)))
     torch.testing.assert_close(new_w, w)
     torch.testing.assert_close(new_b, b)
 
@@ -44,10 +43,10 @@ def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation():
     h = correlated_inputs()
     w, b = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     kept, removed = [0, 2, 3, 5, 7, 8, 11], [1, 4, 6, 9, 10]
-    G, s, n = sums(h)
-    new_w, new_b = refit_solution(w, b, kept, G, s, n, damping=0.5)
+    n = h.shape[0]
+    new_w, new_b = refit_solution(w, sums(h, w, b, kept), damping=0.5)
     target = h @ w.T + b
-    lam = 0.5 * G.diagonal()[kept].mean()
+    lam = 0.5 * (h[:, kept] ** 2).sum(0).mean()
 
     def objective(wk, bk):
         return ((target - h[:, kept] @ wk.T - bk) ** 2).sum() + lam * ((wk - w[:, kept]) ** 2).sum()
@@ -59,6 +58,44 @@ def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation():
     # FLAP's mean compensation is one point of the same problem (kept weights, a mean bias)
     mean_bias = b + w[:, removed] @ h[:, removed].mean(0)
     assert objective(new_w, new_b) < objective(w[:, kept], mean_bias)
+
+
+def test_the_sums_are_what_the_full_gram_matrix_gives_over_batches():
+    h = correlated_inputs(n=300, d=10)
+    w, b, kept = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, dtype=torch.float64), [1, 3, 4, 8]
+    got = FitSums.of(h[:100], w, b, kept)
+    got.add(h[100:], w, b)
+    G, s, K = h.T @ h, h.sum(0), torch.tensor(kept)
+    torch.testing.assert_close(got.gram, G[K][:, K])
+    torch.testing.assert_close(got.cross, w @ G[:, K] + b[:, None] * s[K][None, :])
+    torch.testing.assert_close(got.input_sum, s[K])
+    torch.testing.assert_close(got.output_sum, w @ s + 300 * b)
+    assert got.n == 300
+
+
+def test_the_refit_never_forms_the_gram_of_every_input_nor_a_second_system(calib):
+    # a layer's working set is its kept columns' sums and one (k + 1)-square float64 system,
+    # factored in place: no (d_ff, d_ff) matrix and no second system (bench/prune_memory.py)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.seen.append((tuple(t.shape), t.dtype, t.untyped_storage().data_ptr()))
+            return out
+
+    model = tiny_model(layers=3)            # hidden 32, d_ff 48
+    with Shapes() as shapes:
+        apply_plan(model, Plan(mlp_keep={1: list(range(24))}), refit_ids=calib)
+    assert not [s for s in shapes.seen if s[0] == (48, 48)]
+    systems = {ptr for shape, dtype, ptr in shapes.seen if shape == (25, 25) and dtype == torch.float64}
+    assert len(systems) == 1
 
 
 def test_the_layer_stream_carries_the_models_own_hidden_states(calib):
@@ -93,7 +130,7 @@ def test_pruning_with_refit_fits_each_layer_on_the_partly_pruned_inputs(calib):
     full.run(2, down_proj(copy_, 2), lambda mod, args: hf.append(args[0].reshape(-1, args[0].shape[-1])))
     hf = torch.cat(hf)
     torch.testing.assert_close(torch.cat(h), hf[:, :30], atol=1e-5, rtol=1e-5)
-    new_w, new_b = refit_solution(dense.weight.data, None, list(range(30)), *sums(hf))
+    new_w, new_b = refit_solution(dense.weight.data, sums(hf, dense.weight.data, None, range(30)))
     torch.testing.assert_close(down_proj(refitted, 2).weight.data, new_w.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(down_proj(refitted, 2).bias.data, new_b.float(), atol=1e-4, rtol=1e-4)
 
@@ -117,7 +154,11 @@ def test_the_refit_counts_in_the_prune_steps_admitted_peak():
 
     model = tiny_model(layers=3)            # hidden 32, d_ff 48
     extra = footprint.prune_peak(model, "l2", 4, 16, True, refit=True) - footprint.prune_peak(model, "l2", 4, 16, True)
-    assert extra == 2 * 48 * 48 * 8 + 2 * 4 * 16 * 32 * 4
+    # at most every column kept: float32 sums (k^2 + out k) with the float64 system ((k + 1)^2) and
+    # right-hand side, or the system, right-hand side and solution; the stream's hidden states in and out
+    k, out = 48, 32
+    assert extra == max(4 * (k * k + out * k) + 8 * ((k + 1) ** 2 + (k + 1) * out),
+                        8 * ((k + 1) ** 2 + 2 * (k + 1) * out)) + 2 * 4 * 16 * 32 * 4
 
 
 def test_attention_heads_refit_their_o_proj_on_the_layers_inputs(calib):
@@ -131,7 +172,7 @@ def test_attention_heads_refit_their_o_proj_on_the_layers_inputs(calib):
         model(input_ids=calib)
     handle.remove()
     kept_cols = list(range(16, 32))                     # KV group 1 keeps query heads 2, 3 (8 dims each)
-    new_w, new_b = refit_solution(o_proj.weight.data, None, kept_cols, *sums(torch.cat(h)))
+    new_w, new_b = refit_solution(o_proj.weight.data, sums(torch.cat(h), o_proj.weight.data, None, kept_cols))
     refitted = apply_plan(model, Plan(attn_keep={0: [1]}), refit_ids=calib)
     got = refitted.model.layers[0].self_attn.o_proj
     torch.testing.assert_close(got.weight.data, new_w.float(), atol=1e-4, rtol=1e-4)
