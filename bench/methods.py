@@ -44,6 +44,9 @@ CANDIDATES = {
                                              allocation="standardized", compensate=True)),
     "fluctuation-mlp+compensation": (ScoreConfig(criterion="fluctuation", aggregation="last"),
                                      PruneConfig(attn_share=0.0, compensate=True)),
+    # past the MLPs' room (50%): the default with Minitron's hidden share, Minitron with the refit
+    "default+hidden-share": (RECIPES["default"][0], replace(RECIPES["default"][1], hidden_share=0.5)),
+    "minitron+refit": (RECIPES["minitron"][0], replace(RECIPES["minitron"][1], compensate=True, refit=True)),
 }
 
 

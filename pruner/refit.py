@@ -105,12 +105,12 @@ class FitSums:
     never the (in, in) Gram matrix of every input, so a layer's working set is about (k + out) x k
     numbers (bench/prune_memory.py)."""
 
-    kept: torch.Tensor          # (k,) the kept input columns K
-    gram: torch.Tensor          # (k, k) float32: h_K^T h_K, accumulated in place
-    cross: torch.Tensor         # (out, k) float32: y^T h_K = W G_{:K} + b s_K^T
-    input_sum: torch.Tensor     # (k,) float64: s_K = sum h_K
-    output_sum: torch.Tensor    # (out,) float64: sum y = W s + n b
-    n: int
+    kept: torch.Tensor                  # (k,) the kept input columns K
+    gram: torch.Tensor | None           # (k, k) float32: h_K^T h_K, accumulated in place
+    cross: torch.Tensor | None          # (out, k) float32: y^T h_K = W G_{:K} + b s_K^T
+    input_sum: torch.Tensor | None      # (k,) float64: s_K = sum h_K
+    output_sum: torch.Tensor | None     # (out,) float64: sum y = W s + n b
+    n: int                              # (None until the first batch; refit_system releases gram, cross)
 
     @classmethod
     def of(cls, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kept) -> FitSums:
