@@ -7,7 +7,7 @@ weights (no download); calibration is random token ids (the memory does not depe
 
 Prints the process's peak resident memory while scoring, planning and slicing, divided by the
 weight bytes, in the glibc allocator mode the CLI and the dashboard's server run in
-(`resources.return_large_frees_to_os`: freed large blocks go back to the OS); last stdout line {"ratio": ..., "peak_rss_gb": ..., "weights_gb": ...}. Target <= 1.3.
+(`resources.return_large_frees_to_os`, set by bench/common.py: freed large blocks go back to the OS); last stdout line {"ratio": ..., "peak_rss_gb": ..., "weights_gb": ...}. Target <= 1.3.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pruner import prune_model  # noqa: E402
-from pruner.recipes import recipe  # noqa: E402
-from pruner.resources import return_large_frees_to_os  # noqa: E402
-from pruner.stats import PeakMemory, rss_bytes, weight_bytes  # noqa: E402
+import common  # noqa: F401  (puts the repo on sys.path, sets the CLI's allocator mode)
+from pruner import prune_model
+from pruner.recipes import recipe
+from pruner.resources import ALLOCATOR
+from pruner.stats import PeakMemory, rss_bytes, weight_bytes
 
 
 def llama_1b(layers: int):
@@ -59,7 +57,6 @@ def main() -> int:
                              "device gets); auto: keep activations when they fit (faster)")
     args = parser.parse_args()
 
-    bounded = return_large_frees_to_os()       # the allocator mode the CLI and the server run in
     model = llama_1b(args.layers)
     weights = weight_bytes(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -75,7 +72,7 @@ def main() -> int:
     print(f"pruned in {time.perf_counter() - start:.0f}s: {result.report['params_before']:,} -> "
           f"{result.report['params_after']:,} parameters; peak RSS {peak_rss / 2**30:.2f} GB = "
           f"{peak_rss / weights:.2f} x the dense weights")
-    print(json.dumps({"ratio": round(peak_rss / weights, 3), "low_memory": args.low_memory, "bounded_allocator": bounded,
+    print(json.dumps({"ratio": round(peak_rss / weights, 3), "low_memory": args.low_memory, "bounded_allocator": ALLOCATOR.bounded_threshold is not None,
                       "peak_rss_gb": round(peak_rss / 2**30, 3),
                       "weights_gb": round(weights / 2**30, 3), "params": n_params}))
     return 0

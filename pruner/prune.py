@@ -707,14 +707,10 @@ def plan_families(model, plan: Plan) -> list[tuple[Family, list[int]]]:
 def _refit_and_slice(model, fam: Family, kept, stream) -> None:
     """Slice a group family and refit its last weight (down_proj / o_proj) on the stream's inputs
     (pruner/refit.py)."""
-    from .refit import kept_input_sums, refit_system, solve_system
+    from .refit import kept_input_sums, refit_solution
 
     linear = model.get_submodule(fam.last.module)
-    sums = kept_input_sums(stream, fam.layer, linear, fam.kept_inputs(kept))
-    system, rhs = refit_system(linear.weight.data, sums)
-    del sums                                             # its float32 sums go before the solve
-    weight, bias = solve_system(system, rhs)
-    del system, rhs
+    weight, bias = refit_solution(linear.weight.data, kept_input_sums(stream, fam.layer, linear, fam.kept_inputs(kept)))
     fam.slice(model, kept)
     linear = model.get_submodule(fam.last.module)
     dtype = linear.weight.dtype
