@@ -10,6 +10,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -267,10 +268,16 @@ class Plan:
     def removed_groups(self, scores: pd.DataFrame) -> pd.DataFrame:
         """Rows of `scores` that this plan removes (for marking heatmaps before pruning)."""
         gone = pd.Series(False, index=scores.index)
+        pairs = None                  # (layer, group) of every row, built once: one test per kind
         for kind, keep in (("attn", self.attn_keep), ("qhead", self.qhead_keep), ("mlp", self.mlp_keep)):
-            for layer, kept in keep.items():
-                rows = (scores.kind == kind) & (scores.layer == layer)
-                gone |= rows & ~scores.group.isin(kept)
+            if not keep:
+                continue
+            if pairs is None:
+                pairs = pd.MultiIndex.from_arrays([scores.layer.to_numpy(), scores.group.to_numpy()])
+            kept = pd.MultiIndex.from_arrays([[layer for layer, groups in keep.items() for _ in groups],
+                                              [g for groups in keep.values() for g in groups]])
+            rows = (scores.kind == kind) & scores.layer.isin(list(keep))
+            gone |= rows & ~pairs.isin(kept)
         if self.hidden_keep is not None:
             gone |= (scores.kind == "hidden") & ~scores.group.isin(self.hidden_keep)
         if self.drop_layers:
@@ -332,8 +339,9 @@ def _round_keep(keep: int, n_original: int, multiple: int) -> int:
 
 def _top(sub: pd.DataFrame, k: int) -> list[int]:
     """Group ids of the k highest scores (ties: lower group id first), sorted."""
-    order = sub.sort_values(["score", "group"], ascending=[False, True], kind="stable")
-    return sorted(int(g) for g in order.group.iloc[:k])
+    groups = sub.group.to_numpy()
+    order = np.lexsort((groups, -sub.score.to_numpy(dtype=float)))   # score down, then group up; NaN last
+    return sorted(groups[order[:k]].tolist())
 
 
 def attention_kind(config: PruneConfig) -> str:
@@ -421,9 +429,8 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
             plan.qhead_keep = _plan_query_heads(scores, ratios, original_counts, kv_heads)
             continue
         target = plan.attn_keep if kind == "attn" else plan.mlp_keep
-        subs = {layer: scores[(scores.kind == kind) & (scores.layer == layer)]
-                for layer in ranges[range_kind]}
-        subs = {layer: s for layer, s in subs.items() if len(s)}
+        by_layer = dict(tuple(scores[scores.kind == kind].groupby("layer", sort=False)))   # rows in order
+        subs = {layer: by_layer[layer] for layer in ranges[range_kind] if layer in by_layer}
         if config.scope == "local":
             for layer, sub in subs.items():
                 n0 = original_counts.get((kind, layer), len(sub))

@@ -18,8 +18,9 @@ in float64, never G over every input; the (k + 1)-square system is built and sol
 its own storage) in float64.
 
 `LayerStream` carries the calibration batches through the decoder one layer at a time (each layer
-runs once on the pruned copy, plus once more where it is refitted), so the whole refit costs
-about three forward passes, not one per layer.
+runs once on the pruned copy, plus once more where it is refitted, and only the first layer runs
+while the stream records the layers' arguments), so the whole refit costs about two forward
+passes, not one per layer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class LayerStream:
     """Calibration batches' hidden states entering decoder layer `at`, advanced layer by layer.
 
     The keyword arguments each layer receives (masks, rotary embeddings; per layer, since some
-    families give sliding-window layers their own) are recorded once from a full forward."""
+    families give sliding-window layers their own) are recorded once from a forward of the model
+    in which every layer but the first passes its input through: the model makes them before its
+    layers run, so no layer's work is needed to see them (the first runs, to learn whether this
+    transformers version's layers return a tensor or a tuple)."""
 
     @reusing_freed_memory()
     def __init__(self, model, input_ids: torch.Tensor, batch_size: int = 8):
@@ -55,19 +59,33 @@ class LayerStream:
         self.at = 0
         for batch in torch.split(input_ids, batch_size):
             calls: list[dict] = []
+            as_tuple: list[bool] = []
 
-            def record(module, args, kwargs, calls=calls):
-                if not calls:
-                    self.hidden.append(args[0].detach() if args else kwargs["hidden_states"].detach())
-                calls.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            def recording(real):
+                def forward(*args, **kwargs):
+                    hidden = args[0] if args else kwargs["hidden_states"]
+                    if not calls:
+                        self.hidden.append(hidden.detach())
+                    calls.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+                    if not as_tuple:                          # the first layer runs
+                        out = real(*args, **kwargs)
+                        as_tuple.append(isinstance(out, tuple))
+                        return out
+                    return (hidden,) if as_tuple[0] else hidden   # the others pass their input through
+                return forward
 
-            handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in self.layers]
+            patched = [(layer, layer.__dict__.get("forward")) for layer in self.layers]
+            for layer, _ in patched:
+                layer.forward = recording(layer.forward)
             try:
                 with torch.no_grad():
                     model.model(input_ids=batch.to(device), use_cache=False)
             finally:
-                for h in handles:
-                    h.remove()
+                for layer, own in patched:
+                    if own is None:
+                        del layer.forward
+                    else:
+                        layer.forward = own
             self.kwargs.append(calls)
 
     @reusing_freed_memory()

@@ -122,6 +122,24 @@ def test_decisive_query_head_lands_in_its_kv_group(name, ids):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_the_refits_layer_stream_runs_each_layer_as_the_model_does(name, ids):
+    """The refit's stream records each layer's arguments with the later layers passed through
+    (sliding-window and global layers get their own masks): run layer by layer, it gives the
+    model's own hidden states, and every layer is left as it was."""
+    from pruner.refit import LayerStream
+
+    model = tiny_family_model(name)
+    with torch.no_grad():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states
+    stream = LayerStream(model, ids, batch_size=2)
+    assert all("forward" not in layer.__dict__ for layer in model.model.layers)
+    assert [len(calls) for calls in stream.kwargs] == [len(model.model.layers)] * len(stream.kwargs)
+    for layer in range(len(model.model.layers)):         # hidden_states[i] enters layer i
+        torch.testing.assert_close(torch.cat(stream.hidden), states[layer], atol=1e-5, rtol=1e-5)
+        stream.advance()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_compensation_or_a_clear_refusal(name, ids):
     model = tiny_family_model(name)
     config, notes = PruneConfig(compensate=True, attn_share=0.0, amount=0.2).normalized(model)

@@ -142,6 +142,24 @@ def test_removed_groups_marks_the_plan(model, calib):
     assert len(gone[gone.kind == "mlp"]) == 24
 
 
+def test_top_groups_and_removed_rows_by_hand():
+    """The kept groups are the highest scores, ties to the lower group id, unscored (NaN) last;
+    the removed rows are exactly the named layers' groups not kept, of the plan's kinds only."""
+    import pandas as pd
+
+    from pruner.prune import _top
+
+    sub = pd.DataFrame({"group": [0, 1, 2, 3, 4], "score": [1.0, 3.0, float("nan"), 3.0, 2.0]})
+    assert _top(sub, 1) == [1] and _top(sub, 2) == [1, 3] and _top(sub, 3) == [1, 3, 4]
+    assert _top(sub, 5) == [0, 1, 2, 3, 4]
+    scores = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1, 0, 0], "kind": ["mlp"] * 6 + ["qhead"] * 2,
+                           "group": [0, 1, 2, 0, 1, 2, 0, 1], "score": 1.0})
+    gone = Plan(mlp_keep={0: [1], 1: [0, 1, 2]}, qhead_keep={0: [0]}).removed_groups(scores)
+    assert list(gone.index) == [0, 2, 7]
+    assert Plan(mlp_keep={1: [2]}).removed_groups(scores).index.tolist() == [3, 4]
+    assert Plan().removed_groups(scores).empty
+
+
 def test_a_plan_counts_applies_and_describes_its_cut(calib):
     model = tiny_model(n_heads=4, n_kv=2)
     scores = score(model, calib, ScoreConfig("l2"))
