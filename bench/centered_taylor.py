@@ -28,8 +28,7 @@ from dataclasses import replace
 import torch
 
 import common
-from pruner import calibration_ids, load_model, prune_model
-from pruner.evaluate import perplexity
+from pruner import prune_model
 from pruner.importance import score
 from pruner.prune import score_kinds
 from pruner.recipes import recipe
@@ -55,19 +54,8 @@ def down_proj_sums(model, ids: torch.Tensor, batch_size: int = 8) -> dict[int, t
             out.register_hook(grad_hook)
         return hook
 
-    handles = [layer.mlp.down_proj.register_forward_hook(watch(i)) for i, layer in enumerate(layers)]
-    handles.append(model.model.embed_tokens.register_forward_hook(lambda m, a, out: out.requires_grad_()))
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for batch in torch.split(ids, batch_size):
-            model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
+    common.backward_through_activations(model, ids, [(layer.mlp.down_proj, watch(i)) for i, layer in enumerate(layers)],
+                                        batch_size)
     return {i: (g, s, m / n, (q / n).sqrt()) for i, (g, s, m, n, q) in sums.items()}
 
 
@@ -80,11 +68,7 @@ def main():
     ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    model, tok = load_model()[:2]
-    ids = calibration_ids(tok, "self", 32, 128, seed=args.seed, data_dir_path=args.data_dir, model=model)
-    ppl = lambda m: perplexity(m, tok, "wikitext2", 128, max_windows=args.windows, data_dir_path=args.data_dir,
-                               progress=False)["ppl"]
+    model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     score_config, prune_config = recipe("default")
     start = time.perf_counter()

@@ -35,3 +35,44 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def self_draw(seed: int, windows: int, data_dir):
+    """The default model, its default calibration (self-generated, 32 x 128, `seed`) and a
+    WikiText-2 perplexity of the first `windows` windows of 128 tokens -> (model, tok, ids, ppl),
+    the setting of the #19 lever scripts (layer_reconstruction, weighted_refit, centered_taylor)."""
+    import torch
+
+    from pruner import calibration_ids, load_model
+    from pruner.evaluate import perplexity
+
+    torch.manual_seed(seed)
+    model, tok = load_model()[:2]
+    ids = calibration_ids(tok, "self", 32, 128, seed=seed, data_dir_path=data_dir, model=model)
+
+    def ppl(m) -> float:
+        return perplexity(m, tok, "wikitext2", 128, max_windows=windows, data_dir_path=data_dir,
+                          progress=False)["ppl"]
+
+    return model, tok, ids, ppl
+
+
+def backward_through_activations(model, ids, hooks, batch_size: int = 8) -> None:
+    """The next-token loss's backward over `ids` in batches with every parameter frozen (only the
+    activations' gradients, which forward hooks in `hooks` (module, hook) pairs watch), leaving
+    the model's requires_grad flags as they were."""
+    import torch
+
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    handles.append(model.model.embed_tokens.register_forward_hook(lambda m, a, out: out.requires_grad_()))
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for batch in torch.split(ids, batch_size):
+            model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)

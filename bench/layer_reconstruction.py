@@ -20,8 +20,7 @@ import time
 import torch
 
 import common
-from pruner import calibration_ids, load_model, prune_model
-from pruner.evaluate import perplexity
+from pruner import prune_model
 from pruner.recipes import recipe
 
 
@@ -95,11 +94,7 @@ def main():
     ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    model, tok = load_model()[:2]
-    ids = calibration_ids(tok, "self", 32, 128, seed=args.seed, data_dir_path=args.data_dir, model=model)
-    ppl = lambda m: perplexity(m, tok, "wikitext2", 128, max_windows=args.windows, data_dir_path=args.data_dir,
-                               progress=False)["ppl"]
+    model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     result = prune_model(model, ids, *recipe("default"))
     pruned = result.model

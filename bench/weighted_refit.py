@@ -23,9 +23,7 @@ import time
 import torch
 
 import common
-import pruner.refit as refit
-from pruner import calibration_ids, load_model, prune_model
-from pruner.evaluate import perplexity
+from pruner import prune_model, refit
 from pruner.recipes import recipe
 
 
@@ -39,19 +37,8 @@ def token_weights(model, ids: torch.Tensor, power: float, batch_size: int = 8) -
             out.register_hook(lambda g: grads[i].append((g.float() ** 2).sum(-1).detach()))  # (b, seq)
         return hook
 
-    handles = [layer.mlp.register_forward_hook(watch(i)) for i, layer in enumerate(layers)]
-    handles.append(model.model.embed_tokens.register_forward_hook(lambda m, a, out: out.requires_grad_()))
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for batch in torch.split(ids, batch_size):
-            model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
+    common.backward_through_activations(model, ids, [(layer.mlp, watch(i)) for i, layer in enumerate(layers)],
+                                        batch_size)
     weights = {}
     for i, parts in grads.items():
         w = torch.cat(parts) ** power                                   # (samples, seq)
@@ -98,11 +85,7 @@ def main():
     ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    model, tok = load_model()[:2]
-    ids = calibration_ids(tok, "self", 32, 128, seed=args.seed, data_dir_path=args.data_dir, model=model)
-    ppl = lambda m: perplexity(m, tok, "wikitext2", 128, max_windows=args.windows, data_dir_path=args.data_dir,
-                               progress=False)["ppl"]
+    model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     start = time.perf_counter()
     weights = token_weights(model, ids, args.power)
