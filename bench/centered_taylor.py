@@ -63,9 +63,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blend", type=float, default=1.0)
     ap.add_argument("--partner", choices=["centered", "wanda"], default="centered")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--windows", type=int, default=256)
-    ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
+    common.add_self_draw_args(ap)
     args = ap.parse_args()
 
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)

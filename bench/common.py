@@ -37,6 +37,13 @@ def machine() -> dict:
     return info
 
 
+def add_self_draw_args(parser) -> None:
+    """`self_draw`'s settings on a script's command line: --seed, --windows, --data-dir."""
+    parser.add_argument("--seed", type=int, default=0, help="the calibration draw")
+    parser.add_argument("--windows", type=int, default=256, help="WikiText-2 windows of 128 tokens")
+    parser.add_argument("--data-dir", default=str(SHARED_DATA))
+
+
 def self_draw(seed: int, windows: int, data_dir):
     """The default model, its default calibration (self-generated, 32 x 128, `seed`) and a
     WikiText-2 perplexity of the first `windows` windows of 128 tokens -> (model, tok, ids, ppl),

@@ -89,9 +89,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch", type=int, default=1024, help="tokens per step")
     ap.add_argument("--held-out", type=int, default=4, help="calibration windows held out")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--windows", type=int, default=256)
-    ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
+    common.add_self_draw_args(ap)
     args = ap.parse_args()
 
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)

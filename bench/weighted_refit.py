@@ -80,9 +80,7 @@ def weighted_sums(weights: dict[int, torch.Tensor], batch_size: int = 8):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--power", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--windows", type=int, default=256)
-    ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
+    common.add_self_draw_args(ap)
     args = ap.parse_args()
 
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
