@@ -58,35 +58,40 @@ class LayerStream:
         self.kwargs: list[list[dict]] = []                   # per batch, per layer
         self.at = 0
         for batch in torch.split(input_ids, batch_size):
-            calls: list[dict] = []
-            as_tuple: list[bool] = []
+            self.kwargs.append(self._record(batch.to(device)))
 
-            def recording(real):
-                def forward(*args, **kwargs):
-                    hidden = args[0] if args else kwargs["hidden_states"]
-                    if not calls:
-                        self.hidden.append(hidden.detach())
-                    calls.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-                    if not as_tuple:                          # the first layer runs
-                        out = real(*args, **kwargs)
-                        as_tuple.append(isinstance(out, tuple))
-                        return out
-                    return (hidden,) if as_tuple[0] else hidden   # the others pass their input through
-                return forward
+    def _record(self, batch: torch.Tensor) -> list[dict]:
+        """Each layer's keyword arguments on `batch`, from a forward in which every layer but the
+        first passes its input through; keeps the hidden states entering the first layer."""
+        calls: list[dict] = []
+        as_tuple: list[bool] = []
 
-            patched = [(layer, layer.__dict__.get("forward")) for layer in self.layers]
-            for layer, _ in patched:
-                layer.forward = recording(layer.forward)
-            try:
-                with torch.no_grad():
-                    model.model(input_ids=batch.to(device), use_cache=False)
-            finally:
-                for layer, own in patched:
-                    if own is None:
-                        del layer.forward
-                    else:
-                        layer.forward = own
-            self.kwargs.append(calls)
+        def recording(real):
+            def forward(*args, **kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if not calls:
+                    self.hidden.append(hidden.detach())
+                calls.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+                if not as_tuple:                          # the first layer runs
+                    out = real(*args, **kwargs)
+                    as_tuple.append(isinstance(out, tuple))
+                    return out
+                return (hidden,) if as_tuple[0] else hidden   # the others pass their input through
+            return forward
+
+        patched = [(layer, layer.__dict__.get("forward")) for layer in self.layers]
+        for layer, _ in patched:
+            layer.forward = recording(layer.forward)
+        try:
+            with torch.no_grad():
+                self.model.model(input_ids=batch, use_cache=False)
+        finally:
+            for layer, own in patched:
+                if own is None:
+                    del layer.forward
+                else:
+                    layer.forward = own
+        return calls
 
     @reusing_freed_memory()
     def run(self, layer: int, hook_module=None, hook=None) -> list[torch.Tensor]:
