@@ -348,14 +348,20 @@ def attention_kind(config: PruneConfig) -> str:
     return "qhead" if config.attn_granularity == "query-heads" else "attn"
 
 
+def _rows_by_layer(scores: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """layer -> its rows of `scores`, in their order (one pass, not one filter per layer)."""
+    return dict(tuple(scores.groupby("layer", sort=False)))
+
+
 def _plan_query_heads(scores, ratios, original_counts, kv_heads) -> dict[int, list[int]]:
     """Per layer, the same number of best query heads in every KV group (uniform GQA).
 
     ratios: layer -> fraction of the layer's query heads to remove."""
     keep = {}
+    by_layer = _rows_by_layer(scores[scores.kind == "qhead"])
     for layer, ratio in ratios.items():
-        sub = scores[(scores.kind == "qhead") & (scores.layer == layer)]
-        if sub.empty:
+        sub = by_layer.get(layer)
+        if sub is None:
             continue
         n_kv = kv_heads[layer]
         n_rep_now = len(sub) // n_kv
@@ -429,7 +435,7 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
             plan.qhead_keep = _plan_query_heads(scores, ratios, original_counts, kv_heads)
             continue
         target = plan.attn_keep if kind == "attn" else plan.mlp_keep
-        by_layer = dict(tuple(scores[scores.kind == kind].groupby("layer", sort=False)))   # rows in order
+        by_layer = _rows_by_layer(scores[scores.kind == kind])
         subs = {layer: by_layer[layer] for layer in ranges[range_kind] if layer in by_layer}
         if config.scope == "local":
             for layer, sub in subs.items():
@@ -446,9 +452,9 @@ def _plan_block(scores, config, ratio, ranges, original_counts, kv_heads, sensit
         best = pool.sort_values(["score", "group"], ascending=[False, True]).groupby("layer").head(1)
         rest = pool.drop(best.index).sort_values(["score", "layer", "group"],
                                                  ascending=[False, True, True], kind="stable")
-        chosen = pd.concat([best, rest.iloc[: max(0, budget - len(best))]])
-        for layer in subs:
-            target[layer] = sorted(int(g) for g in chosen[chosen.layer == layer].group)
+        chosen = _rows_by_layer(pd.concat([best, rest.iloc[: max(0, budget - len(best))]]))
+        for layer in subs:                                   # each keeps at least its best group
+            target[layer] = sorted(int(g) for g in chosen[layer].group)
     return plan
 
 
