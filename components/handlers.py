@@ -23,7 +23,7 @@ from pruner.card import card_stats, push
 from pruner.export import loader_of
 from pruner.arch import arch_of
 from pruner.data import (SELF_SOURCE, CalibrationSpec, DataUnavailableError,
-                         text_origin)
+                         self_text_is_kept, text_origin)
 from pruner.evaluate import NORMED_TASKS, evaluate, model_stats
 from pruner.generate import GenerationSettings, prompt_ids, stream
 from pruner.groups import describe_layer, family, group_slices
@@ -249,7 +249,9 @@ def calibration(store: Store, session: Session, spec: CalibrationSpec, progress=
 
     def make():
         if progress and spec.source == SELF_SOURCE:
-            progress(0.05, desc=f"the model writes its own calibration text ({2 * spec.samples} short documents)")
+            kept = self_text_is_kept(original.model, original.tokenizer, spec.samples, spec.seq_len, spec.seed)
+            progress(0.05, desc="reading the calibration text the model wrote before" if kept else
+                     f"the model writes its own calibration text ({2 * spec.samples} short documents)")
         return spec.ids(original.tokenizer, data_dir(), original.model)
 
     ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec.record()}, make)

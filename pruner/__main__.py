@@ -195,10 +195,12 @@ def _load(args):
 
 def _calib_ids(args, tokenizer, model):
     """The calibration tokens the flags describe (`self`: sampled by `model`)."""
-    from .data import SELF_SOURCE, calibration_ids
+    from .data import SELF_SOURCE, calibration_ids, self_text_is_kept
 
     if args.calib_data == SELF_SOURCE:
-        print(f"calibration: the model writes {2 * args.calib_samples} short documents (self, seed {args.seed}); "
+        kept = self_text_is_kept(model, tokenizer, args.calib_samples, args.calib_len, args.seed)
+        how = "read back from disk (the model wrote them before)" if kept else "written by the model"
+        print(f"calibration: {2 * args.calib_samples} short documents (self, seed {args.seed}) {how}; "
               f"{args.calib_samples} x {args.calib_len} tokens are drawn from them", file=sys.stderr, flush=True)
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
                            args.seed, args.data_dir, model)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import hub
+from . import hub, text_cache
 from .models import context_length
 from .options import Range, check, option
 from .resources import reusing_freed_memory
@@ -39,6 +39,7 @@ TEXT_CORPORA = {
 LAMBADA_FILE = "llm-foundry-icl/lambada_openai.jsonl"
 SELF_SOURCE = "self"          # calibration text the model samples itself (`self_generated_text`)
 SELF_BATCH = 64               # documents sampled at once (the seed's text depends on it: fixed)
+SELF_SAMPLING = {"temperature": 1.0, "top_p": 0.95, "top_k": 50}
 
 
 class DataUnavailableError(RuntimeError):
@@ -261,10 +262,41 @@ def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed
             n = min(batch_size, n_docs - begin)
             prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
             out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                                 temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=max_new_tokens,
+                                 **SELF_SAMPLING, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
             docs += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)          # (n, <= max_new)
     return "\n\n".join(d.strip() for d in docs if d.strip())
+
+
+def self_documents(num_samples: int, seq_len: int, model=None) -> tuple[int, int]:
+    """(documents, new tokens each) written for `num_samples` windows of `seq_len`: twice the
+    tokens the windows need, in documents of 1.25 windows, so that windows start anywhere, as in
+    any other text, and overlap little (README, "Calibration text")."""
+    return 2 * num_samples, self_document_length(seq_len, model)
+
+
+def self_text_is_kept(model, tokenizer, num_samples: int, seq_len: int, seed: int = 0) -> bool:
+    """Whether the text for these calibration windows is on disk already (read, not written)."""
+    settings = self_text_settings(*self_documents(num_samples, seq_len, model), seed)
+    return text_cache.read(text_cache.text_key(model, tokenizer, settings)) is not None
+
+
+def self_text_settings(n_docs: int, max_new_tokens: int, seed: int, batch_size: int = SELF_BATCH) -> dict:
+    """Everything besides the model that decides what `self_generated_text` writes."""
+    return {"documents": n_docs, "max_new_tokens": max_new_tokens, "seed": seed, "batch": batch_size,
+            **SELF_SAMPLING}
+
+
+def kept_self_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed: int = 0) -> str:
+    """`self_generated_text`, read back from disk when this model already wrote it for these
+    settings (the default model's default calibration ships with the package), else written and
+    kept (`pruner.text_cache`)."""
+    key = text_cache.text_key(model, tokenizer, self_text_settings(n_docs, max_new_tokens, seed))
+    text = text_cache.read(key)
+    if text is None:
+        text = self_generated_text(model, tokenizer, n_docs, max_new_tokens, seed)
+        text_cache.write(key, text)
+    return text
 
 
 def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIBRATION_SAMPLES,
@@ -280,10 +312,7 @@ def calibration_ids(tokenizer, source: str = "builtin", num_samples: int = CALIB
     if source == SELF_SOURCE:
         if model is None:
             raise ValueError("self-generated calibration needs the model that writes it")
-        # twice the tokens the windows need, in documents of 1.25 windows: windows start anywhere,
-        # as in any other text, and overlap little (README, "Calibration text")
-        text = self_generated_text(model, tokenizer, 2 * num_samples, self_document_length(seq_len, model),
-                                   seed)
+        text = kept_self_text(model, tokenizer, *self_documents(num_samples, seq_len, model), seed)
     else:
         text = read_text_source(source, data_dir_path)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]

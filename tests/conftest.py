@@ -38,6 +38,13 @@ def tiny_model(seed=0, dtype=torch.float32, **kw):
     return model
 
 
+@pytest.fixture(autouse=True)
+def own_text_cache(tmp_path_factory, monkeypatch):
+    """Self-generated calibration text each test writes goes to a folder of its own (never the
+    user's ~/.cache, never another test's); the texts shipped with the package are still read."""
+    monkeypatch.setenv("PRUNER_CACHE_DIR", str(tmp_path_factory.mktemp("text-cache")))
+
+
 @pytest.fixture(params=["mha", "gqa"])
 def model(request):
     return tiny_model(n_heads=4, n_kv=4 if request.param == "mha" else 2)

@@ -17,10 +17,12 @@ def test_pip_install_puts_engine_app_and_data_outside_the_repo(tmp_path):
     code = ("import pathlib, pruner, components, app\n"
             "from pruner.data import BUILTIN_CALIBRATION\n"
             "from pruner.recover import BUILTIN_PROMPTS\n"
+            "from pruner.text_cache import SHIPPED\n"
             f"site = pathlib.Path({str(target)!r})\n"
             "for module in (pruner, components, app):\n"
             "    assert site in pathlib.Path(module.__file__).parents, module.__file__\n"
             "assert BUILTIN_CALIBRATION.is_file() and BUILTIN_PROMPTS.is_file()\n"
+            "assert list(SHIPPED.glob('*.txt')), 'the default calibration text'\n"
             "assert (pathlib.Path(app.__file__).parent / 'components' / 'assets' / 'style.css').is_file()\n"
             "assert callable(app.main)\n"
             "print('ok')\n")
