@@ -131,12 +131,17 @@ def _evict(folder: Path, keep: Path) -> None:
 
 def _write_shipped() -> Path:
     """(Re)write the default model's shipped text for the default calibration, sampled afresh."""
-    from .data import CALIBRATION_LEN, CALIBRATION_SAMPLES, self_document_length, self_generated_text, \
-        self_text_settings
+    from .data import (
+        CALIBRATION_LEN,
+        CALIBRATION_SAMPLES,
+        self_documents,
+        self_generated_text,
+        self_text_settings,
+    )
     from .models import load_model
 
     model, tokenizer = load_model("default", device="cpu")
-    n_docs, length = 2 * CALIBRATION_SAMPLES, self_document_length(CALIBRATION_LEN, model)
+    n_docs, length = self_documents(CALIBRATION_SAMPLES, CALIBRATION_LEN, model)
     key = text_key(model, tokenizer, self_text_settings(n_docs, length, 0))
     SHIPPED.mkdir(parents=True, exist_ok=True)
     path = SHIPPED / f"{key}.txt"

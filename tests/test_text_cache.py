@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from pruner import data, text_cache
-
-from conftest import tiny_model
 
 
 def never_sample(*args, **kwargs):
@@ -98,7 +97,7 @@ def test_the_shipped_text_is_what_the_default_model_writes(default_model, monkey
     """The shipped file is read for the default calibration (nothing sampled), and it is byte for
     byte what sampling afresh gives on this CPU."""
     model, tokenizer = default_model
-    n_docs, length = 2 * data.CALIBRATION_SAMPLES, data.self_document_length(data.CALIBRATION_LEN, model)
+    n_docs, length = data.self_documents(data.CALIBRATION_SAMPLES, data.CALIBRATION_LEN, model)
     key = text_cache.text_key(model, tokenizer, data.self_text_settings(n_docs, length, 0))
     shipped = text_cache.SHIPPED / f"{key}.txt"
     assert shipped.is_file(), "remake it: python -m pruner.text_cache"
