@@ -61,8 +61,11 @@ ROWS = [
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, recompute_means=True), None),
     ("MLP only, last-only + least-squares refit of each pruned down_proj",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), None),
-    ("the default recipe: last-only + refit, 32 x 128 self-generated calibration",
+    ("last-only + refit, 32 x 128 self-generated calibration (the default until 2026-12-05)",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), ("self", 32, 128)),
+    ("the default recipe: row 23 with per-layer ratios falling with depth (1.5x to 0.5x the ratio)",
+     dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5), ("self", 32, 128)),
 ]
 
 

@@ -23,7 +23,7 @@ from .options import Range, check, option
 STRATEGIES = ("block", "channel", "layer")
 SCOPES = ("local", "global")
 GRANULARITIES = ("kv-group", "query-heads")
-ALLOCATIONS = ("uniform", "sensitivity", "standardized")
+ALLOCATIONS = ("uniform", "depth", "sensitivity", "standardized")
 UNITS = ("parameters", "groups")
 
 
@@ -84,12 +84,15 @@ class PruneConfig:
         "squares to the dense layer's output on the pruned model's own propagated calibration inputs",
         label="least-squares refit (down_proj / o_proj)")
     allocation: str = option(
-        "uniform", "per-layer ratios (local scope): uniform; sensitivity: set by each layer's measured "
-        "calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer "
-        "and kind, one ranking across layers and between attention and MLP", choices=ALLOCATIONS,
+        "uniform", "per-layer ratios (local scope): uniform; depth: falling linearly from ratio * (1 + "
+        "layer_spread) at the first pruned layer to ratio * (1 - layer_spread) at the last (deeper layers keep "
+        "more, nothing measured); sensitivity: set by each layer's measured calibration-loss increase when "
+        "pruned alone; standardized (FLAP): scores standardized per layer and kind, one ranking across layers "
+        "and between attention and MLP", choices=ALLOCATIONS,
         label="per-layer ratios (local scope)")
     layer_spread: float = option(
-        0.5, "with sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
+        0.5, "with depth allocation: the first / last pruned layer's ratio is ratio * (1 +/- this); with "
+        "sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
         bounds=Range(0.0, 1.0))
     probe_tokens: int = option(
         4096, "with sensitivity allocation: calibration tokens each layer's probe runs on (the first rows, "
@@ -399,11 +402,29 @@ def standardized_removals(pool: pd.DataFrame, ratio: float) -> dict[tuple[str, i
     return {key: int(counts.get(key, 0)) for key in order.groupby(["kind", "layer"]).size().index}
 
 
+def depth_ratios(sizes: dict[int, int], ratio: float, spread: float) -> dict[int, float]:
+    """layer -> ratio falling linearly with depth over the layers of `sizes` (layer -> group count):
+    ratio * (1 + spread) at the first, ratio * (1 - spread) at the last, scaled so that the same
+    groups go in all (sum n_l r_l = ratio sum n_l), each at most MAX_LAYER_RATIO.
+
+    SlimGPT (Ling et al. 2024, arXiv 2412.18110) argues the other way (deeper layers pruned more,
+    since a layer's error passes through the layers after it); on the default model, with the
+    refit, the early layers measured the ones to cut deeper (README, *Pruning quality*)."""
+    from .sensitivity import MAX_LAYER_RATIO
+
+    first, last = min(sizes), max(sizes)
+    weights = {layer: 1.0 - spread * (2.0 * (layer - first) / (last - first) - 1.0) if last > first else 1.0
+               for layer in sizes}                                                # 1 + spread ... 1 - spread
+    scale = ratio * sum(sizes.values()) / sum(sizes[layer] * w for layer, w in weights.items())
+    return {layer: min(MAX_LAYER_RATIO, scale * w) for layer, w in weights.items()}
+
+
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
                  removals: dict[tuple[str, int], int] | None = None) -> dict[int, float]:
     """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, with
-    `config.allocation == "sensitivity"` the measured-sensitivity split of the same total, with
-    "standardized" the `removals` of one ranking of standardized scores (standardized_removals)."""
+    `config.allocation == "depth"` falling linearly with depth (depth_ratios), with "sensitivity"
+    the measured-sensitivity split of the same total, with "standardized" the `removals` of one
+    ranking of standardized scores (standardized_removals)."""
     present = scores[scores.kind == kind].groupby("layer").size()
     sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
     sizes = {layer: n for layer, n in sizes.items() if n}
@@ -411,6 +432,8 @@ def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivi
         # of the original count: groups already gone (earlier iterative steps) plus those removed now
         return {layer: (n - int(present.get(layer, 0)) + removals.get((kind, layer), 0)) / n
                 for layer, n in sizes.items()}
+    if config.allocation == "depth":
+        return depth_ratios(sizes, ratio, config.layer_spread)
     if config.allocation != "sensitivity" or sensitivity is None:
         return {layer: ratio for layer in sizes}
     from .sensitivity import allocate

@@ -2,7 +2,8 @@
 
 "default" is the best recipe measured by bench/quality.py and bench/methods.py on the default
 model at 20% of the parameters (see README: MLP channels only, ranked by first-order Taylor on
-down_proj alone, each pruned down_proj refitted by damped least squares, pruner/refit.py). "llm-pruner" reproduces the
+down_proj alone, the early layers cut deeper than the late ones, each pruned down_proj refitted by
+damped least squares, pruner/refit.py). "llm-pruner" reproduces the
 paper's block strategy: KV groups and MLP channels at one ratio, element-wise first order
 summed over each group, no compensation.
 """
@@ -16,7 +17,8 @@ from .prune import PruneConfig
 
 RECIPES = {
     "default": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
-                PruneConfig(attn_share=0.0, attn_granularity="query-heads", compensate=True, refit=True)),
+                PruneConfig(attn_share=0.0, attn_granularity="query-heads", compensate=True, refit=True,
+                            allocation="depth", layer_spread=0.5)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
                    PruneConfig(attn_granularity="kv-group")),
     # The field's other methods on the same engine (coupled groups, slicing, exports); RECIPE_NOTES
@@ -38,10 +40,12 @@ RECIPES = {
 # name -> (citation, what it does differently), shown by the CLI's help and the page's recipe switch
 RECIPE_NOTES = {
     "default": ("this project (bench/quality.py, bench/methods.py)",
-                "MLP channels only, ranked by first-order Taylor on down_proj alone; each pruned down_proj "
-                "refitted (kept columns and a bias) by damped least squares to the dense layer's output on "
-                "the pruned model's own propagated calibration inputs; calibrated by default on text the model "
-                "samples itself (self-calibration, Williams et al. 2025)"),
+                "MLP channels only, ranked by first-order Taylor on down_proj alone, the early layers cut "
+                "deeper (per-layer ratios falling linearly with depth, from 1.5x the ratio at the first pruned "
+                "layer to 0.5x at the last); each pruned down_proj refitted (kept columns and a bias) by damped "
+                "least squares to the dense layer's output on the pruned model's own propagated calibration "
+                "inputs; calibrated by default on text the model samples itself (self-calibration, Williams et "
+                "al. 2025)"),
     "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
                    "summed over each group, no compensation"),

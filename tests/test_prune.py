@@ -264,3 +264,28 @@ def test_make_plan_measures_sensitivity_as_prune_model_does(calib, extra):
     plan = make_plan(model, scores, cfg, input_ids=calib)
     assert plan == prune_model(model, calib, ScoreConfig("l2"), cfg, scores=scores).plans[0]
     assert plan != make_plan(model, scores, cfg)         # the measured split differs from the uniform one
+
+
+def test_depth_ratios_fall_linearly_and_keep_the_total_by_hand():
+    from pruner.prune import depth_ratios
+
+    assert depth_ratios({3: 10, 4: 10, 5: 10}, 0.3, 0.5) == pytest.approx({3: 0.45, 4: 0.3, 5: 0.15})
+    # unequal layers: weights 1.5 and 0.5, scaled by 0.2 x 40 / (15 + 15) so that 8 groups still go
+    assert depth_ratios({0: 10, 2: 30}, 0.2, 0.5) == pytest.approx({0: 0.4, 2: 0.4 / 3})
+    assert depth_ratios({0: 10, 1: 10}, 0.8, 0.5) == pytest.approx({0: 0.95, 1: 0.4})   # capped per layer
+    assert depth_ratios({7: 12}, 0.25, 0.5) == {7: 0.25}                                  # one layer: its ratio
+    assert depth_ratios({0: 10, 1: 10, 2: 10}, 0.3, 0.0) == pytest.approx({0: 0.3, 1: 0.3, 2: 0.3})
+
+
+def test_depth_allocation_cuts_early_layers_deeper_for_the_same_target(calib):
+    model = tiny_model(layers=4, inter=48)
+    scores = score(model, calib, ScoreConfig("l2"))
+    uniform = PruneConfig(amount=0.25, unit="groups", prune_attn=False, mlp_layers=(0, 4))
+    depth = PruneConfig(amount=0.25, unit="groups", prune_attn=False, mlp_layers=(0, 4), allocation="depth",
+                        layer_spread=0.5)
+    # 48 channels a layer; ratios 0.375, 0.29, 0.21, 0.125 of them: 18, 14, 10, 6 removed (48 in all, as uniform)
+    assert {k: 48 - len(v) for k, v in make_plan(model, scores, uniform).mlp_keep.items()} == dict.fromkeys(range(4), 12)
+    removed = {k: 48 - len(v) for k, v in make_plan(model, scores, depth).mlp_keep.items()}
+    assert removed == {0: 18, 1: 14, 2: 10, 3: 6}
+    with pytest.raises(ValueError, match="depth allocation"):
+        PruneConfig(allocation="depth", scope="global").validate(4)

@@ -1,0 +1,58 @@
+"""Per-layer ratios that grow (or shrink) with depth, with nothing measured (#19's search for a
+better default): SlimGPT (Ling et al. 2024, arXiv 2412.18110) prunes deeper layers more
+("incremental pruning ratio"), because a layer's error passes through every layer after it. Here
+layer l of the pruned range 3..27 removes ratio x (1 + slope x x_l) of its MLP channels, x_l
+running from -1 (layer 3) to +1 (layer 27), the same total (the sensitivity allocation's water
+filling, fed these ratios instead of probes), then the default recipe with its refit. Measures
+WikiText-2 perplexity against the dense model on the default calibration (self-generated,
+32 x 128, one seed).
+
+    python bench/depth_ramp.py --slope 0.25 --seed 0 --windows 256 --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import pandas as pd
+
+import common
+from pruner import prune_model, sensitivity
+from pruner.recipes import recipe
+
+
+def ramp(layers: range, slope: float) -> pd.DataFrame:
+    """A stand-in for measured sensitivity whose allocation is ratio x (1 + slope x x_l): the
+    allocation sets r_l = c / s_l, so s_l = 1 / (1 + slope x x_l)."""
+    first, last = layers[0], layers[-1]
+    x = [2 * (layer - first) / (last - first) - 1 for layer in layers]
+    return pd.DataFrame({"kind": "mlp", "layer": list(layers), "loss_increase": [1 / (1 + slope * v) for v in x]})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slope", type=float, default=0.25, help="ratio at the last pruned layer / the mean - 1")
+    common.add_self_draw_args(ap)
+    args = ap.parse_args()
+
+    model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
+    dense = ppl(model)
+    score_config, prune_config = recipe("default")
+    layers = range(3, 28)
+    if args.slope:
+        prune_config = replace(prune_config, allocation="sensitivity", layer_spread=abs(args.slope) + 1e-6)
+        sensitivity.config_sensitivity = lambda *a, **k: ramp(layers, args.slope)
+    start = time.perf_counter()
+    result = prune_model(model, ids, score_config, prune_config)
+    seconds = time.perf_counter() - start
+    widths = result.widths_after.set_index("layer").intermediate_size.tolist()
+    print(json.dumps({"seed": args.seed, "slope": args.slope, "dense": dense, "x_dense": ppl(result.model) / dense,
+                      "seconds": seconds, "params_removed": result.report["ratio_params_removed"],
+                      "mlp_widths": widths}))
+
+
+if __name__ == "__main__":
+    main()
