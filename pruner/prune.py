@@ -412,6 +412,8 @@ def depth_ratios(sizes: dict[int, int], ratio: float, spread: float) -> dict[int
     refit, the early layers measured the ones to cut deeper (README, *Pruning quality*)."""
     from .sensitivity import MAX_LAYER_RATIO
 
+    if not sizes:
+        return {}
     first, last = min(sizes), max(sizes)
     weights = {layer: 1.0 - spread * (2.0 * (layer - first) / (last - first) - 1.0) if last > first else 1.0
                for layer in sizes}                                                # 1 + spread ... 1 - spread

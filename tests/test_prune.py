@@ -274,6 +274,7 @@ def test_depth_ratios_fall_linearly_and_keep_the_total_by_hand():
     assert depth_ratios({0: 10, 2: 30}, 0.2, 0.5) == pytest.approx({0: 0.4, 2: 0.4 / 3})
     assert depth_ratios({0: 10, 1: 10}, 0.8, 0.5) == pytest.approx({0: 0.95, 1: 0.4})   # capped per layer
     assert depth_ratios({7: 12}, 0.25, 0.5) == {7: 0.25}                                  # one layer: its ratio
+    assert depth_ratios({}, 0.25, 0.5) == {}
     assert depth_ratios({0: 10, 1: 10, 2: 10}, 0.3, 0.0) == pytest.approx({0: 0.3, 1: 0.3, 2: 0.3})
 
 
