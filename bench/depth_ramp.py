@@ -2,8 +2,9 @@
 better default): SlimGPT (Ling et al. 2024, arXiv 2412.18110) prunes deeper layers more
 ("incremental pruning ratio"), because a layer's error passes through every layer after it. Here
 layer l of the pruned range 3..27 removes ratio x (1 + slope x x_l) of its MLP channels, x_l
-running from -1 (layer 3) to +1 (layer 27), the same total (the sensitivity allocation's water
-filling, fed these ratios instead of probes), then the default recipe with its refit. Measures
+running from -1 (layer 3) to +1 (layer 27), the same total (the engine's depth allocation,
+`pruner.prune.depth_ratios`, whose spread is -slope; a positive slope turns it around), then the
+default recipe with its refit. Measures
 WikiText-2 perplexity against the dense model on the default calibration (self-generated,
 32 x 128, one seed).
 
@@ -26,18 +27,9 @@ import time
 from dataclasses import replace
 
 import common
-import pandas as pd
 
-from pruner import prune_model, sensitivity
+from pruner import prune, prune_model
 from pruner.recipes import recipe
-
-
-def ramp(layers: range, slope: float) -> pd.DataFrame:
-    """A stand-in for measured sensitivity whose allocation is ratio x (1 + slope x x_l): the
-    allocation sets r_l = c / s_l, so s_l = 1 / (1 + slope x x_l)."""
-    first, last = layers[0], layers[-1]
-    x = [2 * (layer - first) / (last - first) - 1 for layer in layers]
-    return pd.DataFrame({"kind": "mlp", "layer": list(layers), "loss_increase": [1 / (1 + slope * v) for v in x]})
 
 
 def main():
@@ -49,12 +41,11 @@ def main():
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     score_config, prune_config = recipe("default")
-    layers = range(3, 28)
-    if args.slope:
-        prune_config = replace(prune_config, allocation="sensitivity", layer_spread=abs(args.slope) + 1e-6)
-        sensitivity.config_sensitivity = lambda *a, **k: ramp(layers, args.slope)
-    else:
-        prune_config = replace(prune_config, allocation="uniform")
+    prune_config = replace(prune_config, allocation="depth" if args.slope else "uniform",
+                           layer_spread=abs(args.slope))
+    if args.slope > 0:                             # deeper layers cut more: the engine's ramp turned around
+        falling = prune.depth_ratios
+        prune.depth_ratios = lambda sizes, ratio, spread: falling(sizes, ratio, -spread)
     start = time.perf_counter()
     result = prune_model(model, ids, score_config, prune_config)
     seconds = time.perf_counter() - start
