@@ -51,7 +51,7 @@ def test_prune_save_reload_generate(default_model, tmp_path, capsys):
 def test_uniform_prune_loads_with_plain_transformers(default_model, tmp_path, capsys):
     out = tmp_path / "uniform"
     run_cli(["prune", "--ratio", "0.25", "--no-attn", "--layers", "0:30", "--criterion", "l2",
-             "--out", str(out), "--json"], capsys)
+             "--allocation", "uniform", "--out", str(out), "--json"], capsys)
     text = fresh_process(
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
