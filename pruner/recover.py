@@ -122,8 +122,9 @@ PRESETS = {
                           warmup_steps=2, ce_weight=0.5, distill_weight=1.0, dropout=0.0,
                           max_grad_norm=0.05),
     # a longer run on book passages, distilled from the dense model on every position (<= 20
-    # minutes on a 2-core CPU: 760 steps, 1,050 s of training and 1,097 s for the CLI command on
-    # 2026-12-04, 1.518x; 600 steps there, the preset until then: 878 s, 1.540x; on a GPU: README),
+    # minutes on a 2-core CPU with native bfloat16: 760 steps, 1,050 s of training and 1,097 s for
+    # the CLI command on 2026-12-04, 1.518x; 600 steps there, the preset until then: 878 s, 1.540x;
+    # on the depth-allocated default, 2026-12-05 with AMX: 987 s, 1.501x; on a GPU: README),
     # training every weight but the embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW
     # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default
     # recipe's pruned model (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
