@@ -63,9 +63,14 @@ ROWS = [
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), None),
     ("last-only + refit, 32 x 128 self-generated calibration (the default until 2026-12-05)",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), ("self", 32, 128)),
-    ("the default recipe: row 23 with per-layer ratios falling with depth (1.5x to 0.5x the ratio)",
+    ("row 23 with per-layer ratios falling with depth (1.5x to 0.5x the ratio; the default on 2026-12-05)",
      dict(criterion=E1, aggregation="last"),
-     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5), ("self", 32, 128)),
+     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=0.0),
+     ("self", 32, 128)),
+    ("the default recipe: row 24 with each layer's ratio also shaped by its median score",
+     dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
+     ("self", 32, 128)),
 ]
 
 

@@ -58,7 +58,7 @@ RECOVER_FLAGS = ["max_steps", "learning_rate", "batch_size", "seq_len", "r", "ce
                  "full_finetune", "mixed_precision", "time_budget_s"]
 # PruneConfig fields whose CLI flags are generated from their options
 PRUNE_FLAGS = ["amount", "unit", "strategy", "scope", "attn_granularity", "attn_share", "hidden_share", "compensate",
-               "recompute_means", "refit", "allocation", "layer_spread", "probe_tokens", "round_to",
+               "recompute_means", "refit", "allocation", "layer_spread", "score_shape", "probe_tokens", "round_to",
                "iterative_steps", "prune_attn", "prune_mlp"]
 
 

@@ -86,7 +86,7 @@ class PruneConfig:
     allocation: str = option(
         "uniform", "per-layer ratios (local scope): uniform; depth: falling linearly from ratio * (1 + "
         "layer_spread) at the first pruned layer to ratio * (1 - layer_spread) at the last (deeper layers keep "
-        "more, nothing measured); sensitivity: set by each layer's measured calibration-loss increase when "
+        "more), each times its score_shape factor from the scores (nothing more measured); sensitivity: set by each layer's measured calibration-loss increase when "
         "pruned alone; standardized (FLAP): scores standardized per layer and kind, one ranking across layers "
         "and between attention and MLP", choices=ALLOCATIONS,
         label="per-layer ratios (local scope)")
@@ -94,6 +94,11 @@ class PruneConfig:
         0.5, "with depth allocation: the first / last pruned layer's ratio is ratio * (1 +/- this); with "
         "sensitivity allocation: layer ratios stay within ratio * (1 -/+ this)",
         bounds=Range(0.0, 1.0))
+    score_shape: float = option(
+        1.0, "with depth allocation: each layer's ratio also scales by (the median score of its groups / the "
+        "geometric mean of the layers' medians) ** -this, so a layer the criterion rates low loses more, at the "
+        "same total; the Prune step's own scores, nothing more measured (0: the linear ramp alone)",
+        bounds=Range(0.0, 4.0))
     probe_tokens: int = option(
         4096, "with sensitivity allocation: calibration tokens each layer's probe runs on (the first rows, "
         "up to this many; each probe is a partial forward over them)", bounds=Range(1, None))
@@ -402,10 +407,12 @@ def standardized_removals(pool: pd.DataFrame, ratio: float) -> dict[tuple[str, i
     return {key: int(counts.get(key, 0)) for key in order.groupby(["kind", "layer"]).size().index}
 
 
-def depth_ratios(sizes: dict[int, int], ratio: float, spread: float) -> dict[int, float]:
+def depth_ratios(sizes: dict[int, int], ratio: float, spread: float,
+                 shape: dict[int, float] | None = None) -> dict[int, float]:
     """layer -> ratio falling linearly with depth over the layers of `sizes` (layer -> group count):
-    ratio * (1 + spread) at the first, ratio * (1 - spread) at the last, scaled so that the same
-    groups go in all (sum n_l r_l = ratio sum n_l), each at most MAX_LAYER_RATIO.
+    ratio * (1 + spread) at the first, ratio * (1 - spread) at the last, each layer's weight times
+    its `shape` (score_shape's, if given), scaled so that the same groups go in all
+    (sum n_l r_l = ratio sum n_l), each at most MAX_LAYER_RATIO.
 
     SlimGPT (Ling et al. 2024, arXiv 2412.18110) argues the other way (deeper layers pruned more,
     since a layer's error passes through the layers after it); on the default model, with the
@@ -417,14 +424,28 @@ def depth_ratios(sizes: dict[int, int], ratio: float, spread: float) -> dict[int
     first, last = min(sizes), max(sizes)
     weights = {layer: 1.0 - spread * (2.0 * (layer - first) / (last - first) - 1.0) if last > first else 1.0
                for layer in sizes}                                                # 1 + spread ... 1 - spread
+    if shape:
+        weights = {layer: w * shape.get(layer, 1.0) for layer, w in weights.items()}
     scale = ratio * sum(sizes.values()) / sum(sizes[layer] * w for layer, w in weights.items())
     return {layer: min(MAX_LAYER_RATIO, scale * w) for layer, w in weights.items()}
+
+
+def score_shape(scores, kind: str, layers, power: float) -> dict[int, float]:
+    """layer -> (median score of its `kind` groups / the geometric mean of those medians) ** -power:
+    above 1 where the criterion rates a layer's groups low. {} (no shape) for power 0, fewer than
+    two layers, or a median that is not a positive finite number (a criterion without a scale)."""
+    medians = scores[(scores.kind == kind) & scores.layer.isin(list(layers))].groupby("layer").score.median()
+    if not power or len(medians) < 2 or not (np.isfinite(medians.values).all() and (medians.values > 0).all()):
+        return {}
+    logs = np.log(medians.values.astype(np.float64))
+    return {int(layer): float(np.exp(-power * (log - logs.mean()))) for layer, log in zip(medians.index, logs)}
 
 
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
                  removals: dict[tuple[str, int], int] | None = None) -> dict[int, float]:
     """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, with
-    `config.allocation == "depth"` falling linearly with depth (depth_ratios), with "sensitivity"
+    `config.allocation == "depth"` falling linearly with depth, shaped by the layers' median scores
+    (depth_ratios, score_shape), with "sensitivity"
     the measured-sensitivity split of the same total, with "standardized" the `removals` of one
     ranking of standardized scores (standardized_removals)."""
     present = scores[scores.kind == kind].groupby("layer").size()
@@ -435,7 +456,7 @@ def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivi
         return {layer: (n - int(present.get(layer, 0)) + removals.get((kind, layer), 0)) / n
                 for layer, n in sizes.items()}
     if config.allocation == "depth":
-        return depth_ratios(sizes, ratio, config.layer_spread)
+        return depth_ratios(sizes, ratio, config.layer_spread, score_shape(scores, kind, sizes, config.score_shape))
     if config.allocation != "sensitivity" or sensitivity is None:
         return {layer: ratio for layer in sizes}
     from .sensitivity import allocate

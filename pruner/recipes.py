@@ -2,8 +2,8 @@
 
 "default" is the best recipe measured by bench/quality.py and bench/methods.py on the default
 model at 20% of the parameters (see README: MLP channels only, ranked by first-order Taylor on
-down_proj alone, the early layers cut deeper than the late ones, each pruned down_proj refitted by
-damped least squares, pruner/refit.py). "llm-pruner" reproduces the
+down_proj alone, the early layers and the layers whose channels score low cut deeper, each pruned
+down_proj refitted by damped least squares, pruner/refit.py). "llm-pruner" reproduces the
 paper's block strategy: KV groups and MLP channels at one ratio, element-wise first order
 summed over each group, no compensation.
 """
@@ -18,7 +18,7 @@ from .prune import PruneConfig
 RECIPES = {
     "default": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
                 PruneConfig(attn_share=0.0, attn_granularity="query-heads", compensate=True, refit=True,
-                            allocation="depth", layer_spread=0.5)),
+                            allocation="depth", layer_spread=0.5, score_shape=1.0)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
                    PruneConfig(attn_granularity="kv-group")),
     # The field's other methods on the same engine (coupled groups, slicing, exports); RECIPE_NOTES
@@ -42,7 +42,8 @@ RECIPE_NOTES = {
     "default": ("this project (bench/quality.py, bench/methods.py)",
                 "MLP channels only, ranked by first-order Taylor on down_proj alone, the early layers cut "
                 "deeper (per-layer ratios falling linearly with depth, from 1.5x the ratio at the first pruned "
-                "layer to 0.5x at the last); each pruned down_proj refitted (kept columns and a bias) by damped "
+                "layer to 0.5x at the last, each times the layers' geometric-mean median score over its own: "
+                "a layer whose channels score low loses more); each pruned down_proj refitted (kept columns and a bias) by damped "
                 "least squares to the dense layer's output on the pruned model's own propagated calibration "
                 "inputs; calibrated by default on text the model samples itself (self-calibration, Williams et "
                 "al. 2025)"),

@@ -1,6 +1,7 @@
 """Planning and applying: ratios, scopes, ranges, strategies, iterative steps, originals untouched."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -276,6 +277,27 @@ def test_depth_ratios_fall_linearly_and_keep_the_total_by_hand():
     assert depth_ratios({7: 12}, 0.25, 0.5) == {7: 0.25}                                  # one layer: its ratio
     assert depth_ratios({}, 0.25, 0.5) == {}
     assert depth_ratios({0: 10, 1: 10, 2: 10}, 0.3, 0.0) == pytest.approx({0: 0.3, 1: 0.3, 2: 0.3})
+    # a score shape multiplies the ramp's weights: flat ramp, weights 2 and 1, scale 0.3 x 20 / 30
+    assert depth_ratios({0: 10, 1: 10}, 0.3, 0.0, {0: 2.0, 1: 1.0}) == pytest.approx({0: 0.4, 1: 0.2})
+    # ramp 1.5 / 0.5 times shape 1 / 3: weights 1.5 and 1.5, so one ratio
+    assert depth_ratios({0: 10, 1: 10}, 0.3, 0.5, {0: 1.0, 1: 3.0}) == pytest.approx({0: 0.3, 1: 0.3})
+
+
+def test_score_shape_by_hand():
+    import pandas as pd
+
+    from pruner.prune import score_shape
+
+    # medians 1, 4 and 16 (the outliers 100 and 0.01 do not move a median); geometric mean 4
+    scores = pd.DataFrame({"layer": [3, 3, 3, 4, 4, 4, 5, 5, 5, 6], "kind": ["mlp"] * 9 + ["qhead"],
+                           "score": [1, 0.01, 2, 4, 3, 100, 16, 15, 17, 1e-6]})
+    assert score_shape(scores, "mlp", [3, 4, 5], 1.0) == pytest.approx({3: 4.0, 4: 1.0, 5: 0.25})
+    assert score_shape(scores, "mlp", [3, 4, 5], 0.5) == pytest.approx({3: 2.0, 4: 1.0, 5: 0.5})
+    assert score_shape(scores, "mlp", [3, 4], 1.0) == pytest.approx({3: 2.0, 4: 0.5})    # only the pruned layers
+    assert score_shape(scores, "mlp", [3, 4, 5], 0.0) == {}
+    assert score_shape(scores, "mlp", [4], 1.0) == {}                                   # one layer: no shape
+    zero = scores.assign(score=[0.0] * 10)
+    assert score_shape(zero, "mlp", [3, 4, 5], 1.0) == {}                               # no scale to compare
 
 
 def test_depth_allocation_cuts_early_layers_deeper_for_the_same_target(calib):
@@ -283,10 +305,18 @@ def test_depth_allocation_cuts_early_layers_deeper_for_the_same_target(calib):
     scores = score(model, calib, ScoreConfig("l2"))
     uniform = PruneConfig(amount=0.25, unit="groups", prune_attn=False, mlp_layers=(0, 4))
     depth = PruneConfig(amount=0.25, unit="groups", prune_attn=False, mlp_layers=(0, 4), allocation="depth",
-                        layer_spread=0.5)
+                        layer_spread=0.5, score_shape=0.0)
     # 48 channels a layer; ratios 0.375, 0.29, 0.21, 0.125 of them: 18, 14, 10, 6 removed (48 in all, as uniform)
     assert {k: 48 - len(v) for k, v in make_plan(model, scores, uniform).mlp_keep.items()} == dict.fromkeys(range(4), 12)
     removed = {k: 48 - len(v) for k, v in make_plan(model, scores, depth).mlp_keep.items()}
     assert removed == {0: 18, 1: 14, 2: 10, 3: 6}
+    # shaped by the layers' median scores too: the plan takes depth_ratios' ratios with score_shape's weights
+    from pruner.prune import depth_ratios, score_shape
+
+    shape = score_shape(scores, "mlp", range(4), 2.0)
+    assert len(shape) == 4 and max(shape.values()) / min(shape.values()) > 1.05
+    ratios = depth_ratios(dict.fromkeys(range(4), 48), 0.25, 0.5, shape)
+    shaped = {k: 48 - len(v) for k, v in make_plan(model, scores, replace(depth, score_shape=2.0)).mlp_keep.items()}
+    assert shaped == {k: 48 - math.floor(48 * (1 - r) + 1e-9) for k, r in ratios.items()}
     with pytest.raises(ValueError, match="depth allocation"):
         PruneConfig(allocation="depth", scope="global").validate(4)

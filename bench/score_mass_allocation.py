@@ -1,0 +1,72 @@
+"""Per-layer ratios shaped by each layer's own scores (#19's search for a better default): the
+default's depth allocation cuts early layers deeper on a fixed linear ramp; here layer l's weight is
+additionally (median first-order Taylor score of its MLP channels / the geometric mean of those
+medians) ** -power, so a layer whose channels the criterion rates low loses more, a layer it rates
+high loses less, at the same total (the engine's depth_ratios normalization and cap). The scores
+are the ones the Prune step computes anyway, so nothing more is measured. `--power 0` is the
+default recipe (its depth ramp, `--spread`, 0.5); `--spread 0 --power P` is the score shape alone.
+
+    python bench/score_mass_allocation.py --power 0.5 --spread 0.5 --seed 0 --data-dir ../shared/data
+
+Prints the WikiText-2 perplexity (first `--windows` windows of 128 tokens) over the dense model's,
+on the default calibration (self-generated, 32 x 128, one seed), and the MLP widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+
+import common
+
+from pruner import prune, prune_model
+from pruner.recipes import recipe
+
+
+def shaped_layer_ratios(power: float):
+    """prune.layer_ratios with the depth ramp's weights scaled by the layers' median scores."""
+    from pruner.sensitivity import MAX_LAYER_RATIO
+
+    def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None, removals=None):
+        ramp = original(scores, replace(config, allocation="depth"), ratio, layers, kind, original_counts)
+        if not ramp:
+            return ramp
+        rows = scores[scores.kind == kind].groupby("layer")
+        sizes = {layer: original_counts.get((kind, layer), int(rows.size()[layer])) for layer in ramp}
+        medians = {layer: max(float(rows.score.median()[layer]), 1e-30) for layer in ramp}
+        geo = math.exp(sum(math.log(m) for m in medians.values()) / len(medians))
+        weights = {layer: ramp[layer] * (medians[layer] / geo) ** -power for layer in ramp}
+        scale = ratio * sum(sizes.values()) / sum(sizes[layer] * w for layer, w in weights.items())
+        return {layer: min(MAX_LAYER_RATIO, scale * w) for layer, w in weights.items()}
+
+    original = prune.layer_ratios
+    return layer_ratios
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--power", type=float, default=0.5, help="exponent of the median-score shape (0: none)")
+    ap.add_argument("--spread", type=float, default=0.5, help="the depth ramp's spread (0: flat)")
+    common.add_self_draw_args(ap)
+    args = ap.parse_args()
+
+    model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
+    dense = ppl(model)
+    score_config, prune_config = recipe("default")
+    prune_config = replace(prune_config, layer_spread=args.spread)
+    if args.power:
+        prune.layer_ratios = shaped_layer_ratios(args.power)
+    start = time.perf_counter()
+    result = prune_model(model, ids, score_config, prune_config)
+    seconds = time.perf_counter() - start
+    widths = result.widths_after.set_index("layer").intermediate_size.tolist()
+    print(json.dumps({"seed": args.seed, "power": args.power, "spread": args.spread, "dense": dense,
+                      "x_dense": ppl(result.model) / dense, "seconds": seconds,
+                      "params_removed": result.report["ratio_params_removed"], "mlp_widths": widths}))
+
+
+if __name__ == "__main__":
+    main()
