@@ -16,7 +16,9 @@ uniform 2.117x: slope +0.25 2.137x, -0.25 2.096x, **-0.5 2.069x**, -0.75 2.085x;
 2.089: **mean of six 2.117x against 2.168x**, better on every draw. The early layers, not the deep
 ones, are the ones to cut deeper here. The default recipe took it (`allocation="depth"`,
 `layer_spread=0.5`: the engine's own path, which gave seed 1's 2.238x to the digit).
-`--slope 0` runs the uniform allocation.
+`--slope 0` runs the uniform allocation. The ramp runs alone (`score_shape=0`) unless
+`--score-shape P` shapes it by the layers' median scores too, as the default recipe has since
+(`P=1`; `bench/score_mass_allocation.py`, whose seed-1 figure, 2.2257x, this gives to the digit).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pruner.recipes import recipe
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slope", type=float, default=0.25, help="ratio at the last pruned layer / the mean - 1")
+    ap.add_argument("--score-shape", type=float, default=0.0, help="PruneConfig.score_shape (0: the ramp alone)")
     common.add_self_draw_args(ap)
     args = ap.parse_args()
 
@@ -42,7 +45,7 @@ def main():
     dense = ppl(model)
     score_config, prune_config = recipe("default")
     prune_config = replace(prune_config, allocation="depth" if args.slope else "uniform",
-                           layer_spread=abs(args.slope))
+                           layer_spread=abs(args.slope), score_shape=args.score_shape)
     if args.slope > 0:                             # deeper layers cut more: the engine's ramp turned around
         falling = prune.depth_ratios
         prune.depth_ratios = lambda sizes, ratio, spread: falling(sizes, ratio, -spread)

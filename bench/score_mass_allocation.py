@@ -4,7 +4,14 @@ additionally (median first-order Taylor score of its MLP channels / the geometri
 medians) ** -power, so a layer whose channels the criterion rates low loses more, a layer it rates
 high loses less, at the same total (the engine's depth_ratios normalization and cap). The scores
 are the ones the Prune step computes anyway, so nothing more is measured. `--power 0` is the
-default recipe (its depth ramp, `--spread`, 0.5); `--spread 0 --power P` is the score shape alone.
+depth ramp alone (`--spread`, 0.5); `--spread 0 --power P` is the score shape alone.
+
+Measured 2026-12-05 (Intel Xeon with AMX; `bench/results/score_shape_self.json`), seed 0 against the
+ramp alone's 2.069x: power 0.5 2.070x, **1 2.050x**, 2 2.063x; power 1 without the ramp 2.106x
+(one ratio: 2.117x); power 1 on seeds 1-5: 2.226 / 2.039 / 2.094 / 2.133 / 2.023: **mean of six
+2.094x against the ramp alone's 2.117x**, better on every draw. The engine took it as
+`PruneConfig.score_shape` (1 in the default recipe; `bench/depth_ramp.py --slope -0.5
+--score-shape 1` runs the engine's path and gives this script's figures to the digit).
 
     python bench/score_mass_allocation.py --power 0.5 --spread 0.5 --seed 0 --data-dir ../shared/data
 
@@ -56,7 +63,7 @@ def main():
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     score_config, prune_config = recipe("default")
-    prune_config = replace(prune_config, layer_spread=args.spread)
+    prune_config = replace(prune_config, layer_spread=args.spread, score_shape=0.0)   # the shape is patched in
     if args.power:
         prune.layer_ratios = shaped_layer_ratios(args.power)
     start = time.perf_counter()
