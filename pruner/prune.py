@@ -86,8 +86,8 @@ class PruneConfig:
     allocation: str = option(
         "uniform", "per-layer ratios (local scope): uniform; depth: falling linearly from ratio * (1 + "
         "layer_spread) at the first pruned layer to ratio * (1 - layer_spread) at the last (deeper layers keep "
-        "more), each times its score_shape factor from the scores (nothing more measured); sensitivity: set by each layer's measured calibration-loss increase when "
-        "pruned alone; standardized (FLAP): scores standardized per layer and kind, one ranking across layers "
+        "more), each times its score_shape factor from the scores (nothing more measured); sensitivity: set "
+        "by each layer's measured calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer and kind, one ranking across layers "
         "and between attention and MLP", choices=ALLOCATIONS,
         label="per-layer ratios (local scope)")
     layer_spread: float = option(
