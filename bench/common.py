@@ -64,6 +64,21 @@ def self_draw(seed: int, windows: int, data_dir):
     return model, tok, ids, ppl
 
 
+def pruned_figures(model, ids, score_config, prune_config, ppl, dense: float) -> dict:
+    """Prune `model` (a copy) with the configs on `ids` -> the lever scripts' figures: perplexity over
+    the dense model's, the prune's seconds, the share of parameters removed and the MLP widths."""
+    import time
+
+    from pruner import prune_model
+
+    start = time.perf_counter()
+    result = prune_model(model, ids, score_config, prune_config)
+    seconds = time.perf_counter() - start
+    return {"dense": dense, "x_dense": ppl(result.model) / dense, "seconds": seconds,
+            "params_removed": result.report["ratio_params_removed"],
+            "mlp_widths": result.widths_after.set_index("layer").intermediate_size.tolist()}
+
+
 def backward_through_activations(model, ids, hooks, batch_size: int = 8) -> None:
     """The next-token loss's backward over `ids` in batches with every parameter frozen (only the
     activations' gradients, which forward hooks in `hooks` (module, hook) pairs watch), leaving

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 
 import common
 
-from pruner import prune, prune_model
+from pruner import prune
 from pruner.recipes import recipe
 
 
@@ -48,14 +47,9 @@ def main():
                            layer_spread=abs(args.slope), score_shape=args.score_shape)
     if args.slope > 0:                             # deeper layers cut more: the engine's ramp turned around
         falling = prune.depth_ratios
-        prune.depth_ratios = lambda sizes, ratio, spread: falling(sizes, ratio, -spread)
-    start = time.perf_counter()
-    result = prune_model(model, ids, score_config, prune_config)
-    seconds = time.perf_counter() - start
-    widths = result.widths_after.set_index("layer").intermediate_size.tolist()
-    print(json.dumps({"seed": args.seed, "slope": args.slope, "dense": dense, "x_dense": ppl(result.model) / dense,
-                      "seconds": seconds, "params_removed": result.report["ratio_params_removed"],
-                      "mlp_widths": widths}))
+        prune.depth_ratios = lambda sizes, ratio, spread, shape=None: falling(sizes, ratio, -spread, shape)
+    figures = common.pruned_figures(model, ids, score_config, prune_config, ppl, dense)
+    print(json.dumps({"seed": args.seed, "slope": args.slope, "score_shape": args.score_shape, **figures}))
 
 
 if __name__ == "__main__":

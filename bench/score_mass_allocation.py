@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import replace
 
 import common
 
-from pruner import prune, prune_model
+from pruner import prune
 from pruner.recipes import recipe
 
 
@@ -66,13 +65,8 @@ def main():
     prune_config = replace(prune_config, layer_spread=args.spread, score_shape=0.0)   # the shape is patched in
     if args.power:
         prune.layer_ratios = shaped_layer_ratios(args.power)
-    start = time.perf_counter()
-    result = prune_model(model, ids, score_config, prune_config)
-    seconds = time.perf_counter() - start
-    widths = result.widths_after.set_index("layer").intermediate_size.tolist()
-    print(json.dumps({"seed": args.seed, "power": args.power, "spread": args.spread, "dense": dense,
-                      "x_dense": ppl(result.model) / dense, "seconds": seconds,
-                      "params_removed": result.report["ratio_params_removed"], "mlp_widths": widths}))
+    figures = common.pruned_figures(model, ids, score_config, prune_config, ppl, dense)
+    print(json.dumps({"seed": args.seed, "power": args.power, "spread": args.spread, **figures}))
 
 
 if __name__ == "__main__":
