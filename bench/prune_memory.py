@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--low-memory", choices=("on", "auto"), default="on",
                         help="on: recompute layers in the backward pass (what a model that fills its "
                              "device gets); auto: keep activations when they fit (faster)")
+    parser.add_argument("--score-shape", type=float, default=None,
+                        help="PruneConfig.score_shape (default: the default recipe's; 0: the depth ramp alone)")
     args = parser.parse_args()
 
     model = llama_1b(args.layers)
@@ -63,6 +65,8 @@ def main() -> int:
     ids = torch.randint(0, 32000, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0))
     score_config, prune_config = recipe("default")
     score_config = replace(score_config, low_memory=True if args.low_memory == "on" else None)
+    if args.score_shape is not None:
+        prune_config = replace(prune_config, score_shape=args.score_shape)
     print(f"{n_params / 1e9:.2f}B parameters, {weights / 2**30:.2f} GB of weights; RSS before pruning "
           f"{rss_bytes() / 2**30:.2f} GB", flush=True)
     start = time.perf_counter()
