@@ -16,9 +16,17 @@ uniform 2.117x: slope +0.25 2.137x, -0.25 2.096x, **-0.5 2.069x**, -0.75 2.085x;
 2.089: **mean of six 2.117x against 2.168x**, better on every draw. The early layers, not the deep
 ones, are the ones to cut deeper here. The default recipe took it (`allocation="depth"`,
 `layer_spread=0.5`: the engine's own path, which gave seed 1's 2.238x to the digit).
-`--slope 0` runs the uniform allocation. The ramp runs alone (`score_shape=0`) unless
-`--score-shape P` shapes it by the layers' median scores too, as the default recipe has since
-(`P=1`; `bench/score_mass_allocation.py`, whose seed-1 figure, 2.2257x, this gives to the digit).
+`--slope 0` runs the uniform allocation.
+
+The ramp runs alone (`score_shape=0`) unless `--score-shape P` shapes it by the layers' median
+scores too (PruneConfig.score_shape: each layer's weight times (the geometric mean of the layers'
+median channel scores / its own median) ** P, the same total; `--slope 0 --score-shape P` is the
+shape alone). Measured the afternoon of 2026-12-05 (Intel Xeon with AMX;
+`bench/results/score_shape_self.json`, first with a patched copy of the shape, which the engine's
+path gives to the digit), seed 0 at slope -0.5 against the ramp alone's 2.069x: P = 0.5 2.070x,
+**1 2.050x**, 2 2.063x; P = 1 at slope 0 2.106x (one ratio: 2.117x); P = 1 at slope -0.5 on seeds
+1-5: 2.226 / 2.039 / 2.094 / 2.133 / 2.023: **mean of six 2.094x against the ramp alone's 2.117x**,
+better on every draw. The default recipe took it (`score_shape=1`).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ def main():
     model, _, ids, ppl = common.self_draw(args.seed, args.windows, args.data_dir)
     dense = ppl(model)
     score_config, prune_config = recipe("default")
-    prune_config = replace(prune_config, allocation="depth" if args.slope else "uniform",
+    prune_config = replace(prune_config, allocation="depth" if args.slope or args.score_shape else "uniform",
                            layer_spread=abs(args.slope), score_shape=args.score_shape)
     if args.slope > 0:                             # deeper layers cut more: the engine's ramp turned around
         falling = prune.depth_ratios
