@@ -87,8 +87,8 @@ class PruneConfig:
         "uniform", "per-layer ratios (local scope): uniform; depth: falling linearly from ratio * (1 + "
         "layer_spread) at the first pruned layer to ratio * (1 - layer_spread) at the last (deeper layers keep "
         "more), each times its score_shape factor from the scores (nothing more measured); sensitivity: set "
-        "by each layer's measured calibration-loss increase when pruned alone; standardized (FLAP): scores standardized per layer and kind, one ranking across layers "
-        "and between attention and MLP", choices=ALLOCATIONS,
+        "by each layer's measured calibration-loss increase when pruned alone; standardized (FLAP): scores "
+        "standardized per layer and kind, one ranking across layers and between attention and MLP", choices=ALLOCATIONS,
         label="per-layer ratios (local scope)")
     layer_spread: float = option(
         0.5, "with depth allocation: the first / last pruned layer's ratio is ratio * (1 +/- this); with "

@@ -44,8 +44,8 @@ RECIPE_NOTES = {
                 "deeper (per-layer ratios falling linearly with depth, from 1.5x the ratio at the first pruned "
                 "layer to 0.5x at the last, each times the layers' geometric-mean median score over its own: "
                 "a layer whose channels score low loses more); each pruned down_proj refitted (kept columns and "
-                "a bias) by damped least squares to the dense layer's output on the pruned model's own propagated calibration "
-                "inputs; calibrated by default on text the model samples itself (self-calibration, Williams et "
+                "a bias) by damped least squares to the dense layer's output on the pruned model's own "
+                "propagated calibration inputs; calibrated by default on text the model samples itself (self-calibration, Williams et "
                 "al. 2025)"),
     "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
