@@ -44,10 +44,11 @@ def add_self_draw_args(parser) -> None:
     parser.add_argument("--data-dir", default=str(SHARED_DATA))
 
 
-def self_draw(seed: int, windows: int, data_dir):
-    """The default model, its default calibration (self-generated, 32 x 128, `seed`) and a
-    WikiText-2 perplexity of the first `windows` windows of 128 tokens -> (model, tok, ids, ppl),
-    the setting of the #19 lever scripts (layer_reconstruction, weighted_refit, centered_taylor)."""
+def self_draw(seed: int, windows: int, data_dir, source: str = "self", samples: int = 32, length: int = 128):
+    """The default model, its default calibration (self-generated, 32 x 128, `seed`; or `samples` x
+    `length` windows of `source`) and a WikiText-2 perplexity of the first `windows` windows of 128
+    tokens -> (model, tok, ids, ppl), the setting of the #19 lever scripts (layer_reconstruction,
+    weighted_refit, centered_taylor, default_lever)."""
     import torch
 
     from pruner import calibration_ids, load_model
@@ -55,7 +56,7 @@ def self_draw(seed: int, windows: int, data_dir):
 
     torch.manual_seed(seed)
     model, tok = load_model()[:2]
-    ids = calibration_ids(tok, "self", 32, 128, seed=seed, data_dir_path=data_dir, model=model)
+    ids = calibration_ids(tok, source, samples, length, seed=seed, data_dir_path=data_dir, model=model)
 
     def ppl(m) -> float:
         return perplexity(m, tok, "wikitext2", 128, max_windows=windows, data_dir_path=data_dir,

@@ -115,6 +115,16 @@ class TaylorElement1(Criterion):
 
 
 @register
+class TaylorSquared(Criterion):
+    name, needs = "taylor-squared", frozenset({"weights", "gradient"})
+    formula = ("sum (g*w)^2   (Molchanov et al. 2019, arXiv 1906.10771: each weight's first-order term "
+               "squared, summed over the slice; the second-order term with the Hessian diagonal ~ g^2)")
+
+    def element(self, w, g=None, fisher=None):
+        return (g * w).square_()
+
+
+@register
 class TaylorElement2(Criterion):
     name, needs = "taylor-element2", frozenset({"weights", "gradient", "fisher"})
     formula = "sum |g*w - 0.5*F*w^2|   (Eq. 5, Hessian diagonal ~ Fisher: the official param_mix)"

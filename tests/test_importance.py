@@ -80,14 +80,16 @@ def test_taylor_vector_is_directional_derivative(calib, monkeypatch):
             assert aggregate(st, "sum")[g].item() == pytest.approx(group_total, rel=1e-4)
 
 
-@pytest.mark.parametrize("criterion", ["taylor-element1", "taylor-element2", "taylor-mix", "taylor-second",
-                                       "l1", "l2"])
+@pytest.mark.parametrize("criterion", ["taylor-element1", "taylor-squared", "taylor-element2", "taylor-mix",
+                                       "taylor-second", "l1", "l2"])
 def test_elementwise_against_hand_loop(model, calib, criterion):
     fams = [attention_family(model, 0), mlp_family(model, 1), hidden_family(model)]
     grads = full_gradients(model, calib)
-    fisher = per_sample_fisher(model, calib) if criterion not in ("taylor-element1", "l1", "l2") else {}
+    first_order = ("taylor-element1", "taylor-squared", "l1", "l2")
+    fisher = per_sample_fisher(model, calib) if criterion not in first_order else {}
     reference = {
         "taylor-element1": lambda n, w: (grads[n] * w).abs(),
+        "taylor-squared": lambda n, w: (grads[n] * w) ** 2,           # Molchanov et al. 2019
         # the paper's element-wise second order, Hessian diagonal ~ Fisher (official param_mix)
         "taylor-element2": lambda n, w: (grads[n] * w - 0.5 * fisher[n] * w ** 2).abs(),
         "taylor-mix": lambda n, w: (grads[n] * w - 0.5 * fisher[n] * w ** 2).abs(),
@@ -98,7 +100,9 @@ def test_elementwise_against_hand_loop(model, calib, criterion):
     stats = member_statistics(model, calib, criterion, fams)
     for fam, st in zip(fams, stats):
         expected = hand_member_scores(model, fam, reference).float()
-        torch.testing.assert_close(st, expected, rtol=1e-4, atol=1e-7)
+        # squares of small first-order terms: an absolute tolerance scaled to them, not 1e-7
+        atol = 1e-7 if criterion != "taylor-squared" else 1e-6 * float(expected.abs().max())
+        torch.testing.assert_close(st, expected, rtol=1e-4, atol=atol)
 
 
 def test_aggregations_hand_example():
@@ -273,6 +277,7 @@ def test_the_criteria_registry_says_what_each_needs_and_computes_its_formula():
     assert criterion("l1").element(w).tolist() == [[1.0, 2.0], [3.0, 0.5]]
     assert criterion("l2").element(w).tolist() == [[1.0, 4.0], [9.0, 0.25]]
     assert criterion("taylor-element1").element(w, g).tolist() == [[0.5, 2.0], [3.0, 1.0]]
+    assert criterion("taylor-squared").element(w, g).tolist() == [[0.25, 4.0], [9.0, 1.0]]
     assert criterion("taylor-element2").element(w, g, f).tolist() == [[0.5, 4.0], [3.0, 0.5]]
     assert criterion("taylor-second").element(w, fisher=f).tolist() == [[2.0, 4.0], [0.0, 1.0]]
     vector = criterion("taylor-vector")
