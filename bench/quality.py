@@ -67,8 +67,12 @@ ROWS = [
      dict(criterion=E1, aggregation="last"),
      dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=0.0),
      ("self", 32, 128)),
-    ("the default recipe: row 24 with each layer's ratio also shaped by its median score",
+    ("row 24 with each layer's ratio also shaped by its median score (the default on 2026-12-05 afternoon)",
      dict(criterion=E1, aggregation="last"),
+     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
+     ("self", 32, 128)),
+    ("the default recipe: row 25 ranked by squared first-order Taylor (taylor-squared, Molchanov et al. 2019)",
+     dict(criterion="taylor-squared", aggregation="last"),
      dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
      ("self", 32, 128)),
 ]

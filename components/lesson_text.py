@@ -30,6 +30,9 @@ Fisher information (Eq. 5), accumulated here in float32 (the official fp16 sum u
 $$H_{kk} \approx \sum_{n=1}^{N} \left( \frac{\partial \mathcal{L}(\mathcal{D}_n)}{\partial W_i^k} \right)^2 \qquad (5)
 \qquad\Rightarrow\qquad I_{W_i^k} \approx \left| g_k W_i^k - \tfrac{1}{2} H_{kk} (W_i^k)^2 \right|$$
 
+Squared (`taylor-squared`, Molchanov et al. 2019; the default recipe's, last-only): $\sum_k \left( \frac{\partial \mathcal{L}}{\partial W_i^k} W_i^k \right)^2$,
+the same first-order terms squared, so a slice's few large terms count more than many small ones.
+
 Baselines: `l1` $\sum_k |W_i^k|$, `l2` $\sum_k (W_i^k)^2$, `random`; `taylor-second` is the official
 $\sum_k H_{kk} (W_i^k)^2$, and `fluctuation` is FLAP's $\mathrm{Var}[x_k]\,\|W_{:,k}\|^2$.
 """

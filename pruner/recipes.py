@@ -1,11 +1,11 @@
 """Named pruning recipes: a ScoreConfig + PruneConfig pair the CLI and dashboard start from.
 
 "default" is the best recipe measured by bench/quality.py and bench/methods.py on the default
-model at 20% of the parameters (see README: MLP channels only, ranked by first-order Taylor on
-down_proj alone, the early layers and the layers whose channels score low cut deeper, each pruned
-down_proj refitted by damped least squares, pruner/refit.py). "llm-pruner" reproduces the
-paper's block strategy: KV groups and MLP channels at one ratio, element-wise first order
-summed over each group, no compensation.
+model at 20% of the parameters (see README: MLP channels only, ranked by squared first-order Taylor
+(Molchanov et al. 2019) on down_proj alone, the early layers and the layers whose channels score
+low cut deeper, each pruned down_proj refitted by damped least squares, pruner/refit.py).
+"llm-pruner" reproduces the paper's block strategy: KV groups and MLP channels at one ratio,
+element-wise first order summed over each group, no compensation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .importance import ScoreConfig
 from .prune import PruneConfig
 
 RECIPES = {
-    "default": (ScoreConfig(criterion="taylor-element1", aggregation="last"),
+    "default": (ScoreConfig(criterion="taylor-squared", aggregation="last"),
                 PruneConfig(attn_share=0.0, attn_granularity="query-heads", compensate=True, refit=True,
                             allocation="depth", layer_spread=0.5, score_shape=1.0)),
     "llm-pruner": (ScoreConfig(criterion="taylor-element1", aggregation="sum"),
@@ -40,7 +40,8 @@ RECIPES = {
 # name -> (citation, what it does differently), shown by the CLI's help and the page's recipe switch
 RECIPE_NOTES = {
     "default": ("this project (bench/quality.py, bench/methods.py)",
-                "MLP channels only, ranked by first-order Taylor on down_proj alone, the early layers cut "
+                "MLP channels only, ranked by squared first-order Taylor on down_proj alone (sum (g*w)^2, "
+                "Molchanov et al. 2019), the early layers cut "
                 "deeper (per-layer ratios falling linearly with depth, from 1.5x the ratio at the first pruned "
                 "layer to 0.5x at the last, each times the layers' geometric-mean median score over its own: "
                 "a layer whose channels score low loses more); each pruned down_proj refitted (kept columns and "

@@ -23,10 +23,11 @@ TITLE = "3 · Importance"
 def layout() -> Tab:
     t = Tab()
     explain("Group importance on a few calibration samples: first-order Taylor |dL/dW · W| "
-            "(vector- or element-wise), second order with the Fisher diagonal (float32), or "
-            "magnitude / random baselines; member scores are aggregated over the group. The calibration "
-            "text is by default **written by the model itself** (`self`: sampled from its start-of-text "
-            "token, seeded), which needs no data and measured better than the built-in text (README).")
+            "(vector- or element-wise, or each term squared: the default recipe's), second order with "
+            "the Fisher diagonal (float32), or magnitude / random baselines; member scores are aggregated "
+            "over the group. The calibration text is by default **written by the model itself** (`self`: "
+            "sampled from its start-of-text token, seeded), which needs no data and measured better than the "
+            "built-in text (README).")
     calib = CalibrationSpec()
     with gr.Row():
         t.criterion = controls.dropdown(ScoreConfig, "criterion", SCORE_START.criterion, choices=list(CRITERIA))
