@@ -57,6 +57,7 @@ def main() -> int:
                              "device gets); auto: keep activations when they fit (faster)")
     parser.add_argument("--score-shape", type=float, default=None,
                         help="PruneConfig.score_shape (default: the default recipe's; 0: the depth ramp alone)")
+    parser.add_argument("--criterion", default=None, help="ScoreConfig.criterion (default: the default recipe's)")
     args = parser.parse_args()
 
     model = llama_1b(args.layers)
@@ -67,12 +68,15 @@ def main() -> int:
     score_config = replace(score_config, low_memory=True if args.low_memory == "on" else None)
     if args.score_shape is not None:
         prune_config = replace(prune_config, score_shape=args.score_shape)
+    if args.criterion is not None:
+        score_config = replace(score_config, criterion=args.criterion)
     print(f"{n_params / 1e9:.2f}B parameters, {weights / 2**30:.2f} GB of weights; RSS before pruning "
           f"{rss_bytes() / 2**30:.2f} GB", flush=True)
     start = time.perf_counter()
     with PeakMemory("cpu", interval=0.005) as peak:
         result = prune_model(model, ids, score_config, prune_config, in_place=True)
     peak_rss = peak.start + peak.peak_above_start
+    print("kept MLP widths:", result.widths_after.intermediate_size.tolist())
     print(f"pruned in {time.perf_counter() - start:.0f}s: {result.report['params_before']:,} -> "
           f"{result.report['params_after']:,} parameters; peak RSS {peak_rss / 2**30:.2f} GB = "
           f"{peak_rss / weights:.2f} x the dense weights")
