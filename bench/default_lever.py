@@ -1,11 +1,13 @@
-"""The default recipe with some of its PruneConfig / ScoreConfig fields changed, on self draws (#19's
-search for a better default): WikiText-2 perplexity over the dense model's at 20% of parameters, the
-default calibration (self-generated, 32 x 128) of each seed, the setting of the other lever scripts.
+"""The default recipe with some of its PruneConfig / ScoreConfig fields changed (#19's search for a
+better default): WikiText-2 perplexity over the dense model's at 20% of parameters, on the default
+calibration (self-generated, 32 x 128) of each seed, the setting of the other lever scripts, or on
+other draws (`--calib-data lambada --calib-samples 10 --calib-len 64`: bench/methods.py's book draws).
 
     python bench/default_lever.py --set mlp_layers=2,28 --seeds 0 --out bench/results/levers_default.json
 
 `--set FIELD=VALUE` (repeatable) takes any field of either config, VALUE as JSON or as comma-separated
-numbers for a pair (`mlp_layers=2,28`); each run is appended to `--out` with its settings and machine.
+numbers for a pair (`mlp_layers=2,28`); each run is appended to `--out` with its settings (the
+criterion always named), calibration, MLP widths and machine.
 `--shape-quantile Q` shapes the depth ramp by each layer's Q-quantile score instead of its median
 (`pruner.prune.score_shape` patched; 0.5 is the engine's median). `--refit-damping D` sets the refit's
 damping (`pruner.refit.REFIT_DAMPING`, 3). `--sensitivity-power B` measures each layer's sensitivity
@@ -140,20 +142,16 @@ def main():
     if args.refit_damping is not None:
         refit.refit_solution.__defaults__ = (args.refit_damping,)     # what the prune path's refit calls
     score_config, prune_config = configs(settings)
+    shown = {"criterion": score_config.criterion, **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in settings.items()}}
+    patches = {"shape_quantile": args.shape_quantile, "refit_damping": args.refit_damping,
+               "sensitivity_power": args.sensitivity_power, "argmax_labels": args.argmax_labels or None}
+    shown.update({k: v for k, v in patches.items() if v is not None})
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         model, _, ids, ppl = common.self_draw(seed, args.windows, args.data_dir, args.calib_data,
                                               args.calib_samples, args.calib_len)
         dense = ppl(model)
-        shown = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-        if args.shape_quantile is not None:
-            shown["shape_quantile"] = args.shape_quantile
-        if args.refit_damping is not None:
-            shown["refit_damping"] = args.refit_damping
-        if args.sensitivity_power is not None:
-            shown["sensitivity_power"] = args.sensitivity_power
-        if args.argmax_labels:
-            shown["argmax_labels"] = True
         run = {"seed": seed, "settings": shown, "calibration": [args.calib_data, args.calib_samples, args.calib_len],
                **common.pruned_figures(model, ids, score_config, prune_config, ppl, dense)}
         print(json.dumps({k: v for k, v in run.items() if k != "mlp_widths"}), flush=True)
