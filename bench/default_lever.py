@@ -9,8 +9,8 @@ other draws (`--calib-data lambada --calib-samples 10 --calib-len 64`: bench/met
 numbers for a pair (`mlp_layers=2,28`); each run is appended to `--out` with its settings (the
 criterion always named), calibration, MLP widths and machine.
 `--shape-quantile Q` shapes the depth ramp by each layer's Q-quantile score instead of its median
-(`pruner.prune.score_shape` patched; 0.5 is the engine's median). `--refit-damping D` sets the refit's
-damping (`pruner.refit.REFIT_DAMPING`, 3). `--sensitivity-power B` measures each layer's sensitivity
+(`pruner.prune.score_shape`'s `quantile`; the default recipe takes the median). `--refit-damping D`
+sets the refit's damping (`pruner.refit.REFIT_DAMPING`, 3). `--sensitivity-power B` measures each layer's sensitivity
 (the sensitivity allocation's probes) and multiplies each layer's ramp weight by (the geometric mean
 of the sensitivities / its own) ** B besides the score shape (`pruner.prune.layer_ratios` patched).
 `--argmax-labels` scores with the next-token loss toward the model's own most likely token at each
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import common
@@ -51,19 +52,6 @@ def parse_setting(text: str):
         return name, json.loads(value)
     except json.JSONDecodeError:
         return name, value
-
-
-def shape_by_quantile(q: float):
-    """pruner.prune.score_shape with each layer's q-quantile score in place of its median."""
-    import numpy as np
-
-    def shape(scores, kind, layers, power):
-        stats = scores[(scores.kind == kind) & scores.layer.isin(list(layers))].groupby("layer").score.quantile(q)
-        if not power or len(stats) < 2 or not (np.isfinite(stats.values).all() and (stats.values > 0).all()):
-            return {}
-        logs = np.log(stats.values.astype(np.float64))
-        return {int(layer): float(np.exp(-power * (log - logs.mean()))) for layer, log in zip(stats.index, logs)}
-    return shape
 
 
 def ramp_with_sensitivity(power: float):
@@ -136,7 +124,7 @@ def main():
         settings["allocation"] = "sensitivity"
         prune.layer_ratios = ramp_with_sensitivity(args.sensitivity_power)
     if args.shape_quantile is not None:
-        prune.score_shape = shape_by_quantile(args.shape_quantile)
+        prune.score_shape = partial(prune.score_shape, quantile=args.shape_quantile)
     if args.argmax_labels:
         importance._ce_sum = argmax_label_loss
     if args.refit_damping is not None:

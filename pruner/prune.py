@@ -430,11 +430,14 @@ def depth_ratios(sizes: dict[int, int], ratio: float, spread: float,
     return {layer: min(MAX_LAYER_RATIO, scale * w) for layer, w in weights.items()}
 
 
-def score_shape(scores, kind: str, layers, power: float) -> dict[int, float]:
+def score_shape(scores, kind: str, layers, power: float, quantile: float | None = None) -> dict[int, float]:
     """layer -> (median score of its `kind` groups / the geometric mean of those medians) ** -power:
     above 1 where the criterion rates a layer's groups low. {} (no shape) for power 0, fewer than
-    two layers, or a median that is not a positive finite number (a criterion without a scale)."""
-    medians = scores[(scores.kind == kind) & scores.layer.isin(list(layers))].groupby("layer").score.median()
+    two layers, or a median that is not a positive finite number (a criterion without a scale).
+    `quantile` takes each layer's score at that quantile instead of its median (measured, not used:
+    bench/default_lever.py --shape-quantile)."""
+    by_layer = scores[(scores.kind == kind) & scores.layer.isin(list(layers))].groupby("layer").score
+    medians = by_layer.median() if quantile is None else by_layer.quantile(quantile)
     if not power or len(medians) < 2 or not (np.isfinite(medians.values).all() and (medians.values > 0).all()):
         return {}
     logs = np.log(medians.values.astype(np.float64))

@@ -298,6 +298,12 @@ def test_score_shape_by_hand():
     assert score_shape(scores, "mlp", [4], 1.0) == {}                                   # one layer: no shape
     zero = scores.assign(score=[0.0] * 10)
     assert score_shape(zero, "mlp", [3, 4, 5], 1.0) == {}                               # no scale to compare
+    # another quantile of each layer's scores (bench/default_lever.py --shape-quantile): the maxima 2, 100
+    # and 17, geometric mean 3400 ** (1/3); the median's quantile gives the median's shape
+    top = 3400 ** (1 / 3)
+    assert score_shape(scores, "mlp", [3, 4, 5], 1.0, quantile=1.0) == pytest.approx({3: top / 2, 4: top / 100,
+                                                                                      5: top / 17})
+    assert score_shape(scores, "mlp", [3, 4, 5], 1.0, quantile=0.5) == pytest.approx({3: 4.0, 4: 1.0, 5: 0.25})
 
 
 def test_depth_allocation_cuts_early_layers_deeper_for_the_same_target(calib):
