@@ -51,26 +51,13 @@ def weighted_sums(weights: dict[int, torch.Tensor], batch_size: int = 8):
     """A `kept_input_sums` whose sums weigh each token by weights[layer]."""
 
     def kept_input_sums(stream, layer, module, kept):
-        sums = refit.FitSums(torch.as_tensor(kept, device=module.weight.device), None, None, None, None, 0)
+        sums = refit.FitSums(torch.as_tensor(kept, device=module.weight.device))
         batches = iter(torch.split(weights[layer], batch_size))
 
         def hook(mod, args):
-            w = next(batches).reshape(-1, 1).to(args[0].device)             # (tokens, 1)
-            h = args[0].detach().reshape(-1, args[0].shape[-1]).float()     # (tokens, in)
-            y = h @ mod.weight.detach().float().T
-            if mod.bias is not None:
-                y += mod.bias.detach().float()
-            hk = h.index_select(1, sums.kept)
-            root = w.sqrt()
-            if sums.gram is None:
-                sums.gram, sums.cross = (hk * root).T @ (hk * root), (y * root).T @ (hk * root)
-                sums.input_sum, sums.output_sum = (hk * w).sum(0).double(), (y * w).sum(0).double()
-            else:
-                sums.gram.addmm_((hk * root).T, hk * root)
-                sums.cross.addmm_((y * root).T, hk * root)
-                sums.input_sum += (hk * w).sum(0).double()
-                sums.output_sum += (y * w).sum(0).double()
-            sums.n += float(w.sum())
+            w = next(batches).reshape(-1).to(args[0].device)                # (tokens,)
+            h = args[0].detach().reshape(-1, args[0].shape[-1])              # (tokens, in)
+            sums.add(h, mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None, token_weights=w)
 
         stream.run(layer, module, hook)
         return sums

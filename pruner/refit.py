@@ -13,9 +13,11 @@ best replaces the removed channels, FLAP's mean compensation). Normal equations 
     [W', b'] ([G_KK, s_K; s_K^T, n] + lam diag(1..1, 0)) = [W G_{:K} + b s_K^T + lam W_K,  W s + n b]
 
 with G = h^T h, s = sum h and n the token count. Only what the equations read is gathered
-(`FitSums`): G_KK and y^T h_K = W G_{:K} + b s_K^T in float32, accumulated in place, and the sums
-in float64, never G over every input; the (k + 1)-square system is built and solved (Cholesky, in
-its own storage) in float64.
+(`FitSums`), straight into the float64 storage the solve uses: the upper triangle of the Gram
+matrix of [h_K, 1] (G_KK, s_K, n) and its cross products with the dense output, [h_K, 1]^T y, each
+batch's products formed in float32 a block of rows at a time; never G over every input, never a
+second copy of the (k + 1)-square system. Damping is added in place, the system factored by
+Cholesky in its own storage and solved in the right-hand side's (`solve_system`).
 
 `LayerStream` carries the calibration batches through the decoder one layer at a time (each layer
 runs once on the pruned copy, plus once more where it is refitted, and only the first layer runs
@@ -121,49 +123,57 @@ def _fp64(device: torch.device) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
+# rows of the Gram matrix formed per product: a (block, k + 1) float32 temporary per batch
+GRAM_BLOCK = 256
+
+
 @dataclass
 class FitSums:
     """What the refit needs of a linear layer's calibration inputs h (tokens, in) and of the dense
-    layer's outputs on them y = h W^T + b (tokens, out), for kept input columns K (k of them):
-    never the (in, in) Gram matrix of every input, so a layer's working set is about (k + out) x k
-    numbers (bench/prune_memory.py)."""
+    layer's outputs on them y = h W^T + b (tokens, out), for kept input columns K (k of them), in
+    the float64 storage the solve uses: never the (in, in) Gram matrix of every input, so a layer's
+    working set is its (k + 1)-square system and (k + 1, out) right-hand side (bench/prune_memory.py)."""
 
     kept: torch.Tensor                  # (k,) the kept input columns K
-    gram: torch.Tensor | None           # (k, k) float32: h_K^T h_K, accumulated in place
-    cross: torch.Tensor | None          # (out, k) float32: y^T h_K = W G_{:K} + b s_K^T
-    input_sum: torch.Tensor | None      # (k,) float64: s_K = sum h_K
-    output_sum: torch.Tensor | None     # (out,) float64: sum y = W s + n b
-    n: int                              # (None until the first batch; refit_system releases gram, cross)
+    system: torch.Tensor | None = None  # (k + 1, k + 1) float64: upper triangle of [h_K, 1]^T [h_K, 1]
+    rhs: torch.Tensor | None = None     # (k + 1, out) float64: [h_K, 1]^T y = [W G_{:K} + b s_K^T; W s + n b]
+    n: float = 0.0                      # tokens (their summed weights); refit_system takes system and rhs
 
     @classmethod
     def of(cls, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kept) -> FitSums:
         """The sums over one batch of inputs h (tokens, in); `add` accumulates more."""
-        sums = cls(torch.as_tensor(kept, device=h.device), None, None, None, None, 0)
+        sums = cls(torch.as_tensor(kept, device=h.device))
         sums.add(h, weight, bias)
         return sums
 
-    def add(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def add(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            token_weights: torch.Tensor | None = None) -> None:
+        """Add one batch of inputs h (tokens, in); `token_weights` (tokens,) weighs each token's
+        squared error (bench/weighted_refit.py), else all weigh 1."""
         dtype = torch.promote_types(h.dtype, torch.float32)         # float32 at least
         h32 = h.to(dtype)                                            # (tokens, in)
         y = h32 @ weight.to(dtype).T                                 # (tokens, out): the dense output
         if bias is not None:
             y += bias.to(dtype)
-        hk = h32.index_select(1, self.kept)                          # (tokens, k)
-        if self.gram is None:
-            self.gram, self.cross = hk.T @ hk, y.T @ hk
-            self.input_sum = hk.sum(0).to(_fp64(h.device)).double()
-            self.output_sum = y.sum(0).to(_fp64(h.device)).double()
-        else:
-            self.gram.addmm_(hk.T, hk)
-            self.cross.addmm_(y.T, hk)
-            self.input_sum += hk.sum(0).to(_fp64(h.device)).double()
-            self.output_sum += y.sum(0).to(_fp64(h.device)).double()
-        self.n += h.shape[0]
+        k = len(self.kept)
+        hk1 = torch.ones(h.shape[0], k + 1, dtype=dtype, device=h.device)   # (tokens, k + 1): [h_K, 1]
+        hk1[:, :k] = h32.index_select(1, self.kept)
+        del h32
+        left = hk1 if token_weights is None else hk1 * token_weights.to(hk1)[:, None]
+        if self.system is None:
+            fp64 = _fp64(h.device)
+            self.system = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=fp64)
+            self.rhs = torch.zeros(k + 1, y.shape[1], dtype=torch.float64, device=fp64)
+        for start in range(0, k + 1, GRAM_BLOCK):                   # the upper triangle, a row block at a time
+            rows = left[:, start: start + GRAM_BLOCK].T                              # (block, tokens)
+            self.system[start: start + GRAM_BLOCK, start:] += (rows @ hk1[:, start:]).to(self.system.device)
+            self.rhs[start: start + GRAM_BLOCK] += (rows @ y).to(self.rhs.device)
+        self.n += h.shape[0] if token_weights is None else float(token_weights.sum())
 
 
 def kept_input_sums(stream: LayerStream, layer: int, module, kept) -> FitSums:
     """`FitSums` of `module`'s inputs at `layer` over the stream, for kept input columns `kept`."""
-    sums = FitSums(torch.as_tensor(kept, device=module.weight.device), None, None, None, None, 0)
+    sums = FitSums(torch.as_tensor(kept, device=module.weight.device))
 
     def hook(mod, args):
         h = args[0].detach().reshape(-1, args[0].shape[-1])          # (tokens, in)
@@ -175,37 +185,37 @@ def kept_input_sums(stream: LayerStream, layer: int, module, kept) -> FitSums:
 
 def refit_system(weight: torch.Tensor, sums: FitSums,
                  damping: float = REFIT_DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normal equations of the module docstring in float64: the (k + 1)-square system and the
-    (k + 1, out) right-hand side, for the kept columns `sums` was gathered for. Consumes `sums`:
-    its float32 Gram matrix goes once the system holds it, before the right-hand side is made."""
-    device = _fp64(weight.device)
-    k = sums.gram.shape[0]
-    system = torch.empty(k + 1, k + 1, dtype=torch.float64, device=device)
-    system[:k, :k] = sums.gram
-    sums.gram = None
+    """The normal equations of the module docstring in float64: the (k + 1)-square system (its
+    upper triangle, which is all the factorization reads) and the (k + 1, out) right-hand side, for
+    the kept columns `sums` was gathered for: `sums`' own storage with the damping added in place
+    (`sums` gives them up)."""
+    system, rhs, sums.system, sums.rhs = sums.system, sums.rhs, None, None
+    k = system.shape[0] - 1
     lam = float(damping * system[:k, :k].diagonal().mean())
     system[:k, :k].diagonal().add_(lam)
-    system[:k, k] = sums.input_sum
-    system[k, :k] = sums.input_sum
-    system[k, k] = sums.n
-    rhs = torch.empty(k + 1, weight.shape[0], dtype=torch.float64, device=device)  # (k + 1, out)
-    rhs[:k] = sums.cross.T
-    sums.cross = None
-    rhs[:k].add_(weight.detach().index_select(1, sums.kept.to(weight.device)).T.to(device), alpha=lam)
-    rhs[k] = sums.output_sum
+    kept = sums.kept.to(weight.device)
+    for start in range(0, k, GRAM_BLOCK):                  # lam W_K^T, a row block at a time: no (k, out) copies
+        block = weight.detach().index_select(1, kept[start: start + GRAM_BLOCK]).T      # (block, out)
+        rhs[start: min(start + GRAM_BLOCK, k)].add_(block.to(rhs.device, torch.float64), alpha=lam)
     return system, rhs
 
 
 def solve_system(system: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, k) weight and (out,) bias from `refit_system`'s equations. The system is positive
-    definite (the Gram matrix of [h_K, 1] plus lam on the first k diagonal entries), so it is
-    factored by Cholesky in its own storage: no second (k + 1)-square matrix."""
+    """(out, k) weight and (out,) bias from `refit_system`'s equations, both views of `rhs`, which
+    the solution overwrites. The system is positive definite (the Gram matrix of [h_K, 1] plus lam
+    on the first k diagonal entries), so it is factored by Cholesky in its own storage and solved by
+    two triangular solves in the right-hand side's: no copy of either (bench/prune_memory.py).
+    LAPACK works on column-major matrices, so the factorization is given the system's transpose,
+    the same symmetric matrix in column-major order (a row-major one is copied first, and
+    `torch.cholesky_solve` copies the factor: each a second (k + 1)-square system)."""
+    lower = system.mT                                              # column-major view, L after the factorization
     info = torch.empty((), dtype=torch.int32, device=system.device)
-    torch.linalg.cholesky_ex(system, out=(system, info))
+    torch.linalg.cholesky_ex(lower, out=(lower, info))
     if int(info):                                  # not positive definite: rounding on a degenerate input
         raise ValueError(f"the refit's normal equations are singular (minor {int(info)}); prune without the refit")
-    solution = torch.cholesky_solve(rhs, system)                   # (k + 1, out)
-    return solution[:-1].T, solution[-1]
+    torch.linalg.solve_triangular(lower, rhs, upper=False, out=rhs)       # L z = rhs
+    torch.linalg.solve_triangular(lower.mT, rhs, upper=True, out=rhs)     # L^T x = z     (k + 1, out)
+    return rhs[:-1].T, rhs[-1]
 
 
 def refit_solution(weight: torch.Tensor, sums: FitSums,

@@ -11,7 +11,8 @@ from pruner.prune import Plan, PruneConfig, apply_plan, prune_model
 from pruner.importance import ScoreConfig
 from pruner.arch import arch_of
 from pruner.models import layers_of
-from pruner.refit import FitSums, LayerStream, refit_solution
+from pruner import refit
+from pruner.refit import FitSums, LayerStream, refit_solution, solve_system
 
 from conftest import tiny_model
 
@@ -39,7 +40,9 @@ def test_keeping_every_column_gives_back_the_layer():
     torch.testing.assert_close(new_b, b)
 
 
-def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation():
+@pytest.mark.parametrize("block", [256, 3])     # one row block, or several that split k + 1 = 8 unevenly
+def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation(block, monkeypatch):
+    monkeypatch.setattr(refit, "GRAM_BLOCK", block)
     h = correlated_inputs()
     w, b = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     kept, removed = [0, 2, 3, 5, 7, 8, 11], [1, 4, 6, 9, 10]
@@ -60,17 +63,33 @@ def test_the_solution_solves_the_damped_problem_and_beats_mean_compensation():
     assert objective(new_w, new_b) < objective(w[:, kept], mean_bias)
 
 
-def test_the_sums_are_what_the_full_gram_matrix_gives_over_batches():
+def test_the_sums_are_what_the_full_gram_matrix_gives_over_batches(monkeypatch):
+    monkeypatch.setattr(refit, "GRAM_BLOCK", 2)          # row blocks that split the kept columns unevenly
     h = correlated_inputs(n=300, d=10)
-    w, b, kept = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, dtype=torch.float64), [1, 3, 4, 8]
+    w, b, kept = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, dtype=torch.float64), [1, 3, 4, 8, 9]
     got = FitSums.of(h[:100], w, b, kept)
     got.add(h[100:], w, b)
     G, s, K = h.T @ h, h.sum(0), torch.tensor(kept)
-    torch.testing.assert_close(got.gram, G[K][:, K])
-    torch.testing.assert_close(got.cross, w @ G[:, K] + b[:, None] * s[K][None, :])
-    torch.testing.assert_close(got.input_sum, s[K])
-    torch.testing.assert_close(got.output_sum, w @ s + 300 * b)
+    # the upper triangle is gathered (all the factorization reads; the row blocks' diagonal squares
+    # fill some of the lower one too)
+    torch.testing.assert_close(got.system[:5, :5].triu(), G[K][:, K].triu())
+    torch.testing.assert_close(got.system[:5, 5], s[K])
+    assert got.system[5, 5] == 300
+    torch.testing.assert_close(got.rhs[:5], (w @ G[:, K] + b[:, None] * s[K][None, :]).T)
+    torch.testing.assert_close(got.rhs[5], w @ s + 300 * b)
     assert got.n == 300
+
+
+def test_token_weights_weigh_each_tokens_squared_error():
+    h = correlated_inputs(n=50, d=6)
+    w, b, kept = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, dtype=torch.float64), [0, 2, 5]
+    t = torch.rand(50, dtype=torch.float64) * 3
+    got = FitSums(torch.tensor(kept))
+    got.add(h, w, b, token_weights=t)
+    hk1 = torch.cat([h[:, kept], torch.ones(50, 1, dtype=torch.float64)], 1)   # (tokens, k + 1)
+    torch.testing.assert_close(got.system.triu(), (hk1.T @ (t[:, None] * hk1)).triu())
+    torch.testing.assert_close(got.rhs, hk1.T @ (t[:, None] * (h @ w.T + b)))
+    assert got.n == pytest.approx(float(t.sum()))
 
 
 def test_the_refit_never_forms_the_gram_of_every_input_nor_a_second_system(calib):
@@ -96,6 +115,34 @@ def test_the_refit_never_forms_the_gram_of_every_input_nor_a_second_system(calib
     assert not [s for s in shapes.seen if s[0] == (48, 48)]
     systems = {ptr for shape, dtype, ptr in shapes.seen if shape == (25, 25) and dtype == torch.float64}
     assert len(systems) == 1
+
+
+def test_the_solve_works_in_the_systems_and_right_hand_sides_own_storage(monkeypatch):
+    # LAPACK copies a row-major matrix before factoring it, and torch.cholesky_solve copies the
+    # factor: either is a second (k + 1)-square float64 system at the refit's peak
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 9, generator=g, dtype=torch.float64)
+    system, rhs = x.T @ x + torch.eye(9, dtype=torch.float64), torch.randn(9, 3, generator=g, dtype=torch.float64)
+    expected = torch.linalg.solve(system, rhs)
+    calls = []
+    factor, triangular = torch.linalg.cholesky_ex, torch.linalg.solve_triangular
+
+    def cholesky_ex(a, *args, out=None, **kwargs):
+        calls.append(("cholesky", a.stride(0) == 1, out[0].data_ptr() == a.data_ptr() == system.data_ptr()))
+        return factor(a, *args, out=out, **kwargs)
+
+    def solve_triangular(a, b, *args, out=None, **kwargs):
+        calls.append(("triangular", a.data_ptr() == system.data_ptr(), out.data_ptr() == b.data_ptr() == rhs.data_ptr()))
+        return triangular(a, b, *args, out=out, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", cholesky_ex)
+    monkeypatch.setattr(torch.linalg, "solve_triangular", solve_triangular)
+    monkeypatch.setattr(torch, "cholesky_solve", lambda *a, **k: pytest.fail("cholesky_solve copies the factor"))
+    weight, bias = solve_system(system, rhs)
+    assert calls == [("cholesky", True, True), ("triangular", True, True), ("triangular", True, True)]
+    torch.testing.assert_close(weight, expected[:-1].T)
+    torch.testing.assert_close(bias, expected[-1])
+    assert weight.data_ptr() == rhs.data_ptr()
 
 
 def test_the_layer_stream_carries_the_models_own_hidden_states(calib):
