@@ -38,7 +38,7 @@ from pathlib import Path
 
 import common
 
-from pruner import importance, prune, refit
+from pruner import data, importance, prune, refit
 from pruner.recipes import recipe
 
 
@@ -116,6 +116,9 @@ def main():
                     "inputs' Gram matrix)")
     ap.add_argument("--sensitivity-power", type=float, help="shape the ramp by the measured sensitivities too")
     ap.add_argument("--argmax-labels", action="store_true", help="score toward the model's own argmax tokens")
+    ap.add_argument("--self-sampling", type=json.loads, metavar="JSON",
+                    help='the self-generated text\'s sampling settings over pruner.data.SELF_SAMPLING\'s, e.g. '
+                         '\'{"top_p": 0.95, "top_k": 50}\' (the default until 2026-12-05)')
     ap.add_argument("--out", help="a JSON file the runs are appended to")
     args = ap.parse_args()
 
@@ -127,11 +130,15 @@ def main():
         prune.score_shape = partial(prune.score_shape, quantile=args.shape_quantile)
     if args.argmax_labels:
         importance._ce_sum = argmax_label_loss
+    if args.self_sampling:
+        data.SELF_SAMPLING.update(args.self_sampling)        # read when the text is written and in its cache key
     if args.refit_damping is not None:
         refit.refit_solution.__defaults__ = (args.refit_damping,)     # what the prune path's refit calls
     score_config, prune_config = configs(settings)
     shown = {"criterion": score_config.criterion, **{k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in settings.items()}}
+    if args.calib_data == "self":
+        shown["self_sampling"] = dict(data.SELF_SAMPLING)     # the settings the text was sampled with
     patches = {"shape_quantile": args.shape_quantile, "refit_damping": args.refit_damping,
                "sensitivity_power": args.sensitivity_power, "argmax_labels": args.argmax_labels or None}
     shown.update({k: v for k, v in patches.items() if v is not None})

@@ -90,7 +90,8 @@ def read(key: str | None, env: dict | None = None) -> str | None:
     folder = cache_dir(env)
     for path in [SHIPPED / f"{key}.txt"] + ([folder / f"{key}.txt"] if folder else []):
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open(encoding="utf-8", newline="") as file:   # as written: "\r" stays "\r"
+                text = file.read()
         except OSError:
             continue
         if path.parent != SHIPPED:
@@ -110,7 +111,8 @@ def write(key: str | None, text: str, env: dict | None = None) -> Path | None:
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, suffix=".part", delete=False) as part:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=folder, suffix=".part",
+                                         delete=False) as part:
             part.write(text)
         path = folder / f"{key}.txt"
         os.replace(part.name, path)
@@ -145,7 +147,7 @@ def _write_shipped() -> Path:
     key = text_key(model, tokenizer, self_text_settings(n_docs, length, 0))
     SHIPPED.mkdir(parents=True, exist_ok=True)
     path = SHIPPED / f"{key}.txt"
-    path.write_text(self_generated_text(model, tokenizer, n_docs, length, 0), encoding="utf-8")
+    path.write_text(self_generated_text(model, tokenizer, n_docs, length, 0), encoding="utf-8", newline="")
     return path
 
 

@@ -23,9 +23,19 @@ def test_a_text_is_sampled_once_then_read_back(vocab_model, tokenizer, monkeypat
     first = data.calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model)
     kept = list((tmp_path / "self-text").glob("*.txt"))
     assert len(kept) == 1
-    assert kept[0].read_text(encoding="utf-8") == data.self_generated_text(vocab_model, tokenizer, 8, 20, 1)
+    assert kept[0].read_bytes().decode() == data.self_generated_text(vocab_model, tokenizer, 8, 20, 1)
     monkeypatch.setattr(data, "self_generated_text", never_sample)
     assert torch.equal(data.calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model), first)
+
+
+def test_a_text_reads_back_as_written_carriage_returns_and_all(monkeypatch, tmp_path):
+    # plain sampling writes a lone "\r" now and then; a text-mode read would turn it (and "\r\n")
+    # into "\n", and the calibration windows would differ from the sampled text's
+    monkeypatch.setenv(text_cache.CACHE_ENV, str(tmp_path))
+    text = "one\rtwo\r\nthree\n\nfour \u00e9\u4e2d\r"
+    path = text_cache.write("k" * 32, text)
+    assert path.read_bytes() == text.encode()
+    assert text_cache.read("k" * 32) == text
 
 
 def test_the_key_names_the_model_the_settings_and_the_device(vocab_model, tokenizer):
@@ -105,4 +115,4 @@ def test_the_shipped_text_is_what_the_default_model_writes(default_model, monkey
     monkeypatch.setattr(data, "self_generated_text", never_sample)
     ids = data.calibration_ids(tokenizer, "self", data.CALIBRATION_SAMPLES, data.CALIBRATION_LEN, 0, model=model)
     assert ids.shape == (data.CALIBRATION_SAMPLES, data.CALIBRATION_LEN)
-    assert real(model, tokenizer, n_docs, length, 0) == shipped.read_text(encoding="utf-8")
+    assert real(model, tokenizer, n_docs, length, 0) == shipped.read_bytes().decode()
