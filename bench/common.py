@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,6 +36,21 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+@contextmanager
+def self_sampling(settings: dict | None = None):
+    """pruner.data.SELF_SAMPLING updated with `settings` inside (the self-generated text and its
+    cache key follow it), as it was after."""
+    from pruner import data
+
+    saved = dict(data.SELF_SAMPLING)
+    data.SELF_SAMPLING.update(settings or {})
+    try:
+        yield
+    finally:
+        data.SELF_SAMPLING.clear()
+        data.SELF_SAMPLING.update(saved)
 
 
 def add_self_draw_args(parser) -> None:

@@ -21,8 +21,11 @@ from pruner.recipes import recipe
 from pruner.recover import LoraRecovery, preset, self_generated_examples
 
 E1 = "taylor-element1"
+# the self-generated text's sampling until late on 2026-12-05 (pruner.data.SELF_SAMPLING since: plain)
+TRUNCATED = {"temperature": 1.0, "top_p": 0.95, "top_k": 50}
+
 ROWS = [
-    # name, score kwargs, prune kwargs, calibration (source, samples, seq_len)
+    # name, score kwargs, prune kwargs, calibration (source, samples, seq_len[, self-sampling settings])
     ("llm-pruner: KV groups + MLP, local, element1", dict(criterion=E1), dict(), None),
     ("llm-pruner + bias compensation", dict(criterion=E1), dict(compensate=True), None),
     ("query heads + MLP (same ratio)", dict(criterion=E1), dict(attn_granularity="query-heads"), None),
@@ -62,16 +65,20 @@ ROWS = [
     ("MLP only, last-only + least-squares refit of each pruned down_proj",
      dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), None),
     ("last-only + refit, 32 x 128 self-generated calibration (the default until 2026-12-05)",
-     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), ("self", 32, 128)),
+     dict(criterion=E1, aggregation="last"), dict(attn_share=0.0, compensate=True, refit=True), ("self", 32, 128, TRUNCATED)),
     ("row 23 with per-layer ratios falling with depth (1.5x to 0.5x the ratio; the default on 2026-12-05)",
      dict(criterion=E1, aggregation="last"),
      dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=0.0),
-     ("self", 32, 128)),
+     ("self", 32, 128, TRUNCATED)),
     ("row 24 with each layer's ratio also shaped by its median score (the default on 2026-12-05 afternoon)",
      dict(criterion=E1, aggregation="last"),
      dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
-     ("self", 32, 128)),
-    ("the default recipe: row 25 ranked by squared first-order Taylor (taylor-squared, Molchanov et al. 2019)",
+     ("self", 32, 128, TRUNCATED)),
+    ("row 25 ranked by squared first-order Taylor (taylor-squared, Molchanov et al. 2019; the default on 2026-12-05 evening)",
+     dict(criterion="taylor-squared", aggregation="last"),
+     dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
+     ("self", 32, 128, TRUNCATED)),
+    ("the default recipe: row 26 calibrated on text sampled plainly (no top-p / top-k cut)",
      dict(criterion="taylor-squared", aggregation="last"),
      dict(attn_share=0.0, compensate=True, refit=True, allocation="depth", layer_spread=0.5, score_shape=1.0),
      ("self", 32, 128)),
@@ -105,8 +112,9 @@ def main():
     results, pruned_models = [], {}
     for i in chosen:
         name, skw, pkw, calib = ROWS[i]
-        source, n, length = calib or ("builtin", 10, 64)
-        ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir, model=model)
+        source, n, length, *sampling = calib or ("builtin", 10, 64)
+        with common.self_sampling(*sampling):
+            ids = calibration_ids(tok, source, n, length, seed=0, data_dir_path=args.data_dir, model=model)
         start = time.perf_counter()
         res = prune_model(model, ids, ScoreConfig(**skw), PruneConfig(amount=args.target, **pkw))
         seconds = time.perf_counter() - start

@@ -42,7 +42,8 @@ SELF_BATCH = 64               # documents sampled at once (the seed's text depen
 # plain sampling from the model's own distribution, nothing cut off (top_k 0 and top_p 1 turn the
 # filters off): on such text the sampled tokens' loss has an expected gradient of zero, so the
 # squared first-order Taylor score estimates the Fisher information's diagonal (README, "Calibration
-# text"); top-p 0.95 / top-k 50, the default until 2026-12-05, measured 2.07x against 1.9x
+# text"); top-p 0.95 / top-k 50, the default until 2026-12-05, measured 2.07x dense against 1.89x
+# (the default recipe at 20%, six draws; bench/default_lever.py --self-sampling)
 SELF_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
