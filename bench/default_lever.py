@@ -135,22 +135,21 @@ def main():
         prune.score_shape = partial(prune.score_shape, quantile=args.shape_quantile)
     if args.argmax_labels:
         importance._ce_sum = argmax_label_loss
-    if args.self_sampling:      # for the whole run, as the other patches: the text and its cache key follow it
-        data.SELF_SAMPLING.update(args.self_sampling)
     if args.refit_damping is not None:
         refit.refit_solution.__defaults__ = (args.refit_damping,)     # what the prune path's refit calls
     score_config, prune_config = configs(settings)
     shown = {"criterion": score_config.criterion, **{k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in settings.items()}}
     if args.calib_data == "self":
-        shown["self_sampling"] = dict(data.SELF_SAMPLING)     # the settings the text was sampled with
+        shown["self_sampling"] = {**data.SELF_SAMPLING, **(args.self_sampling or {})}   # what the text was sampled with
     patches = {"shape_quantile": args.shape_quantile, "refit_damping": args.refit_damping,
                "sensitivity_power": args.sensitivity_power, "argmax_labels": args.argmax_labels or None}
     shown.update({k: v for k, v in patches.items() if v is not None})
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        model, _, ids, ppl = common.self_draw(seed, args.windows, args.data_dir, args.calib_data,
-                                              args.calib_samples, args.calib_len)
+        with common.self_sampling(args.self_sampling):          # the text and its cache key follow it
+            model, _, ids, ppl = common.self_draw(seed, args.windows, args.data_dir, args.calib_data,
+                                                  args.calib_samples, args.calib_len)
         dense = ppl(model)
         run = {"seed": seed, "settings": shown, "calibration": [args.calib_data, args.calib_samples, args.calib_len],
                **common.pruned_figures(model, ids, score_config, prune_config, ppl, dense)}

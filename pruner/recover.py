@@ -125,7 +125,8 @@ PRESETS = {
     # minutes on a 2-core CPU with native bfloat16: 760 steps, 1,050 s of training and 1,097 s for
     # the CLI command on 2026-12-04, 1.518x; 600 steps there, the preset until then: 878 s, 1.540x;
     # on the depth-allocated default, 2026-12-05 with AMX: 987 s, 1.501x; on the score-shaped one:
-    # 1,028 s, 1.485x; on today's squared-Taylor one: 1,035 s, 1.490x; on a GPU: README),
+    # 1,028 s, 1.485x; on the squared-Taylor one: 1,035 s, 1.490x; on today's, calibrated on text
+    # sampled plainly: 1,041 s, 1.416x; on a GPU: README),
     # training every weight but the embeddings (full fine-tuning: 0.9 GiB of gradients and AdamW
     # state on the default model, which a 135M model affords; a LoRA is a flag away). On the default
     # recipe's pruned model (self-generated calibration, seed 0, WikiText-2 first 256 windows), all with the whole
