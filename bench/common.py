@@ -60,11 +60,13 @@ def add_self_draw_args(parser) -> None:
     parser.add_argument("--data-dir", default=str(SHARED_DATA))
 
 
-def self_draw(seed: int, windows: int, data_dir, source: str = "self", samples: int = 32, length: int = 128):
+def self_draw(seed: int, windows: int, data_dir, source: str = "self", samples: int = 32, length: int = 128,
+              continuation: int = 0):
     """The default model, its default calibration (self-generated, 32 x 128, `seed`; or `samples` x
     `length` windows of `source`) and a WikiText-2 perplexity of the first `windows` windows of 128
     tokens -> (model, tok, ids, ppl), the setting of the #19 lever scripts (layer_reconstruction,
-    weighted_refit, centered_taylor, default_lever)."""
+    weighted_refit, centered_taylor, default_lever); `continuation`: tokens the model appends to
+    each window of any source but self (pruner.data.continued_ids)."""
     import torch
 
     from pruner import calibration_ids, load_model
@@ -72,7 +74,8 @@ def self_draw(seed: int, windows: int, data_dir, source: str = "self", samples: 
 
     torch.manual_seed(seed)
     model, tok = load_model()[:2]
-    ids = calibration_ids(tok, source, samples, length, seed=seed, data_dir_path=data_dir, model=model)
+    ids = calibration_ids(tok, source, samples, length, seed=seed, data_dir_path=data_dir, model=model,
+                          continuation=continuation)
 
     def ppl(m) -> float:
         return perplexity(m, tok, "wikitext2", 128, max_windows=windows, data_dir_path=data_dir,

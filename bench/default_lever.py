@@ -14,7 +14,10 @@ sets the refit's damping (`pruner.refit.REFIT_DAMPING`, 3). `--sensitivity-power
 (the sensitivity allocation's probes) and multiplies each layer's ramp weight by (the geometric mean
 of the sensitivities / its own) ** B besides the score shape (`pruner.prune.layer_ratios` patched).
 `--argmax-labels` scores with the next-token loss toward the model's own most likely token at each
-position instead of the calibration text's token (`pruner.importance._ce_sum` patched).
+position instead of the calibration text's token, `--sampled-labels` toward a token sampled from its
+next-token distribution there (`pruner.importance._ce_sum` patched). `--calib-continue N`: tokens
+the model appends to each window of any source but self (pruner.data.continued_ids; the default's
+192; 0 for the text alone, as every run before 2026-12-05 late evening).
 
 Measured 2026-12-05 (Intel Xeon with AMX, `bench/results/levers_default.json`) on the seed-0 self draw
 against the shaped ramp's 2.050x (the default then, ranking by taylor-element1): MLP layers 2-27
@@ -31,6 +34,10 @@ Later that evening the self-generated text sampled plainly, temperature 1 with n
 2.035 / 1.864 / 1.815, mean of six 1.893x against 2.065x**, better on every draw; temperature 0.7 with
 the cuts (`--self-sampling '{"temperature": 0.7}'` then) 2.125x on seed 0. `--self-sampling '{"top_p":
 0.95, "top_k": 50}'` reproduces the earlier figures on today's default.
+On the three 10 x 64 book draws, the text alone (`--calib-continue 0`; first 128 windows; 2.208x):
+`--sampled-labels` 2.211x against 2.213x (256 windows), taylor-second 2.267x, refit damping 1
+2.257x, score_shape 1.5 / 0.5 2.281x / 2.193x, layer_spread 0.75 2.238x; each window continued by
+192 tokens the model samples (the default since) 1.904x.
 """
 
 from __future__ import annotations
@@ -93,6 +100,20 @@ def argmax_label_loss(head, hidden, labels):
     return torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
 
 
+def sampled_label_loss(head, hidden, labels):
+    """pruner.importance._ce_sum toward tokens sampled from the model's own next-token distribution at
+    each position (`labels` ignored): the squared gradient then estimates the true Fisher's diagonal on
+    any text, as it does on text the model sampled itself. The global generator draws them (activation
+    checkpointing restores its state, so the recomputed forward samples the same tokens)."""
+    import torch
+
+    logits = head(hidden)                                                   # (n, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    drawn = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(1)    # (n,)
+    return torch.nn.functional.cross_entropy(logits, drawn, reduction="sum")
+
+
 def configs(settings: dict):
     """The default recipe's (ScoreConfig, PruneConfig) with `settings` applied to whichever has each."""
     score_config, prune_config = recipe("default")
@@ -115,12 +136,17 @@ def main():
                     "lambada with --calib-samples 10 --calib-len 64 are the book draws)")
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--calib-continue", type=int, default=data.CONTINUATION_TOKENS,
+                    help="tokens the model appends to each window of any source but self (0: the text alone, "
+                         "as every run before 2026-12-05 late evening)")
     ap.add_argument("--data-dir", default=str(common.SHARED_DATA))
     ap.add_argument("--shape-quantile", type=float, help="the score quantile that shapes the ramp (0.5: the median)")
     ap.add_argument("--refit-damping", type=float, help="the refit's damping (x the mean diagonal of the kept "
                     "inputs' Gram matrix)")
     ap.add_argument("--sensitivity-power", type=float, help="shape the ramp by the measured sensitivities too")
     ap.add_argument("--argmax-labels", action="store_true", help="score toward the model's own argmax tokens")
+    ap.add_argument("--sampled-labels", action="store_true", help="score toward tokens the model samples "
+                    "at each position (true Fisher) instead of the calibration text's next tokens")
     ap.add_argument("--self-sampling", type=json.loads, metavar="JSON",
                     help='the self-generated text\'s sampling settings over pruner.data.SELF_SAMPLING\'s, e.g. '
                          '\'{"top_p": 0.95, "top_k": 50}\' (the default until 2026-12-05)')
@@ -135,6 +161,8 @@ def main():
         prune.score_shape = partial(prune.score_shape, quantile=args.shape_quantile)
     if args.argmax_labels:
         importance._ce_sum = argmax_label_loss
+    if args.sampled_labels:
+        importance._ce_sum = sampled_label_loss
     if args.refit_damping is not None:
         refit.refit_solution.__defaults__ = (args.refit_damping,)     # what the prune path's refit calls
     score_config, prune_config = configs(settings)
@@ -143,15 +171,19 @@ def main():
     if args.calib_data == "self":
         shown["self_sampling"] = {**data.SELF_SAMPLING, **(args.self_sampling or {})}   # what the text was sampled with
     patches = {"shape_quantile": args.shape_quantile, "refit_damping": args.refit_damping,
-               "sensitivity_power": args.sensitivity_power, "argmax_labels": args.argmax_labels or None}
+               "sensitivity_power": args.sensitivity_power, "argmax_labels": args.argmax_labels or None,
+               "sampled_labels": args.sampled_labels or None}
     shown.update({k: v for k, v in patches.items() if v is not None})
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         with common.self_sampling(args.self_sampling):          # the text and its cache key follow it
             model, _, ids, ppl = common.self_draw(seed, args.windows, args.data_dir, args.calib_data,
-                                                  args.calib_samples, args.calib_len)
+                                                  args.calib_samples, args.calib_len, args.calib_continue)
         dense = ppl(model)
-        run = {"seed": seed, "settings": shown, "calibration": [args.calib_data, args.calib_samples, args.calib_len],
+        calibration = [args.calib_data, args.calib_samples, args.calib_len]
+        if args.calib_data != "self" and args.calib_continue:
+            calibration.append({"continued_by": int(ids.shape[1]) - args.calib_len})
+        run = {"seed": seed, "settings": shown, "calibration": calibration,
                **common.pruned_figures(model, ids, score_config, prune_config, ppl, dense)}
         print(json.dumps({k: v for k, v in run.items() if k != "mlp_widths"}), flush=True)
         runs.append(run)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import common
 from pruner import PruneConfig, ScoreConfig, calibration_ids, load_model, prune_model
+from pruner.data import CONTINUATION_TOKENS
 from pruner.evaluate import perplexity
 from pruner.recipes import RECIPE_NOTES, RECIPES, recipe
 from pruner.recover import LoraRecovery, preset, recovery_examples
@@ -66,7 +67,7 @@ def one_run(model, tok, name: str, amount: float, seed: int, args, dense: float)
     score_config, prune_config = recipe_of(name, amount)
     prune_config, notes = prune_config.normalized(model)
     ids = calibration_ids(tok, args.calib_data, args.calib_samples, args.calib_len, seed=seed,
-                          data_dir_path=args.data_dir, model=model)
+                          data_dir_path=args.data_dir, model=model, continuation=args.calib_continue)
     row = {"method": name, "amount": amount, "seed": seed, "notes": notes}
     start = time.perf_counter()
     try:
@@ -133,7 +134,10 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
             f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of "
-            f"{getattr(args, 'calib_data', 'builtin')} (mean, range)"
+            f"{getattr(args, 'calib_data', 'builtin')}"
+            + (f", each continued by {args.calib_continue} tokens the model sampled"
+               if getattr(args, "calib_continue", 0) and getattr(args, "calib_data", "builtin") != "self" else "")
+            + " (mean, range)"
             + (f"; quick LoRA: {quick_text(quick_settings)}" if args.recover else "")
             + "\n\n" + "\n".join(rows) + "\n")
 
@@ -164,7 +168,7 @@ def figure(runs: list[dict], methods: list[str], dense: float, quick_settings: d
 def render(out: Path) -> None:
     """The table (.md) and figure (.plotly.json) of the runs in `out`, with the settings they ran with."""
     data = json.loads(out.read_text())
-    args = argparse.Namespace(**{"calib_data": "builtin", **data["args"]})
+    args = argparse.Namespace(**{**OLD_DEFAULTS, **data["args"]})
     runs = data["runs"]
     methods = list(dict.fromkeys(r["method"] for r in runs))
     amounts = sorted({r["amount"] for r in runs})
@@ -175,8 +179,10 @@ def render(out: Path) -> None:
     print(text)
 
 
-SAME_SETTINGS = ("draws", "first_seed", "calib_samples", "calib_len", "calib_data", "windows", "recover")
-OLD_DEFAULTS = {"calib_data": "builtin", "first_seed": 0}       # files written before these options
+SAME_SETTINGS = ("draws", "first_seed", "calib_samples", "calib_len", "calib_data", "calib_continue", "windows",
+                 "recover")
+# files written before these options (no continued calibration before 2026-12-05, late evening)
+OLD_DEFAULTS = {"calib_data": "builtin", "first_seed": 0, "calib_continue": 0}
 
 
 def settings_of(data: dict) -> dict:
@@ -220,6 +226,9 @@ def main():
     parser.add_argument("--calib-len", type=int, default=128)
     parser.add_argument("--calib-data", default="builtin",
                         help="builtin (the field's table), self (the default recipe's own), lambada (book passages), ...")
+    parser.add_argument("--calib-continue", type=int, default=CONTINUATION_TOKENS,
+                        help="tokens the model appends to each window of given text (pruner.data.continued_ids; "
+                             "0: the text alone, as every run before 2026-12-05 late evening)")
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--recover", action="store_true", help="also the quick LoRA preset after each prune")
     parser.add_argument("--data-dir", default=str(common.SHARED_DATA) if common.SHARED_DATA.is_dir() else None)

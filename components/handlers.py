@@ -276,10 +276,10 @@ def run_score(store: Store, session: Session, config: ScoreConfig, calib: Calibr
     original = session.original(store)
 
     def compute():
-        n, length = calib.samples, calib.seq_len
+        n, length = calib.samples, calib.window_tokens(original.model)     # continued windows: longer
         config.low_memory = low_memory_scoring(store, original.model, criterion, n, length)
         peak = max(footprint.score_peak(original.model, criterion, n, length, config.low_memory),
-                   footprint.calibration_peak(original.model, calib.source, n, length))
+                   footprint.calibration_peak(original.model, calib.source, n, calib.seq_len, calib.continuation))
         with store.admit("scoring", peak, progress), accelerated(original.model):
             ids = calibration(store, session, calib, progress)
             return score(original.model, ids, config, progress=(
@@ -330,8 +330,10 @@ def compare_scores(store: Store, session: Session, a: ScoreConfig, b: ScoreConfi
     agg_a, agg_b = a.aggregation, b.aggregation
 
     def compute():
-        peak = max([footprint.score_peak(original.model, c, calib.samples, calib.seq_len) for c in (crit_a, crit_b)]
-                   + [footprint.calibration_peak(original.model, calib.source, calib.samples, calib.seq_len)])
+        length = calib.window_tokens(original.model)
+        peak = max([footprint.score_peak(original.model, c, calib.samples, length) for c in (crit_a, crit_b)]
+                   + [footprint.calibration_peak(original.model, calib.source, calib.samples, calib.seq_len,
+                                                 calib.continuation)])
         with store.admit("scoring both", peak), accelerated(original.model):
             ids = calibration(store, session, calib)
             return score_many(original.model, ids, sorted({crit_a, crit_b}), sorted({agg_a, agg_b}))

@@ -85,6 +85,8 @@ def _calibration(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--calib-data", default=CalibrationSpec().source, help=calib["source"].info())
     p.add_argument("--calib-samples", type=int, default=CALIBRATION_SAMPLES, help=calib["samples"].info())
     p.add_argument("--calib-len", type=int, default=CALIBRATION_LEN, help=calib["seq_len"].info())
+    p.add_argument("--calib-continue", type=int, default=CalibrationSpec().continuation,
+                   help=calib["continuation"].info())
     p.add_argument("--data-dir", default=None, help="local evaluation data (else $PRUNER_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -195,15 +197,21 @@ def _load(args):
 
 def _calib_ids(args, tokenizer, model):
     """The calibration tokens the flags describe (`self`: sampled by `model`)."""
-    from .data import SELF_SOURCE, calibration_ids, self_text_is_kept
+    from .data import SELF_SOURCE, calibration_ids, continued_length, self_text_is_kept
 
     if args.calib_data == SELF_SOURCE:
         kept = self_text_is_kept(model, tokenizer, args.calib_samples, args.calib_len, args.seed)
         how = "read back from disk (the model wrote them before)" if kept else "written by the model"
         print(f"calibration: {2 * args.calib_samples} short documents (self, seed {args.seed}) {how}; "
               f"{args.calib_samples} x {args.calib_len} tokens are drawn from them", file=sys.stderr, flush=True)
+    else:
+        new = continued_length(args.calib_data, args.calib_len, args.calib_continue, model)
+        if new:
+            print(f"calibration: {args.calib_samples} x {args.calib_len} tokens of {args.calib_data}, each "
+                  f"continued by {new} tokens the model writes (--calib-continue 0: the text alone)",
+                  file=sys.stderr, flush=True)
     return calibration_ids(tokenizer, args.calib_data, args.calib_samples, args.calib_len,
-                           args.seed, args.data_dir, model)
+                           args.seed, args.data_dir, model, args.calib_continue)
 
 
 def cmd_inspect(args) -> dict:
@@ -302,7 +310,7 @@ def cmd_prune(args) -> dict:
         print("per-layer sensitivity (calibration loss increase when pruned alone):\n"
               + result.sensitivity.round(5).to_string(index=False))
     calibration = {"source": args.calib_data, "samples": args.calib_samples, "seq_len": args.calib_len,
-                   "seed": args.seed} if calibrated else None
+                   "seed": args.seed, "continuation": int(ids.shape[1]) - args.calib_len} if calibrated else None
     recipe = recipe_record(score_config, config, calibration, args.model, result.group_ratios,
                            args.preset, notes)
     if args.out:

@@ -73,7 +73,10 @@ def model_card(record: dict, stats: dict | None = None, per_layer: bool = False)
                     f"`{recipe['calibration']['source']}`" if recipe.get("calibration") else "")
                  + (" (text the model sampled itself, seed "
                     f"{recipe['calibration'].get('seed', 0)})" if (recipe.get("calibration") or {}).get("source")
-                    == "self" else ""))
+                    == "self" else "")
+                 + (f", each window continued by {recipe['calibration']['continuation']} tokens the model sampled"
+                    if (recipe.get("calibration") or {}).get("source") not in (None, "self")
+                    and recipe["calibration"].get("continuation") else ""))
     lines.append(f"- bias compensation: {bool(prune.get('compensate'))}")
     if recipe.get("recovery"):
         r = recipe["recovery"]

@@ -77,31 +77,41 @@ def copy_peak(model, measure_tokens: int = 128) -> int:
     return weight_bytes(model) + forward_bytes(model, measure_tokens)
 
 
-def self_calibration_peak(model, samples: int, seq_len: int) -> int:
-    """Writing `self` calibration text (pruner.data.self_generated_text): one batch of documents'
-    key / value cache in every layer at full length, x1.6 (each step re-allocates every layer's
-    cache one position longer; inside the allocator's reuse phase the freed shorter blocks stay in
-    the heap as holes: bench/step_peaks.py measured 739 MB against 530 MB for the cache counted
-    once on the default model), and a step's float32 logits with the sampler's copies (softmax,
-    top-k / top-p sorting: 4 per logit)."""
+def generation_peak(model, sequences: int, length: int) -> int:
+    """Sampling `sequences` at once to `length` tokens (self text, continued calibration): every
+    layer's key / value cache at full length, x1.6 (each step re-allocates every layer's cache one
+    position longer; inside the allocator's reuse phase the freed shorter blocks stay in the heap as
+    holes: bench/step_peaks.py measured 739 MB against 530 MB for the cache counted once on the
+    default model), and a step's float32 logits with the sampler's copies (softmax, top-k / top-p
+    sorting: 4 per logit)."""
     from .arch import arch_of
-    from .data import SELF_BATCH, self_document_length
 
     _, _, _, vocab = _shape(model)
     arch = arch_of(model)
     kv_widths = sum(n_kv * head_dim for _, n_kv, head_dim in map(arch.attention_shape, layers_of(model)))
     elem = next(model.parameters()).element_size()
-    docs = min(SELF_BATCH, 2 * samples)
-    cache = 1.6 * 2 * docs * (1 + self_document_length(seq_len, model)) * kv_widths * elem
-    return int(cache + docs * vocab * 4 * 4 + forward_bytes(model, docs, logits_tokens=0))
+    cache = 1.6 * 2 * sequences * length * kv_widths * elem
+    return int(cache + sequences * vocab * 4 * 4 + forward_bytes(model, sequences, logits_tokens=0))
 
 
-def calibration_peak(model, source: str, samples: int, seq_len: int) -> int:
-    """What making the calibration tokens holds at its peak: nothing to speak of for text, the
-    generation's for `self`."""
-    from .data import SELF_SOURCE
+def self_calibration_peak(model, samples: int, seq_len: int) -> int:
+    """Writing `self` calibration text (pruner.data.self_generated_text): one batch of documents
+    sampled from the start token (`generation_peak`)."""
+    from .data import SELF_BATCH, self_document_length
 
-    return self_calibration_peak(model, samples, seq_len) if source == SELF_SOURCE else 0
+    return generation_peak(model, min(SELF_BATCH, 2 * samples), 1 + self_document_length(seq_len, model))
+
+
+def calibration_peak(model, source: str, samples: int, seq_len: int, continuation: int = 0) -> int:
+    """What making the calibration tokens holds at its peak: the generation's for `self`, for the
+    model's continuations of other text (`continuation` tokens each, pruner.data.continued_ids)
+    theirs, else nothing to speak of."""
+    from .data import SELF_BATCH, SELF_SOURCE, continued_length
+
+    if source == SELF_SOURCE:
+        return self_calibration_peak(model, samples, seq_len)
+    new = continued_length(source, seq_len, continuation, model)
+    return generation_peak(model, min(SELF_BATCH, samples), seq_len + new) if new else 0
 
 
 def prune_peak(model, criterion: str, samples: int, seq_len: int, scores_cached: bool,

@@ -47,7 +47,8 @@ RECIPE_NOTES = {
                 "a layer whose channels score low loses more); each pruned down_proj refitted (kept columns and "
                 "a bias) by damped least squares to the dense layer's output on the pruned model's own "
                 "propagated calibration inputs; calibrated by default on text the model samples itself (self-calibration, Williams et "
-                "al. 2025), sampled plainly, with no top-p or top-k cut"),
+                "al. 2025), sampled plainly, with no top-p or top-k cut; other text continued by 192 tokens the model "
+                "samples after each window (Ji et al. 2025)"),
     "llm-pruner": ("Ma, Fang, Wang 2023, arXiv 2305.11627",
                    "KV groups and MLP channels at one ratio per layer, element-wise first-order Taylor "
                    "summed over each group, no compensation"),

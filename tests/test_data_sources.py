@@ -172,3 +172,58 @@ def test_writing_self_calibration_is_counted_in_the_admitted_peak():
     assert footprint.self_calibration_peak(model, 4, 16) == int(cache + 8 * 96 * 4 * 4 + 8 * (8 * 32 + 4 * 48) * 4)
     assert footprint.calibration_peak(model, "self", 4, 16) == footprint.self_calibration_peak(model, 4, 16)
     assert footprint.calibration_peak(model, "builtin", 4, 16) == 0
+
+
+def test_continued_calibration_keeps_the_text_and_appends_the_models_own_tokens(vocab_model, tokenizer):
+    from pruner.data import calibration_ids, continued_ids
+
+    plain = calibration_ids(tokenizer, "builtin", 4, 16, seed=1)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = calibration_ids(tokenizer, "builtin", 4, 16, seed=1, model=vocab_model, continuation=8)
+    assert torch.equal(torch.rand(3), before)                  # sampling ran on a forked generator
+    assert a.shape == (4, 24) and torch.equal(a[:, :16], plain)  # the given text stays as the prefix
+    assert torch.equal(a, calibration_ids(tokenizer, "builtin", 4, 16, seed=1, model=vocab_model, continuation=8))
+    # what the model samples after each window with the seed (plain sampling), end-of-text held off
+    torch.manual_seed(1)
+    expected = vocab_model.generate(input_ids=plain, attention_mask=torch.ones_like(plain), do_sample=True,
+                                    temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8, min_new_tokens=8,
+                                    pad_token_id=0)
+    assert torch.equal(a, expected)
+    assert tokenizer.eos_token_id not in a[:, 16:].tolist()
+    assert torch.equal(continued_ids(vocab_model, plain, 0), plain)
+    # self text is the model's own already: not continued; other text needs the model
+    self_ids = calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model)
+    assert torch.equal(calibration_ids(tokenizer, "self", 4, 16, seed=1, model=vocab_model, continuation=8), self_ids)
+    with pytest.raises(ValueError, match="needs the model"):
+        calibration_ids(tokenizer, "builtin", 4, 16, continuation=8)
+
+
+def test_continued_windows_stop_at_the_models_context(vocab_model, tokenizer):
+    from pruner.data import CONTINUATION_TOKENS, CalibrationSpec, calibration_ids
+
+    context = vocab_model.config.max_position_embeddings               # 128 in the tiny model
+    ids = calibration_ids(tokenizer, "builtin", 2, 120, seed=0, model=vocab_model, continuation=20)
+    assert ids.shape == (2, context)
+    spec = CalibrationSpec("builtin", 2, 16)
+    assert spec.continuation == CONTINUATION_TOKENS == 192               # the default: continued
+    assert spec.window_tokens(vocab_model) == context and spec.window_tokens() == 16 + 192
+    assert spec.ids(tokenizer, model=vocab_model).shape == (2, context)
+    assert CalibrationSpec("self", 2, 16).window_tokens(vocab_model) == 16
+    assert CalibrationSpec("builtin", 2, 16, continuation=0).window_tokens(vocab_model) == 16
+
+
+def test_continuing_calibration_is_counted_in_the_admitted_peak():
+    from pruner import footprint
+
+    from conftest import tiny_model
+
+    model = tiny_model(layers=3, hidden=32, n_heads=4, n_kv=2, head_dim=8, inter=48, vocab=96)
+    # 4 windows in one batch, 16 + 8 positions, keys and values of 2 KV heads x 8 dims in 3 layers
+    # (float32), x1.6 for the reuse phase's holes; a step's logits x 4; a forward over 4 tokens
+    cache = 1.6 * 2 * 3 * 4 * 24 * (2 * 8) * 4
+    assert footprint.calibration_peak(model, "builtin", 4, 16, continuation=8) == \
+        int(cache + 4 * 96 * 4 * 4 + 4 * (8 * 32 + 4 * 48) * 4)
+    assert footprint.calibration_peak(model, "self", 4, 16, continuation=8) == \
+        footprint.self_calibration_peak(model, 4, 16)

@@ -104,7 +104,9 @@ def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind
     return (attn, mlp, top, *handlers.layer_views(session, zoom_kind, zoom_layer),
             f"Scored {len(scores):,} groups with **{criterion}** / **{aggregation}** on "
             f"{calib.samples} x {calib.seq_len} calibration tokens ({calib.source}"
-            + (f": {text_origin(calib.source)}" if calib.source in ("self", "builtin") else "") + ")."
+            + (f": {text_origin(calib.source)}" if calib.source in ("self", "builtin") else "")
+            + (f"; each window continued by up to {calib.continuation} tokens the model wrote"
+               if calib.source != "self" and calib.continuation else "") + ")."
             + handlers.cache_note(hit))
 
 
