@@ -291,7 +291,8 @@ def run_score(store: Store, session: Session, config: ScoreConfig, calib: Calibr
     session.scores, session.calibration = scores, calibration(store, session, calib)
     session.score_settings = {"criterion": criterion, "aggregation": aggregation, "spec": calib, "key": key}
     session.steps["score"] = {"criterion": criterion, "aggregation": aggregation, "source": calib.source,
-                              "samples": calib.samples, "seq_len": calib.seq_len, "kinds": list(kinds)}
+                              "samples": calib.samples, "seq_len": calib.seq_len,
+                              "continuation": calib.continuation, "kinds": list(kinds)}
     return scores, hit
 
 
@@ -921,7 +922,8 @@ def replay(registry: SessionRegistry, store: Store, key: str, steps: dict, progr
         say(0.2, "scoring")
         s = steps["score"]
         run_score(store, session, ScoreConfig(s["criterion"], s["aggregation"], kinds=tuple(s["kinds"])),
-                  CalibrationSpec(s["source"], s["samples"], s["seq_len"]))
+                  CalibrationSpec(s["source"], s["samples"], s["seq_len"],
+                                  continuation=s.get("continuation", 0)))   # steps saved before it: none
     if "prune" in steps:
         say(0.4, "pruning")
         p = steps["prune"]

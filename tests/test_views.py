@@ -5,6 +5,7 @@ Evaluate's table in percent with standard errors, and the contrast sentence buil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from components import figures, handlers
 from pruner.data import CalibrationSpec
@@ -262,3 +263,22 @@ def test_recovery_settings_keep_the_presets_rank_and_weight_when_left_out():
     assert handlers.recovery_settings("thorough", 5, 1e-3, 1.0).full_finetune      # the preset's
     assert not handlers.recovery_settings("thorough", 5, 1e-3, 1.0, None, None, False).full_finetune
     assert handlers.recovery_settings("quick", 5, 1e-3, 1.0, None, None, True).full_finetune
+
+
+def test_the_score_step_continues_given_text_and_a_restart_replays_it_as_it_ran(tiny_folder):
+    """The Importance tab's continuation reaches the calibration tokens, is saved with the step,
+    and steps saved before it existed replay without one (as they ran)."""
+    store = Store(budget_bytes=4 * 2**30)
+    registry = SessionRegistry(store)
+    session, *_ = handlers.load(registry, store, "v1", tiny_folder)
+    handlers.run_score(store, session, ScoreConfig("taylor-squared", "last"),
+                       CalibrationSpec("builtin", 2, 16, continuation=8))
+    assert tuple(session.calibration.shape) == (2, 24)
+    assert torch.equal(session.calibration[:, :16],
+                       CalibrationSpec("builtin", 2, 16, continuation=0).ids(session.original(store).tokenizer))
+    steps = {"load": session.steps["load"], "score": dict(session.steps["score"])}
+    assert steps["score"]["continuation"] == 8
+    replayed = handlers.replay(registry, store, "v2", steps)
+    assert torch.equal(replayed.calibration, session.calibration)
+    del steps["score"]["continuation"]                 # a step saved before the continuation existed
+    assert tuple(handlers.replay(registry, store, "v3", steps).calibration.shape) == (2, 16)

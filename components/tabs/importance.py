@@ -10,7 +10,7 @@ from components import controls, figures, handlers
 from components import lesson_text as text
 from components.server import HEAVY, STORE, friendly, gpu, persisted, session_of
 from components.tabs.common import Tab, explain, notice
-from pruner.data import CalibrationSpec, text_origin
+from pruner.data import CONTINUATION_TOKENS, CalibrationSpec, text_origin
 from pruner.importance import AGGREGATIONS, CRITERIA, ScoreConfig
 from pruner.recipes import RECIPES
 
@@ -36,6 +36,7 @@ def layout() -> Tab:
                                     info=None)
         t.samples = controls.number(CalibrationSpec, "samples", calib.samples)
         t.seq_len = controls.number(CalibrationSpec, "seq_len", calib.seq_len)
+        t.continuation = controls.number(CalibrationSpec, "continuation", calib.continuation)
     with gr.Accordion("The paper's formulas: criteria (Eq. 3-5) and aggregations", open=True, elem_id="formulas"):
         gr.Markdown(text.CRITERIA, latex_delimiters=text.LATEX, elem_classes="ps-math")
         gr.Markdown(text.AGGREGATIONS, latex_delimiters=text.LATEX, elem_classes="ps-math")
@@ -76,14 +77,14 @@ def wire(ui) -> None:
     t = ui.importance
     views = [t.layer_fig, t.hist_fig, t.score_status]
     t.score_btn.click(run_score, [t.criterion, t.aggregation, t.calib, t.samples, t.seq_len, t.scale, t.zoom_kind,
-                                  t.zoom_layer],
+                                  t.zoom_layer, t.continuation],
                       [t.attn_map, t.mlp_map, t.score_summary, t.layer_fig, t.hist_fig, t.score_status],
                       api_name="score", **HEAVY)
     t.zoom_kind.change(zoom, [t.zoom_kind, t.zoom_layer], views, api_name="zoom")
     t.zoom_layer.release(zoom, [t.zoom_kind, t.zoom_layer], views, api_visibility="private")
     t.scale.change(redraw, t.scale, [t.attn_map, t.mlp_map, t.score_status], api_name="redraw")
     t.compare_btn.click(compare_scores, [t.criterion, t.aggregation, t.crit_b, t.agg_b, t.calib, t.samples,
-                                         t.seq_len, t.compare_kind, t.scale],
+                                         t.seq_len, t.compare_kind, t.scale, t.continuation],
                         [t.map_a, t.map_b, t.corr_fig, t.disagree, t.compare_status], api_name="compare_scores",
                         **HEAVY)
 
@@ -92,9 +93,10 @@ def wire(ui) -> None:
 @persisted
 @gpu
 def run_score(criterion, aggregation, source, samples, seq_len, scale, zoom_kind="mlp", zoom_layer=3,
-              request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+              continuation=CONTINUATION_TOKENS, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
     session = session_of(request)
-    config, calib = ScoreConfig(criterion, aggregation), CalibrationSpec(source, samples, seq_len)
+    config = ScoreConfig(criterion, aggregation)
+    calib = CalibrationSpec(source, samples, seq_len, continuation=continuation)
     progress(0.05, desc=f"scoring with {criterion}: tokenizing the calibration text")
     scores, hit = handlers.run_score(STORE, session, config, calib, progress=progress)
     session.removed = None
@@ -124,9 +126,10 @@ def redraw(scale, request: gr.Request):
 @friendly(5)
 @gpu
 def compare_scores(crit_a, agg_a, crit_b, agg_b, source, samples, seq_len, kind, scale,
-                   request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+                   continuation=CONTINUATION_TOKENS, request: gr.Request = None,
+                   progress=gr.Progress(track_tqdm=True)):
     progress(0.1, desc="scoring both")
     map_a, map_b, corr, table, note, hit = handlers.compare_scores(
         STORE, session_of(request), ScoreConfig(crit_a, agg_a), ScoreConfig(crit_b, agg_b),
-        CalibrationSpec(source, samples, seq_len), kind, scale)
+        CalibrationSpec(source, samples, seq_len, continuation=continuation), kind, scale)
     return map_a, map_b, corr, table, "Compared." + note + handlers.cache_note(hit)
