@@ -135,8 +135,9 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
             f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of "
             f"{getattr(args, 'calib_data', 'builtin')}"
-            + (f", each continued by {args.calib_continue} tokens the model sampled"
-               if getattr(args, "calib_continue", 0) and getattr(args, "calib_data", "builtin") != "self" else "")
+            + ((f", each continued by {args.calib_continue} tokens the model sampled" if getattr(args, "calib_continue", 0)
+                else ", the text alone (not continued by the model)")
+               if getattr(args, "calib_data", "builtin") != "self" else "")
             + " (mean, range)"
             + (f"; quick LoRA: {quick_text(quick_settings)}" if args.recover else "")
             + "\n\n" + "\n".join(rows) + "\n")

@@ -200,7 +200,7 @@ def test_the_methods_results_render_again_from_their_runs(tmp_path):
     out.write_text(json.dumps({"dense_ppl": 50.0, "args": args, "runs": runs}))
     render(out)
     text = (tmp_path / "grid.md").read_text()
-    assert "tokens of builtin" in text                      # files written before --calib-data existed
+    assert "tokens of builtin, the text alone" in text      # files written before --calib-data / --calib-continue
     assert "| `flap` | 4.00x (3.00-5.00) | 2.25x (2.00-2.50) | not run | not run |" in text
     assert "| `default` | not run | not run | cannot reach | cannot reach |" in text
     assert "quick LoRA: the quick preset of the round it ran (not recorded" in text     # older files
@@ -210,6 +210,12 @@ def test_the_methods_results_render_again_from_their_runs(tmp_path):
     render(out)
     assert ("quick LoRA: LoRA rank 32, 48 steps of 4 x 128 book-passage tokens, lr 0.003, next-token loss "
             "x 0.05 + KL x 1, bfloat16 where native") in (tmp_path / "grid.md").read_text()
+    out.write_text(json.dumps({"dense_ppl": 50.0, "args": {**args, "calib_data": "lambada", "calib_continue": 192},
+                               "runs": runs}))
+    render(out)
+    assert "tokens of lambada, each continued by 192 tokens the model sampled" in (tmp_path / "grid.md").read_text()
+    out.write_text(json.dumps({"dense_ppl": 50.0, "args": args, "quick": quick, "runs": runs}))
+    render(out)
     figure = json.loads((tmp_path / "grid.plotly.json").read_text())
     lines = {t["name"]: t for t in figure["data"]}
     assert lines["flap"]["y"] == [1.0, 4.0] and lines["flap + quick LoRA"]["y"] == [1.0, 2.25]
