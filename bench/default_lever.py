@@ -90,28 +90,30 @@ def ramp_with_sensitivity(power: float):
     return ratios
 
 
-def argmax_label_loss(head, hidden, labels):
-    """pruner.importance._ce_sum toward the model's own argmax tokens (`labels` ignored)."""
+def own_label_loss(pick):
+    """pruner.importance._ce_sum toward tokens the model picks itself from its detached (n, V) logits
+    at each position (`labels` ignored): `pick` = ARGMAX (its most likely token) or SAMPLED (a token
+    drawn from its next-token distribution: the squared gradient then estimates the true Fisher's
+    diagonal on any text, as it does on text the model sampled itself; the global generator draws
+    them, and activation checkpointing restores its state, so the recomputed forward draws the same)."""
     import torch
 
-    logits = head(hidden)                                                   # (n, V)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+    def loss(head, hidden, labels):
+        logits = head(hidden)                                               # (n, V)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return torch.nn.functional.cross_entropy(logits, pick(logits.detach()), reduction="sum")
+    return loss
 
 
-def sampled_label_loss(head, hidden, labels):
-    """pruner.importance._ce_sum toward tokens sampled from the model's own next-token distribution at
-    each position (`labels` ignored): the squared gradient then estimates the true Fisher's diagonal on
-    any text, as it does on text the model sampled itself. The global generator draws them (activation
-    checkpointing restores its state, so the recomputed forward samples the same tokens)."""
+def ARGMAX(logits):
+    return logits.argmax(-1)                                                # (n,)
+
+
+def SAMPLED(logits):
     import torch
 
-    logits = head(hidden)                                                   # (n, V)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    drawn = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(1)    # (n,)
-    return torch.nn.functional.cross_entropy(logits, drawn, reduction="sum")
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(1)              # (n,)
 
 
 def configs(settings: dict):
@@ -160,9 +162,9 @@ def main():
     if args.shape_quantile is not None:
         prune.score_shape = partial(prune.score_shape, quantile=args.shape_quantile)
     if args.argmax_labels:
-        importance._ce_sum = argmax_label_loss
+        importance._ce_sum = own_label_loss(ARGMAX)
     if args.sampled_labels:
-        importance._ce_sum = sampled_label_loss
+        importance._ce_sum = own_label_loss(SAMPLED)
     if args.refit_damping is not None:
         refit.refit_solution.__defaults__ = (args.refit_damping,)     # what the prune path's refit calls
     score_config, prune_config = configs(settings)

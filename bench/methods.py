@@ -111,6 +111,20 @@ def quick_text(settings: dict | None) -> str:
             + (", bfloat16 where native" if s.get("mixed_precision") else ""))
 
 
+def setting(args, name: str):
+    """A run's setting, or what files written before that option ran with (OLD_DEFAULTS)."""
+    return getattr(args, name, OLD_DEFAULTS[name])
+
+
+def continuation_text(args) -> str:
+    """How the runs' calibration windows were continued, in words (self text never is)."""
+    if setting(args, "calib_data") == "self":
+        return ""
+    if setting(args, "calib_continue"):
+        return f", each continued by {args.calib_continue} tokens the model sampled"
+    return ", the text alone (not continued by the model)"
+
+
 def table(runs: list[dict], methods: list[str], amounts: list[float], args, dense: float,
           quick_settings: dict | None = None) -> str:
     untuned, quick = summarize(runs, "ratio"), summarize(runs, "ratio_quick")
@@ -134,11 +148,7 @@ def table(runs: list[dict], methods: list[str], amounts: list[float], args, dens
         rows.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return (f"WikiText-2 perplexity / dense ({dense:.2f}), first {args.windows} windows of 128 tokens; "
             f"{args.draws} calibration draw(s) of {args.calib_samples} x {args.calib_len} tokens of "
-            f"{getattr(args, 'calib_data', 'builtin')}"
-            + ((f", each continued by {args.calib_continue} tokens the model sampled" if getattr(args, "calib_continue", 0)
-                else ", the text alone (not continued by the model)")
-               if getattr(args, "calib_data", "builtin") != "self" else "")
-            + " (mean, range)"
+            f"{setting(args, 'calib_data')}{continuation_text(args)} (mean, range)"
             + (f"; quick LoRA: {quick_text(quick_settings)}" if args.recover else "")
             + "\n\n" + "\n".join(rows) + "\n")
 

@@ -252,9 +252,9 @@ def calibration(store: Store, session: Session, spec: CalibrationSpec, progress=
             kept = self_text_is_kept(original.model, original.tokenizer, spec.samples, spec.seq_len, spec.seed)
             progress(0.05, desc="reading the calibration text the model wrote before" if kept else
                      f"the model writes its own calibration text ({2 * spec.samples} short documents)")
-        elif progress and spec.window_tokens(original.model) > spec.seq_len:
+        elif progress and (new := spec.window_tokens(original.model) - spec.seq_len):
             progress(0.05, desc=f"the model continues each of the {spec.samples} calibration windows by "
-                     f"{spec.window_tokens(original.model) - spec.seq_len} tokens")
+                     f"{new} tokens")
         return spec.ids(original.tokenizer, data_dir(), original.model)
 
     ids, _, _ = store.compute("calibration", {"model": session.original_key, **spec.record()}, make)

@@ -269,18 +269,26 @@ def continued_ids(model, ids: torch.Tensor, new_tokens: int, seed: int = 0,
     """
     if new_tokens <= 0:
         return ids
+    # no row ends early (end-of-text held off), so nothing is padded
+    written = sampled(model, ids, new_tokens, seed, batch_size, min_new_tokens=new_tokens, pad_token_id=0)
+    return torch.cat([w[:, : ids.shape[1] + new_tokens].cpu() for w in written])            # (n, L + new)
+
+
+def sampled(model, prompts: torch.Tensor, max_new_tokens: int, seed: int, batch_size: int = SELF_BATCH,
+            **generate_kwargs) -> list[torch.Tensor]:
+    """The model's `SELF_SAMPLING` continuations of (n, L) `prompts`, `batch_size` rows at a time ->
+    one (b, L + up to max_new_tokens) tensor per batch on the model's device; seeded on a forked
+    generator (the global random state untouched), each step's logits and cache reused from the heap."""
     device = next(model.parameters()).device
     out = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
             reusing_freed_memory(trim_delay_s=0):
         torch.manual_seed(seed)
-        for batch in torch.split(ids, batch_size):                                  # (b, L)
+        for batch in torch.split(prompts, batch_size):                              # (b, L)
             batch = batch.to(device)
-            written = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=True,
-                                     **SELF_SAMPLING, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                     pad_token_id=0)     # no row ends early: nothing padded; (b, L + new)
-            out.append(written[:, : batch.shape[1] + new_tokens].cpu())
-    return torch.cat(out)
+            out.append(model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), do_sample=True,
+                                      **SELF_SAMPLING, max_new_tokens=max_new_tokens, **generate_kwargs))
+    return out
 
 
 def self_document_length(seq_len: int, model=None) -> int:
@@ -305,18 +313,10 @@ def self_generated_text(model, tokenizer, n_docs: int, max_new_tokens: int, seed
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
         raise ValueError("self-generated calibration needs a start-of-text token (bos or eos)")
-    device = next(model.parameters()).device
-    docs = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-            reusing_freed_memory(trim_delay_s=0):    # each step's logits and cache from the heap, reused
-        torch.manual_seed(seed)
-        for begin in range(0, n_docs, batch_size):
-            n = min(batch_size, n_docs - begin)
-            prompt = torch.full((n, 1), start, dtype=torch.long, device=device)
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                                 **SELF_SAMPLING, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
-            docs += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)          # (n, <= max_new)
+    prompts = torch.full((n_docs, 1), start, dtype=torch.long)
+    written = sampled(model, prompts, max_new_tokens, seed, batch_size,
+                      pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id or 0)
+    docs = [d for out in written for d in tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)]
     return "\n\n".join(d.strip() for d in docs if d.strip())
 
 
