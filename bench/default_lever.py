@@ -71,17 +71,15 @@ def ramp_with_sensitivity(power: float):
     scores (as the default) and by (geometric-mean sensitivity / the layer's) ** power."""
     import numpy as np
 
+    from pruner.sensitivity import floored_sensitivity
+
     plain = prune.layer_ratios
 
     def ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None, removals=None):
         if config.allocation != "sensitivity" or sensitivity is None:
             return plain(scores, config, ratio, layers, kind, original_counts, sensitivity, removals)
-        present = scores[scores.kind == kind].groupby("layer").size()
-        sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
-        sizes = {layer: n for layer, n in sizes.items() if n}
-        sub = sensitivity[sensitivity.kind == kind].set_index("layer").loss_increase
-        floor = max(1e-6, 0.01 * float(sub.max()))
-        s = {layer: max(floor, float(sub.get(layer, sub.mean()))) for layer in sizes}
+        sizes = prune.layer_sizes(scores, kind, layers, original_counts)
+        s = floored_sensitivity(sensitivity, kind, sizes)
         mean_log = float(np.mean(np.log(list(s.values()))))
         shape = prune.score_shape(scores, kind, sizes, config.score_shape)
         shape = {layer: shape.get(layer, 1.0) * float(np.exp(power * (mean_log - np.log(s[layer]))))

@@ -444,6 +444,14 @@ def score_shape(scores, kind: str, layers, power: float, quantile: float | None 
     return {int(layer): float(np.exp(-power * (log - logs.mean()))) for layer, log in zip(medians.index, logs)}
 
 
+def layer_sizes(scores, kind: str, layers, original_counts: dict[tuple[str, int], int]) -> dict[int, int]:
+    """layer -> its original count of `kind` groups (the scored count where none was recorded),
+    over `layers`, leaving out layers without any: what every allocation splits its total over."""
+    present = scores[scores.kind == kind].groupby("layer").size()
+    sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
+    return {layer: n for layer, n in sizes.items() if n}
+
+
 def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivity=None,
                  removals: dict[tuple[str, int], int] | None = None) -> dict[int, float]:
     """layer -> fraction of its (original) `kind` groups to remove: `ratio` everywhere, with
@@ -452,8 +460,7 @@ def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivi
     the measured-sensitivity split of the same total, with "standardized" the `removals` of one
     ranking of standardized scores (standardized_removals)."""
     present = scores[scores.kind == kind].groupby("layer").size()
-    sizes = {layer: original_counts.get((kind, layer), int(present.get(layer, 0))) for layer in layers}
-    sizes = {layer: n for layer, n in sizes.items() if n}
+    sizes = layer_sizes(scores, kind, layers, original_counts)
     if config.allocation == "standardized" and removals is not None:
         # of the original count: groups already gone (earlier iterative steps) plus those removed now
         return {layer: (n - int(present.get(layer, 0)) + removals.get((kind, layer), 0)) / n

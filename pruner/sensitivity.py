@@ -142,6 +142,17 @@ def config_sensitivity(model, input_ids: torch.Tensor, plan, input_stats: dict |
 MAX_LAYER_RATIO = 0.95      # no allocation removes more than this share of one layer's groups
 
 
+def floored_sensitivity(sensitivity: pd.DataFrame, kind: str, layers) -> dict[int, float]:
+    """layer -> the measured loss increase of pruning its `kind` groups alone, over `layers`: the
+    mean where a layer was not measured, at least 1% of the largest (a layer that pruning happens
+    to help is not emptied at once). {} where nothing of `kind` was measured."""
+    sub = sensitivity[sensitivity.kind == kind].set_index("layer").loss_increase
+    if sub.empty:
+        return {}
+    floor = max(1e-6, 0.01 * float(sub.max()))
+    return {layer: max(floor, float(sub.get(layer, sub.mean()))) for layer in layers}
+
+
 def allocate(sensitivity: pd.DataFrame, kind: str, ratio: float, sizes: dict[int, int],
              spread: float) -> dict[int, float]:
     """Per-layer ratios of `kind` over the layers in `sizes` (layer -> group count) that remove
@@ -152,11 +163,9 @@ def allocate(sensitivity: pd.DataFrame, kind: str, ratio: float, sizes: dict[int
     largest are floored there (a layer that pruning happens to help is not emptied at once).
     """
     ratio = float(ratio)
-    sub = sensitivity[sensitivity.kind == kind].set_index("layer").loss_increase
-    if sub.empty or ratio <= 0.0 or spread <= 0.0:
+    s = floored_sensitivity(sensitivity, kind, sizes)
+    if not s or ratio <= 0.0 or spread <= 0.0:
         return dict.fromkeys(sizes, ratio)
-    floor = max(1e-6, 0.01 * float(sub.max()))
-    s = {layer: max(floor, float(sub.get(layer, sub.mean()))) for layer in sizes}
     low, high = ratio * (1.0 - spread), max(ratio, min(MAX_LAYER_RATIO, ratio * (1.0 + spread)))
     total = ratio * sum(sizes.values())
 

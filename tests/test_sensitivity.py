@@ -83,6 +83,22 @@ def test_allocation_is_hand_solved_water_filling():
     assert allocate(sens, "attn", 0.2, sizes, spread=1.0) == {0: 0.2, 1: 0.2, 2: 0.2}
 
 
+def test_layer_sizes_and_floored_sensitivity_by_hand():
+    import pandas as pd
+
+    from pruner.prune import layer_sizes
+    from pruner.sensitivity import floored_sensitivity
+
+    # layer 1 lost 2 of its 6 groups earlier (recorded count 6); layer 2 has no record; layer 3 none at all
+    scores = pd.DataFrame({"kind": ["mlp"] * 7 + ["attn"], "layer": [1] * 4 + [2] * 3 + [3],
+                           "group": [0, 1, 2, 3, 0, 1, 2, 0], "score": [1.0] * 8})
+    assert layer_sizes(scores, "mlp", range(4), {("mlp", 1): 6}) == {1: 6, 2: 3}
+    # the floor is 1% of the largest increase (5.0 -> 0.05); layer 3 unmeasured gets the mean (1.68)
+    sens = pd.DataFrame({"kind": "mlp", "layer": [0, 1, 2], "loss_increase": [5.0, 0.01, 0.04]})
+    assert floored_sensitivity(sens, "mlp", [0, 1, 2, 3]) == pytest.approx({0: 5.0, 1: 0.05, 2: 0.05, 3: 1.6833333})
+    assert floored_sensitivity(sens, "attn", [0, 1]) == {}
+
+
 def test_sensitivity_allocation_prunes_least_sensitive_layers_most(calib, tmp_path):
     model = tiny_model(n_heads=4, n_kv=2, layers=4, inter=96)
     cfg = PruneConfig(amount=0.2, attn_share=0.0, compensate=True, allocation="sensitivity",
