@@ -37,7 +37,8 @@ the cuts (`--self-sampling '{"temperature": 0.7}'` then) 2.125x on seed 0. `--se
 On the three 10 x 64 book draws, the text alone (`--calib-continue 0`; first 128 windows; 2.208x):
 `--sampled-labels` 2.211x against 2.213x (256 windows), taylor-second 2.267x, refit damping 1
 2.257x, score_shape 1.5 / 0.5 2.281x / 2.193x, layer_spread 0.75 2.238x; each window continued by
-192 tokens the model samples (the default since) 1.904x.
+192 tokens the model samples (the default since) 1.904x; by 64 / 448 tokens (`--calib-continue N`,
+2026-12-06) 2.012x / 1.845x.
 """
 
 from __future__ import annotations
