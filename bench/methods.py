@@ -63,11 +63,21 @@ def evaluate(model, tok, windows: int, data_dir) -> float:
                       progress=False)["ppl"]
 
 
+_DRAWS: dict[int, object] = {}    # seed -> its calibration windows, shared by every method of one run
+
+
+def draw(model, tok, seed: int, args):
+    """The calibration windows of draw `seed` (the dense model's continuations written once a run)."""
+    if seed not in _DRAWS:
+        _DRAWS[seed] = calibration_ids(tok, args.calib_data, args.calib_samples, args.calib_len, seed=seed,
+                                       data_dir_path=args.data_dir, model=model, continuation=args.calib_continue)
+    return _DRAWS[seed].clone()                      # (n, L): no method sees another's changes
+
+
 def one_run(model, tok, name: str, amount: float, seed: int, args, dense: float) -> dict:
     score_config, prune_config = recipe_of(name, amount)
     prune_config, notes = prune_config.normalized(model)
-    ids = calibration_ids(tok, args.calib_data, args.calib_samples, args.calib_len, seed=seed,
-                          data_dir_path=args.data_dir, model=model, continuation=args.calib_continue)
+    ids = draw(model, tok, seed, args)
     row = {"method": name, "amount": amount, "seed": seed, "notes": notes}
     start = time.perf_counter()
     try:
