@@ -459,10 +459,10 @@ def layer_ratios(scores, config, ratio, layers, kind, original_counts, sensitivi
     (depth_ratios, score_shape), with "sensitivity"
     the measured-sensitivity split of the same total, with "standardized" the `removals` of one
     ranking of standardized scores (standardized_removals)."""
-    present = scores[scores.kind == kind].groupby("layer").size()
     sizes = layer_sizes(scores, kind, layers, original_counts)
     if config.allocation == "standardized" and removals is not None:
         # of the original count: groups already gone (earlier iterative steps) plus those removed now
+        present = scores[scores.kind == kind].groupby("layer").size()
         return {layer: (n - int(present.get(layer, 0)) + removals.get((kind, layer), 0)) / n
                 for layer, n in sizes.items()}
     if config.allocation == "depth":
