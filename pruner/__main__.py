@@ -264,7 +264,7 @@ def cmd_score(args) -> dict:
 def cmd_prune(args) -> dict:
     from .card import card_stats
     from .export import loader_of, save
-    from .prune import needs_calibration, prune_model
+    from .prune import needs_calibration, prune_model, unreachable
     from .recipes import recipe, recipe_record
 
     model, tokenizer = _load(args)
@@ -286,6 +286,9 @@ def cmd_prune(args) -> dict:
     def progress(step, total, message):
         print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
+    why = unreachable(model, config)
+    if why:
+        raise ValueError(why)                       # before the calibration text is read or written
     calibrated = needs_calibration(score_config, config)
     ids = _calib_ids(args, tokenizer, model) if calibrated else None
     result = prune_model(model, ids, score_config, config, progress, in_place=True)

@@ -257,6 +257,28 @@ def prunable_share(model, attn_share: float | None, attn_layers: tuple[int, int]
     return room / (1 - h + room * h) if h > 0 else room
 
 
+def unreachable(model, config: PruneConfig) -> str | None:
+    """Why a share-of-parameters amount of the block strategy cannot be reached with this model
+    and these layer ranges, or None: checked before any calibration or scoring is paid for. Exact
+    only without a hidden channels' share (whose ceiling `prunable_share` estimates), so only then;
+    the planner's own check stands behind it."""
+    if not config.by_params or config.strategy != "block" or config.hidden_share:
+        return None
+    share = 0.0 if not config.prune_attn else 1.0 if not config.prune_mlp else config.attn_share
+    ranges = layer_ranges(config, len(layers_of(model)))
+    room = prunable_share(model, share, (ranges["attn"].start, ranges["attn"].stop),
+                          (ranges["mlp"].start, ranges["mlp"].stop))
+    if config.amount < room:
+        return None
+    named = {None: "attention and MLP groups", 0.0: "MLP channels", 1.0: "attention groups"}
+    what = named[share] if share in named else f"attention and MLP groups, attention giving {share:.0%}"
+    return (f"{config.amount:.0%} of all parameters cannot be removed: with this model and these layer "
+            f"ranges the {what} this recipe prunes can give at most {room:.1%} of them, and every layer keeps "
+            "at least one group. Take part of the amount from the hidden channels (--hidden-share 0.5, Minitron's "
+            "widths), give attention a share (--attn-share), widen the layer ranges (--layers), lower the "
+            "amount, or count it in groups (--unit groups).")
+
+
 def layer_ranges(config: PruneConfig, n_layers: int) -> dict[str, range]:
     default = default_layer_range(n_layers)
     return {"attn": range(*(config.attn_layers or default)),
@@ -965,6 +987,9 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     prune_config = prune_config or PruneConfig()
     n_layers0 = len(layers_of(model))
     prune_config.validate(n_layers0)
+    why = unreachable(model, prune_config)
+    if why:
+        raise ValueError(why)
     score_config = replace(score_config, kinds=score_kinds(prune_config))
     score_config.validate()
     from .criteria import criterion as registered

@@ -51,6 +51,17 @@ def test_bad_arguments_are_messages(tiny_folder, capsys):
     assert "max_new_tokens" in capsys.readouterr().err
 
 
+def test_prune_refuses_an_amount_the_groups_cannot_hold_before_calibrating(tiny_folder, tmp_path, capsys,
+                                                                          monkeypatch):
+    import pruner.__main__ as cli
+
+    monkeypatch.setattr(cli, "_calib_ids", lambda *a, **k: pytest.fail("calibrated an unreachable amount"))
+    assert main(["prune", "--model", tiny_folder, "--amount", "0.9", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "90% of all parameters cannot be removed" in err and "--hidden-share" in err
+    assert not (tmp_path / "p").exists()
+
+
 def test_prune_with_sensitivity_allocation(tiny_folder, tmp_path, capsys):
     assert main(["prune", "--model", tiny_folder, "--ratio", "0.3", "--allocation", "sensitivity",
                  "--compensate", "--recompute-means",

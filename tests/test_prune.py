@@ -326,3 +326,33 @@ def test_depth_allocation_cuts_early_layers_deeper_for_the_same_target(calib):
     assert shaped == {k: 48 - math.floor(48 * (1 - r) + 1e-9) for k, r in ratios.items()}
     with pytest.raises(ValueError, match="depth allocation"):
         PruneConfig(allocation="depth", scope="global").validate(4)
+
+
+def test_an_amount_the_groups_cannot_hold_is_refused_before_scoring(monkeypatch):
+    """2 layers, hidden 32, vocabulary 96: MLPs 2 x 3 x 64 x 32 = 12,288, attention 2 x (2 x 32 x 32 +
+    2 x 16 x 32) = 6,144, embeddings and head 2 x 96 x 32 = 6,144, norms 5 x 32: 24,736 in all."""
+    import pruner.importance
+    from pruner.prune import prune_model, unreachable
+
+    model = tiny_model(vocab=96, n_heads=4, n_kv=2, layers=2, inter=64)
+    assert sum(p.numel() for p in model.parameters()) == 24_736
+    mlp_only = PruneConfig(amount=0.5, unit="parameters", attn_share=0.0, attn_layers=(0, 2), mlp_layers=(0, 2))
+    why = unreachable(model, mlp_only)                     # 12,288 / 24,736 = 49.68%
+    assert why.startswith("50% of all parameters cannot be removed") and "MLP channels" in why
+    assert "can give at most 49.7% of them" in why and "--hidden-share" in why
+    assert unreachable(model, replace(mlp_only, amount=0.49)) is None
+    # with attention: 18,432 / 24,736 = 74.51%
+    assert unreachable(model, replace(mlp_only, attn_share=None)) is None
+    assert "at most 74.5%" in unreachable(model, replace(mlp_only, attn_share=None, amount=0.75))
+    # MLP layer 1 only: 6,144 / 24,736 = 24.84%
+    assert "at most 24.8%" in unreachable(model, replace(mlp_only, amount=0.25, mlp_layers=(1, 2)))
+    # a fraction of groups, or a hidden channels' share (an estimated ceiling), is left to the planner
+    assert unreachable(model, replace(mlp_only, unit="groups", amount=0.9)) is None
+    assert unreachable(model, replace(mlp_only, hidden_share=0.5)) is None
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored an unreachable amount")
+
+    monkeypatch.setattr(pruner.importance, "score", no_scoring)
+    with pytest.raises(ValueError, match="cannot be removed"):
+        prune_model(model, torch.zeros(1, 8, dtype=torch.long), ScoreConfig(criterion="l2"), mlp_only)
