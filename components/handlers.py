@@ -966,18 +966,23 @@ def methods_results() -> tuple[str, dict | None]:
     """bench/methods.py's table (markdown) and figure (plotly JSON), where this checkout has them."""
     results = Path(__file__).resolve().parent.parent / "bench" / "results"
     # every recipe at 20% and 50%, untuned and after today's quick LoRA (rank 32, lr 2e-3), three
-    # draws; the same after the former rank-8 preset (each table's header names the settings it ran
-    # with); then the candidates measured on the way to the default (untuned)
-    names = ("methods_quick_grid.md", "methods_quick_grid_rank8.md", "methods_draws.md", "methods_50.md")
-    tables = [results / name for name in names if (results / name).is_file()]
+    # draws, and at 20% on the same draws continued by the model as every recipe calibrates today;
+    # then the grid after the former rank-8 preset (each table's header names the settings it ran
+    # with) and the candidates measured on the way to the default (untuned)
+    current = ("methods_quick_grid.md", "methods_builtin_continued.md")
+    earlier = ("methods_quick_grid_rank8.md", "methods_draws.md", "methods_50.md")
     figure = results / "methods_quick_grid.plotly.json"
-    if not tables:
+
+    def read(names):
+        return [(results / name).read_text() for name in names if (results / name).is_file()]
+
+    now, before = read(current), read(earlier)
+    if not now + before:
         return "Run `python bench/methods.py` to measure the field's methods side by side.", None
-    parts = [path.read_text() for path in tables]
-    if len(parts) > 1:
-        parts.insert(1, "**Earlier runs** (their `minitron` rows are the recipe as it was until 2026-12-05: "
-                        "heads and MLP channels, no hidden channels):")
-    return "\n\n".join(parts), json.loads(figure.read_text()) if figure.is_file() else None
+    if now and before:
+        before.insert(0, "**Earlier runs** (their `minitron` rows are the recipe as it was until 2026-12-05: "
+                         "heads and MLP channels, no hidden channels):")
+    return "\n\n".join(now + before), json.loads(figure.read_text()) if figure.is_file() else None
 
 
 # ----------------------------------------------------------------------------- compare

@@ -284,3 +284,5 @@ def test_the_page_shows_the_measured_methods_tables():
     # today's grid first; the earlier tables, whose minitron is the former recipe, say so
     first, earlier = text.split("**Earlier runs**")
     assert "| `minitron` |" in first and "no hidden channels" in earlier
+    # today's calibration (continued by the model) beside the grid, before the earlier runs
+    assert "each continued by 192 tokens the model sampled" in first
