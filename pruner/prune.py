@@ -270,10 +270,11 @@ def unreachable(model, config: PruneConfig) -> str | None:
                           (ranges["mlp"].start, ranges["mlp"].stop))
     if config.amount < room:
         return None
-    named = {None: "attention and MLP groups", 0.0: "MLP channels", 1.0: "attention groups"}
-    what = named[share] if share in named else f"attention and MLP groups, attention giving {share:.0%}"
+    named = {None: "the attention and MLP groups this recipe prunes", 0.0: "the MLP channels this recipe prunes",
+             1.0: "the attention groups this recipe prunes"}
+    what = named.get(share) or f"the attention and MLP groups this recipe prunes, attention giving {share:.0%},"
     return (f"{config.amount:.0%} of all parameters cannot be removed: with this model and these layer "
-            f"ranges the {what} this recipe prunes can give at most {room:.1%} of them, and every layer keeps "
+            f"ranges {what} can give at most {room:.1%} of them, and every layer keeps "
             "at least one group. Take part of the amount from the hidden channels (--hidden-share 0.5, Minitron's "
             "widths), give attention a share (--attn-share), widen the layer ranges (--layers), lower the "
             "amount, or count it in groups (--unit groups).")

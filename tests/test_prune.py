@@ -344,6 +344,10 @@ def test_an_amount_the_groups_cannot_hold_is_refused_before_scoring(monkeypatch)
     # with attention: 18,432 / 24,736 = 74.51%
     assert unreachable(model, replace(mlp_only, attn_share=None)) is None
     assert "at most 74.5%" in unreachable(model, replace(mlp_only, attn_share=None, amount=0.75))
+    # attention giving 30%: min(49.68% / 0.7, 24.84% / 0.3) = 70.97%
+    split = unreachable(model, replace(mlp_only, attn_share=0.3, amount=0.72))
+    assert "attention giving 30%, can give at most 71.0%" in split
+    assert unreachable(model, replace(mlp_only, attn_share=0.3, amount=0.7)) is None
     # MLP layer 1 only: 6,144 / 24,736 = 24.84%
     assert "at most 24.8%" in unreachable(model, replace(mlp_only, amount=0.25, mlp_layers=(1, 2)))
     # a fraction of groups, or a hidden channels' share (an estimated ceiling), is left to the planner
