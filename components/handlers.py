@@ -31,7 +31,8 @@ from pruner.importance import canonical, score_many
 from pruner.models import default_model_file, describe_model
 from pruner.protocol import (QUICK_PPL_SEQ_LEN, QUICK_PPL_TEXT, QUICK_PPL_WINDOWS, SPEED_RUNS, SPEED_TEXT,
                              SPEED_TOKENS, Speed, decode_speeds, is_quick_perplexity, quick_perplexity)
-from pruner.prune import MAX_SHARE, default_layer_range, needs_calibration, prunable_share, score_kinds
+from pruner.prune import (MAX_SHARE, default_layer_range, needs_calibration, prunable_share, score_kinds,
+                          unreachable)
 from pruner.recipes import RECIPES, recipe_record, with_recovery
 from pruner.recover import LoraRecovery, LoraSettings, example_limit, preset, recovery_examples
 from pruner.stats import count_params
@@ -430,8 +431,16 @@ def _scores_for(store: Store, session: Session, score_config: ScoreConfig, confi
     return session.scores
 
 
+def _check_reach(store: Store, session: Session, config: PruneConfig) -> None:
+    """An amount the groups cannot give (an API call past the slider's bound) refused before scoring."""
+    why = unreachable(session.original(store).model, config)
+    if why:
+        raise ValueError(why)
+
+
 def preview(store: Store, session: Session, score_config: ScoreConfig, config: PruneConfig, scale="linear"):
     """The groups `config` would remove, marked on the heatmaps, and a sentence counting them."""
+    _check_reach(store, session, config)
     scores = _scores_for(store, session, score_config, config)
     config.validate(session.info["layers"])
     original = session.original(store).model
@@ -612,6 +621,7 @@ def run_prune(store: Store, session: Session, score_config: ScoreConfig, config:
     the original: the before / after table, kept widths, the heatmaps with the cut, a sentence."""
     score_config = ScoreConfig(canonical(score_config.criterion), score_config.aggregation)
     criterion, aggregation = score_config.criterion, score_config.aggregation
+    _check_reach(store, session, config)
     scores = _scores_for(store, session, score_config, config)
     calibrated = needs_calibration(score_config, config)
     calib = _calibration_of(session).record() if calibrated else None

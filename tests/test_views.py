@@ -101,6 +101,15 @@ def test_the_amount_bound_is_what_the_layer_ranges_can_remove(tmp_path, tokenize
     room = mlp / total
     assert handlers.max_amount(store, session, "parameters", 0.0, (0, 2), (0, 2), 0.5) == \
         bound(room / (0.5 + 0.5 * room))
+    # an API call past the bound is refused before anything is scored
+    from pruner.prune import PruneConfig
+
+    past = PruneConfig(amount=min(0.9, room + 0.01), unit="parameters", attn_share=0.0, attn_layers=(0, 2),
+                       mlp_layers=(0, 2))
+    for step in (handlers.preview, handlers.run_prune):
+        with pytest.raises(ValueError, match="cannot be removed: .* MLP channels"):
+            step(store, session, ScoreConfig("taylor-squared", "last"), past)
+    assert session.scores is None
 
 
 def test_evaluation_table_reads_in_percent_with_standard_errors():
