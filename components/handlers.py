@@ -432,7 +432,9 @@ def _scores_for(store: Store, session: Session, score_config: ScoreConfig, confi
 
 
 def _check_reach(store: Store, session: Session, config: PruneConfig) -> None:
-    """An amount the groups cannot give (an API call past the slider's bound) refused before scoring."""
+    """An amount the groups cannot give (an API call past the slider's bound) refused before scoring
+    (layer ranges outside the model refused first, as such)."""
+    config.validate(session.info["layers"])
     why = unreachable(session.original(store).model, config)
     if why:
         raise ValueError(why)
