@@ -433,8 +433,7 @@ def _scores_for(store: Store, session: Session, score_config: ScoreConfig, confi
 
 def _check_reach(store: Store, session: Session, config: PruneConfig) -> None:
     """An amount the groups cannot give (an API call past the slider's bound) refused before scoring
-    (layer ranges outside the model refused first, as such)."""
-    config.validate(session.info["layers"])
+    (layer ranges outside the model refused first, as such: `unreachable` validates)."""
     why = unreachable(session.original(store).model, config)
     if why:
         raise ValueError(why)
@@ -444,7 +443,6 @@ def preview(store: Store, session: Session, score_config: ScoreConfig, config: P
     """The groups `config` would remove, marked on the heatmaps, and a sentence counting them."""
     _check_reach(store, session, config)
     scores = _scores_for(store, session, score_config, config)
-    config.validate(session.info["layers"])
     original = session.original(store).model
     plan = make_plan(original, scores, config, input_ids=session.calibration)   # sensitivity measured there
     removed = plan.removed_groups(scores)

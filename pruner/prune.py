@@ -261,7 +261,9 @@ def unreachable(model, config: PruneConfig) -> str | None:
     """Why a share-of-parameters amount of the block strategy cannot be reached with this model
     and these layer ranges, or None: checked before any calibration or scoring is paid for. Exact
     only without a hidden channels' share (whose ceiling `prunable_share` estimates), so only then;
-    the planner's own check stands behind it."""
+    the planner's own check stands behind it. A config invalid for this model (layer ranges outside
+    it) raises its own ValueError first."""
+    config.validate(len(layers_of(model)))
     if not config.by_params or config.strategy != "block" or config.hidden_share:
         return None
     share = 0.0 if not config.prune_attn else 1.0 if not config.prune_mlp else config.attn_share
@@ -987,8 +989,7 @@ def prune_model(model, input_ids, score_config=None, prune_config: PruneConfig |
     score_config = score_config or ScoreConfig()
     prune_config = prune_config or PruneConfig()
     n_layers0 = len(layers_of(model))
-    prune_config.validate(n_layers0)
-    why = unreachable(model, prune_config)
+    why = unreachable(model, prune_config)          # validates the config for this model first
     if why:
         raise ValueError(why)
     score_config = replace(score_config, kinds=score_kinds(prune_config))

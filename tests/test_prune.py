@@ -351,8 +351,11 @@ def test_an_amount_the_groups_cannot_hold_is_refused_before_scoring(monkeypatch)
     # MLP layer 1 only: 6,144 / 24,736 = 24.84%
     assert "at most 24.8%" in unreachable(model, replace(mlp_only, amount=0.25, mlp_layers=(1, 2)))
     # a fraction of groups, or a hidden channels' share (an estimated ceiling), is left to the planner
-    assert unreachable(model, replace(mlp_only, unit="groups", amount=0.9)) is None
+    assert unreachable(model, replace(mlp_only, unit="groups", amount=0.9, attn_share=None)) is None
     assert unreachable(model, replace(mlp_only, hidden_share=0.5)) is None
+    # a config invalid for this model is refused as such, first
+    with pytest.raises(ValueError, match="outside the model"):
+        unreachable(model, replace(mlp_only, mlp_layers=(0, 3)))
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("scored an unreachable amount")
